@@ -1,0 +1,171 @@
+"""The agent's exception tree, and the only place errors get their user-facing words.
+
+    AgentError                  title + message a person can act on, and a kind
+    ├── RetryableError          transient: wait (retry_after) and try again; never fails a ticket
+    │   ├── ApiUnavailable      network down, 5xx, 3xx/HTML answers, dropped connections
+    │   ├── RateLimited         429 (retry_after from the server when it sent one)
+    │   ├── QuotaExhausted      402: intake stops, running tickets go on
+    │   └── LocalResourceError  disk full, permission denied, folder gone: waits for the user's fix
+    ├── NeedsUserError          the whole agent pauses until a person acts
+    │   ├── AuthError           401/403: key missing or refused
+    │   └── ConfigError         invalid configuration (names the key and line)
+    └── PermanentError          this ticket fails; others go on
+        ├── TicketError         a broken ticket (names the key and line)
+        ├── ApiRejected         400/422/404/409 with the API's message
+        ├── JobFailed           the remote job failed or was canceled (carries errors[])
+        └── OutputUnavailable   expired / disabled / overuse / no outputs / checksum never matched
+
+Foreign exceptions (aiohttp, OSError, YAML) are converted where they enter, with ``raise … from``.
+Nothing here may contain a secret: messages are built from what the API said and from paths,
+never from request bodies or headers.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+
+
+class ErrorKind(enum.StrEnum):
+    RETRYABLE = "retryable"
+    NEEDS_USER = "needs_user"
+    PERMANENT = "permanent"
+
+
+class AgentError(Exception):
+    """Base: ``title`` is a few words, ``message`` says what happened and what to do."""
+
+    kind: ErrorKind = ErrorKind.PERMANENT
+    default_title = "error"
+
+    def __init__(self, message: str, *, title: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.title = title or self.default_title
+
+    def to_dict(self) -> dict[str, object]:
+        return {"kind": str(self.kind), "title": self.title, "message": self.message}
+
+
+class RetryableError(AgentError):
+    kind = ErrorKind.RETRYABLE
+    default_title = "temporary problem"
+
+    def __init__(
+        self, message: str, *, title: str | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, title=title)
+        self.retry_after = retry_after
+
+    def to_dict(self) -> dict[str, object]:
+        d = super().to_dict()
+        if self.retry_after is not None:
+            d["retry_after"] = self.retry_after
+        return d
+
+
+class ApiUnavailable(RetryableError):
+    default_title = "API unreachable"
+
+
+class RateLimited(RetryableError):
+    default_title = "rate limited"
+
+
+class QuotaExhausted(RetryableError):
+    default_title = "quota used up"
+
+
+class LocalResourceError(RetryableError):
+    default_title = "local problem"
+
+
+class NeedsUserError(AgentError):
+    kind = ErrorKind.NEEDS_USER
+    default_title = "needs attention"
+
+
+class AuthError(NeedsUserError):
+    default_title = "API key refused"
+
+
+class ConfigError(NeedsUserError):
+    default_title = "invalid configuration"
+
+    def __init__(self, message: str, *, key: str | None = None, line: int | None = None) -> None:
+        where = _where(key, line)
+        super().__init__(f"{where}{message}" if where else message)
+        self.key = key
+        self.line = line
+
+
+class PermanentError(AgentError):
+    kind = ErrorKind.PERMANENT
+    default_title = "failed"
+
+
+class TicketError(PermanentError):
+    default_title = "invalid ticket"
+
+    def __init__(self, message: str, *, key: str | None = None, line: int | None = None) -> None:
+        where = _where(key, line)
+        super().__init__(f"{where}{message}" if where else message)
+        self.key = key
+        self.line = line
+
+
+class ApiRejected(PermanentError):
+    default_title = "rejected by the API"
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class JobFailed(PermanentError):
+    default_title = "conversion failed"
+
+
+class OutputUnavailable(PermanentError):
+    default_title = "output unavailable"
+
+
+def _where(key: str | None, line: int | None) -> str:
+    if key and line:
+        return f"{key} (line {line}): "
+    if key:
+        return f"{key}: "
+    if line:
+        return f"line {line}: "
+    return ""
+
+
+def from_os_error(exc: OSError, path: object) -> AgentError:
+    """Turn an OSError touching ``path`` into an error that says what to do."""
+    code = exc.errno
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return LocalResourceError(
+            f"disk full on {path}: free some space and the ticket resumes by itself",
+            title="disk full",
+        )
+    if code in (errno.EACCES, errno.EPERM):
+        return LocalResourceError(
+            f"permission denied on {path}: give the agent write access and it resumes by itself",
+            title="permission denied",
+        )
+    if code == errno.EROFS:
+        return LocalResourceError(
+            f"{path} is on a read-only filesystem: make it writable and the ticket resumes",
+            title="read-only folder",
+        )
+    if code in (errno.ENOENT, errno.ENOTDIR, errno.ESTALE, errno.ENODEV, errno.EIO):
+        return LocalResourceError(
+            f"{path} is not reachable ({exc.strerror}): if it is a network share, mount it again",
+            title="folder unavailable",
+        )
+    if code == errno.EFBIG:
+        return LocalResourceError(
+            f"file size limit reached writing {path}: raise the limit and the ticket resumes",
+            title="file too large",
+        )
+    return LocalResourceError(f"{path}: {exc.strerror or exc}", title="file error")
