@@ -43,7 +43,11 @@ class VerifyMode(enum.StrEnum):
 
 
 class Phase(enum.StrEnum):
-    """Where a ticket is. ``waiting`` is not a phase: it is a phase plus a ``wait_until``."""
+    """Where a ticket is. ``waiting`` is not a phase: it is a phase plus a ``wait_until``.
+
+    A terminal ticket whose file has not been renamed yet (``filed`` false in the store) still has
+    that one step to do; the store keeps that flag beside the phase.
+    """
 
     PENDING = "pending"  # parsed and recorded, nothing sent yet
     CREATING = "creating"  # POST /jobs intended (idempotency key recorded)
@@ -51,7 +55,6 @@ class Phase(enum.StrEnum):
     STARTING = "starting"  # PATCH process:true intended
     PROCESSING = "processing"  # started (or adopted); polling
     DOWNLOADING = "downloading"  # completed; outputs being fetched
-    FINISHING = "finishing"  # outputs in place; ticket rename pending
     DONE = "done"
     FAILED = "failed"
     CANCELED = "canceled"
@@ -111,6 +114,51 @@ class TicketSpec:
     job_token: str | None = field(default=None, repr=False)  # ADOPTION only
     output: OutputOptions = OutputOptions()
     download: DownloadOptions = DownloadOptions()
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able form for the state database (secrets included: the db is private)."""
+        return {
+            "kind": str(self.kind),
+            "inputs": [
+                {"kind": str(i.kind), "value": i.value, "path": str(i.path) if i.path else None}
+                for i in self.inputs
+            ],
+            "conversions": [
+                {"target": c.target, "category": c.category, "options": dict(c.options)}
+                for c in self.conversions
+            ],
+            "job_id": self.job_id,
+            "job_token": self.job_token,
+            "output": {"name": self.output.name, "on_conflict": str(self.output.on_conflict)},
+            "download": {
+                "encoding": str(self.download.encoding),
+                "password": self.download.password,
+                "verify": str(self.download.verify),
+            },
+        }
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> TicketSpec:
+        out, dl = d.get("output") or {}, d.get("download") or {}
+        return cls(
+            kind=TicketKind(d["kind"]),
+            inputs=tuple(
+                InputSpec(InputKind(i["kind"]), i["value"], Path(i["path"]) if i["path"] else None)
+                for i in d.get("inputs") or ()
+            ),
+            conversions=tuple(
+                ConversionSpec(c["target"], c.get("category"), c.get("options") or {})
+                for c in d.get("conversions") or ()
+            ),
+            job_id=d.get("job_id"),
+            job_token=d.get("job_token"),
+            output=OutputOptions(out.get("name"), ConflictPolicy(out.get("on_conflict", "rename"))),
+            download=DownloadOptions(
+                Encoding(dl.get("encoding", "binary")),
+                dl.get("password"),
+                VerifyMode(dl.get("verify", "if-present")),
+            ),
+        )
 
 
 # --------------------------------------------------------------------------- API records

@@ -1,0 +1,134 @@
+"""What the agent writes beside a ticket other than outputs: the status sidecar and the filing
+of the ticket itself (``NAME.job.done`` / ``NAME.job.failed``).
+
+Every write is atomic (hidden temp file in the same folder → fsync → ``os.replace`` → fsync of the
+folder), and every operation is idempotent so the scheduler can replay it after a crash. It must
+not write outputs (that is ``downloader``) and never puts a secret in a sidecar: callers hand it a
+public view.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from agent.errors import from_os_error
+
+MAX_TICKET_READ = 64 * 1024 + 1  # one byte more than a ticket may have, to detect oversize
+
+
+def sidecar_path(ticket: Path) -> Path:
+    name = ticket.name[: -len(".job")] if ticket.name.endswith(".job") else ticket.name
+    return ticket.with_name(f"{name}.status.yaml")
+
+
+def read_ticket(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(MAX_TICKET_READ)
+
+
+def fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems (SMB, FUSE) refuse fsync on directories
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise from_os_error(exc, path) from exc
+    fsync_dir(path.parent)
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="seconds")
+
+
+def write_sidecar(ticket: Path, view: Mapping[str, Any]) -> None:
+    """Write ``NAME.status.yaml`` from the public view of a ticket (see ``sidecar_view``)."""
+    text = yaml.safe_dump(dict(view), sort_keys=False, allow_unicode=True, width=100)
+    atomic_write(sidecar_path(ticket), text.encode())
+
+
+def sidecar_view(ticket: Mapping[str, Any], outputs: list[Mapping[str, Any]]) -> dict[str, Any]:
+    phase = ticket["phase"]
+    shown = "waiting" if ticket.get("waiting") else phase
+    view: dict[str, Any] = {
+        "format": 1,
+        "phase": shown,
+        "step": phase,
+        "ticket": os.path.basename(ticket["ticket"]),
+        "job_id": ticket.get("job_id"),
+        "server_status": ticket.get("server_status"),
+        "server_info": ticket.get("server_info") or None,
+        "outputs": outputs,
+        "error": None,
+        "next_attempt_at": _iso(ticket.get("next_attempt_at")) if ticket.get("waiting") else None,
+        "created_at": _iso(ticket.get("created_at")),
+        "updated_at": _iso(ticket.get("updated_at")),
+        "finished_at": _iso(ticket.get("finished_at")),
+    }
+    err = ticket.get("error")
+    if err:
+        view["error"] = err.get("message")
+        view["error_title"] = err.get("title")
+    return view
+
+
+def file_ticket(ticket: Path, outcome: str, on_success: str) -> Path | None:
+    """Move the ticket out of the inbox: ``.job.done``/``.job.failed``, kept, or deleted.
+
+    Idempotent: when the ticket is already gone (an earlier run filed it before it was killed),
+    nothing happens. Returns where the ticket now is, or None.
+    """
+    if outcome == "done" and on_success == "keep":
+        return ticket if ticket.exists() else None
+    if outcome == "done" and on_success == "delete":
+        try:
+            ticket.unlink()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise from_os_error(exc, ticket) from exc
+        fsync_dir(ticket.parent)
+        return None
+    dest = ticket.with_name(f"{ticket.name}.{outcome}")
+    try:
+        os.replace(ticket, dest)
+    except FileNotFoundError:
+        return dest if dest.exists() else None
+    except OSError as exc:
+        raise from_os_error(exc, ticket) from exc
+    fsync_dir(ticket.parent)
+    return dest
+
+
+def remove_sidecar(ticket: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        sidecar_path(ticket).unlink()

@@ -1,0 +1,99 @@
+"""Pure decisions about a ticket's life: backoff, poll intervals, and what a job status means.
+
+No I/O and no clock of its own: callers pass ``now`` and a ``rand`` in [0, 1), so every decision
+can be tested exhaustively and replayed.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+
+from agent.models import JobMessage, RemoteJob
+
+MAX_WAIT = 600.0  # a transient problem is retried at least every ten minutes
+MAX_RETRY_AFTER = 3600.0  # a server asking for more than an hour is asked again after one
+
+
+class JobOutcome(enum.StrEnum):
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
+def job_outcome(job: RemoteJob) -> JobOutcome:
+    """Only completed, failed and canceled are terminal; unknown or empty codes keep polling."""
+    code = job.status_code.strip().lower()
+    if code == "completed":
+        return JobOutcome.COMPLETED
+    if code == "failed":
+        return JobOutcome.FAILED
+    if code in ("canceled", "cancelled"):
+        return JobOutcome.CANCELED
+    return JobOutcome.RUNNING
+
+
+def started(job: RemoteJob) -> bool:
+    """Whether a job has been marked for processing (after a PATCH process:true)."""
+    return job.status_code.strip().lower() not in ("", "incomplete", "ready", "created")
+
+
+def retry_delay(attempts: int, retry_after: float | None, rand: float) -> float:
+    """Seconds to wait before trying a step again after ``attempts`` transient failures.
+
+    A positive ``retry_after`` from the server is honoured exactly (capped at an hour); otherwise
+    exponential backoff 1, 2, 4 … s capped at ten minutes, with up to 25 % upward jitter so that
+    many tickets hit by the same outage do not come back in lockstep.
+    """
+    if retry_after is not None and retry_after > 0:
+        return min(float(retry_after), MAX_RETRY_AFTER)
+    base = min(MAX_WAIT, 2.0 ** max(0, min(attempts, 20)))
+    return min(MAX_WAIT, base * (1.0 + 0.25 * rand))
+
+
+def poll_delay(polls: int, min_interval: float, max_interval: float, rand: float) -> float:
+    """The SDK's schedule (×1.5 per poll from ``min_interval`` up to ``max_interval``) + jitter."""
+    base = min(max_interval, min_interval * (1.5 ** max(0, min(polls, 60))))
+    return min(max_interval * 1.25, base * (1.0 + 0.25 * rand))
+
+
+def describe_messages(messages: Iterable[JobMessage]) -> str:
+    parts = []
+    for m in messages:
+        text = m.message or "no message"
+        parts.append(f"{text} (code {m.code})" if m.code is not None else text)
+    return "; ".join(parts)
+
+
+def job_failure_message(job: RemoteJob) -> str:
+    detail = describe_messages(job.errors) or job.status_info or "the server gave no reason"
+    if job_outcome(job) is JobOutcome.CANCELED:
+        return (
+            f"the job {job.id} was canceled on the server ({detail}); "
+            "rename the ticket back to .job to try again"
+        )
+    return (
+        f"the conversion failed on the server: {detail}. Check the input and the options, then "
+        "rename the ticket back to .job (or run `convert-agent retry`) to try again"
+    )
+
+
+def output_problem(status: str) -> str | None:
+    """Plain words for an output that cannot be downloaded, or None when it can."""
+    s = status.strip().lower()
+    if s in ("", "enabled"):
+        return None
+    if s == "expired":
+        return (
+            "the output has expired on the server (outputs are kept for 24 hours): "
+            "retry the ticket to convert again"
+        )
+    if s == "overuse":
+        return (
+            "the output was downloaded too many times and the server no longer serves it: "
+            "retry the ticket to convert again"
+        )
+    if s == "disabled":
+        return "the output was deleted on the server: retry the ticket to convert again"
+    return None  # unknown output status: try to download it

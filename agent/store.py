@@ -1,0 +1,567 @@
+"""The state database: the only importer of sqlite_utils.
+
+Every ticket, the remote job it owns, its inputs and outputs, and a history row for every
+transition live here, so that a restart resumes exactly where the last process stopped. The
+scheduler records a step *before* it takes it; each ``update`` is one transaction together with its
+history row.
+
+The database runs in WAL mode (readers such as ``convert-agent status`` never block the writer)
+with ``synchronous=NORMAL``: every committed transition survives a killed process; after a power
+cut the last few may be lost, which the scheduler's recovery (re-reading the remote job, matching
+outputs by checksum) tolerates. One agent per state file is enforced by ``StateLock``.
+
+It must not know about HTTP or folders: it stores strings and numbers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import sqlite3
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+from agent.errors import ConfigError
+from agent.models import Phase, RemoteOutput
+
+migrations = Migrations("convert-agent")
+
+
+@migrations()
+def m001_initial(db: Database) -> None:
+    db.execute(
+        """
+        CREATE TABLE tickets (
+            id INTEGER PRIMARY KEY,
+            path TEXT NOT NULL,          -- absolute path of the NAME.job file
+            root TEXT NOT NULL,          -- the watched folder it was found in
+            sha256 TEXT NOT NULL,        -- of the ticket's bytes: an edit is a new request
+            kind TEXT NOT NULL,
+            spec TEXT NOT NULL,          -- TicketSpec.to_json()
+            phase TEXT NOT NULL,
+            active INTEGER NOT NULL DEFAULT 1,
+            filed INTEGER NOT NULL DEFAULT 0,  -- ticket file renamed/kept/deleted after the end
+            idem_key TEXT NOT NULL,
+            job_id TEXT,
+            job_token TEXT,
+            job_server TEXT,
+            start_sent INTEGER NOT NULL DEFAULT 0,
+            remote_status TEXT,
+            remote_info TEXT,
+            error TEXT,                  -- JSON {kind, title, message[, retry_after]}
+            wait_until REAL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            finished_at REAL
+        )
+        """
+    )
+    db.execute("CREATE UNIQUE INDEX tickets_active_path ON tickets(path) WHERE active = 1")
+    db.execute("CREATE INDEX tickets_phase ON tickets(phase, filed)")
+    db.execute(
+        """
+        CREATE TABLE inputs (
+            id INTEGER PRIMARY KEY,
+            ticket_id INTEGER NOT NULL REFERENCES tickets(id),
+            idx INTEGER NOT NULL,
+            kind TEXT NOT NULL,
+            value TEXT NOT NULL,
+            abs_path TEXT,
+            upload_uuid TEXT NOT NULL,
+            sent INTEGER NOT NULL DEFAULT 0,
+            remote_id TEXT
+        )
+        """
+    )
+    db.execute("CREATE INDEX inputs_ticket ON inputs(ticket_id)")
+    db.execute(
+        """
+        CREATE TABLE outputs (
+            id INTEGER PRIMARY KEY,
+            ticket_id INTEGER NOT NULL REFERENCES tickets(id),
+            idx INTEGER NOT NULL,
+            remote_id TEXT NOT NULL,
+            filename TEXT NOT NULL,
+            uri TEXT NOT NULL,
+            size INTEGER,
+            checksum TEXT NOT NULL,
+            remote_status TEXT NOT NULL,
+            state TEXT NOT NULL DEFAULT 'pending',  -- pending | placing | done | skipped
+            dest_name TEXT,              -- the file name chosen in the ticket's folder
+            digest TEXT,                 -- what we computed while streaming
+            verdict TEXT,                -- verified | unverified
+            gets INTEGER NOT NULL DEFAULT 0,  -- downloads we spent on it
+            mismatches INTEGER NOT NULL DEFAULT 0,
+            UNIQUE (ticket_id, remote_id)
+        )
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE history (
+            id INTEGER PRIMARY KEY,
+            ticket_id INTEGER NOT NULL REFERENCES tickets(id),
+            at REAL NOT NULL,
+            phase TEXT NOT NULL,
+            event TEXT NOT NULL,
+            message TEXT
+        )
+        """
+    )
+    db.execute("CREATE INDEX history_ticket ON history(ticket_id)")
+    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+
+
+@dataclass(frozen=True)
+class TicketRecord:
+    id: int
+    path: str
+    root: str
+    sha256: str
+    kind: str
+    spec: str
+    phase: Phase
+    active: bool
+    filed: bool
+    idem_key: str
+    job_id: str | None
+    job_token: str | None = field(repr=False)
+    job_server: str | None
+    start_sent: bool
+    remote_status: str | None
+    remote_info: str | None
+    error: Mapping[str, Any] | None
+    wait_until: float | None
+    attempts: int
+    created_at: float
+    updated_at: float
+    finished_at: float | None
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.path)
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> TicketRecord:
+        d = {f.name: row[f.name] for f in fields(cls)}
+        d["phase"] = Phase(d["phase"])
+        d["error"] = json.loads(d["error"]) if d["error"] else None
+        for k in ("active", "filed", "start_sent"):
+            d[k] = bool(d[k])
+        return cls(**d)
+
+    def public(self) -> dict[str, Any]:
+        """A JSON-able view without secrets, for the CLI, sidecars and the dashboard."""
+        return {
+            "id": self.id,
+            "ticket": self.path,
+            "name": self.name,
+            "kind": self.kind,
+            "phase": str(self.phase),
+            "waiting": self.wait_until is not None and not self.phase.terminal,
+            "next_attempt_at": self.wait_until,
+            "job_id": self.job_id,
+            "server_status": self.remote_status,
+            "server_info": self.remote_info,
+            "error": dict(self.error) if self.error else None,
+            "attempts": self.attempts,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "finished_at": self.finished_at,
+        }
+
+
+@dataclass(frozen=True)
+class InputRecord:
+    id: int
+    ticket_id: int
+    idx: int
+    kind: str
+    value: str
+    abs_path: str | None
+    upload_uuid: str
+    sent: bool
+    remote_id: str | None
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> InputRecord:
+        d = {f.name: row[f.name] for f in fields(cls)}
+        d["sent"] = bool(d["sent"])
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class OutputRecord:
+    id: int
+    ticket_id: int
+    idx: int
+    remote_id: str
+    filename: str
+    uri: str
+    size: int | None
+    checksum: str
+    remote_status: str
+    state: str
+    dest_name: str | None
+    digest: str | None
+    verdict: str | None
+    gets: int
+    mismatches: int
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> OutputRecord:
+        return cls(**{f.name: row[f.name] for f in fields(cls)})
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "name": self.dest_name or self.filename,
+            "size": self.size,
+            "checksum": self.checksum or None,
+            "state": self.state,
+            "verdict": self.verdict,
+        }
+
+
+class StateLock:
+    """One agent per state file: an exclusive ``flock`` on ``STATE.lock`` holding our pid."""
+
+    def __init__(self, db_path: Path) -> None:
+        self.path = db_path.with_name(db_path.name + ".lock")
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            other = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
+                raise ConfigError(
+                    f"another convert-agent (pid {other}) is already running with the state file "
+                    f"{self.path.with_suffix('')}: stop it first, or give this one its own "
+                    "--state file"
+                ) from exc
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class Store:
+    def __init__(self, db: Database, *, readonly: bool = False) -> None:
+        self.db = db
+        self.readonly = readonly
+
+    # ----------------------------------------------------------------- opening
+
+    @classmethod
+    def open(cls, path: Path | str) -> Store:
+        """Open (creating and migrating) a state file for the one writer."""
+        if str(path) == ":memory:":
+            conn = sqlite3.connect(":memory:", check_same_thread=False)
+        else:
+            p = Path(path)
+            p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            # Created private: the database holds job tokens and download passwords.
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            conn = sqlite3.connect(str(p), timeout=30, check_same_thread=False)
+        db = Database(conn, execute_plugins=False)
+        db.execute("PRAGMA busy_timeout = 30000")
+        if str(path) != ":memory:":
+            db.enable_wal()
+        db.execute("PRAGMA synchronous = NORMAL")
+        db.execute("PRAGMA foreign_keys = ON")
+        migrations.apply(db)
+        return cls(db)
+
+    @classmethod
+    def open_readonly(cls, path: Path | str) -> Store:
+        """For ``status``/``list``/``why`` while an agent runs: never writes, never migrates."""
+        p = Path(path)
+        if not p.exists():
+            raise FileNotFoundError(p)
+        conn = sqlite3.connect(f"file:{p}?mode=ro", uri=True, timeout=10, check_same_thread=False)
+        db = Database(conn, execute_plugins=False)
+        db.execute("PRAGMA busy_timeout = 10000")
+        return cls(db, readonly=True)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # ----------------------------------------------------------------- tickets
+
+    def add_ticket(
+        self,
+        *,
+        path: str,
+        root: str,
+        sha256: str,
+        kind: str,
+        spec: Mapping[str, Any],
+        inputs: Sequence[tuple[str, str, str | None]],
+        idem_prefix: str,
+        now: float,
+        phase: Phase = Phase.PENDING,
+        error: Mapping[str, Any] | None = None,
+        message: str = "ticket accepted",
+    ) -> TicketRecord:
+        """Record a new request for ``path``; the previous record for that path becomes history.
+
+        ``inputs`` are (kind, value, absolute path or None). The idempotency key is derived from
+        the ticket (prefix, path, content hash and record id), so a retry is a new request.
+        """
+        with self.db.atomic():
+            self.db.execute("UPDATE tickets SET active = 0 WHERE path = ? AND active = 1", [path])
+            cur = self.db.execute(
+                """INSERT INTO tickets (path, root, sha256, kind, spec, phase, idem_key, error,
+                       created_at, updated_at, finished_at, filed)
+                   VALUES (?, ?, ?, ?, ?, ?, '', ?, ?, ?, ?, 0)""",
+                [
+                    path,
+                    root,
+                    sha256,
+                    kind,
+                    json.dumps(spec),
+                    str(phase),
+                    json.dumps(error) if error else None,
+                    now,
+                    now,
+                    now if phase.terminal else None,
+                ],
+            )
+            tid = int(cur.lastrowid or 0)
+            key = hashlib.sha256(f"{idem_prefix}\0{path}\0{sha256}\0{tid}".encode()).hexdigest()
+            self.db.execute("UPDATE tickets SET idem_key = ? WHERE id = ?", [key[:40], tid])
+            for idx, (ikind, value, abs_path) in enumerate(inputs):
+                self.db.execute(
+                    """INSERT INTO inputs (ticket_id, idx, kind, value, abs_path, upload_uuid)
+                       VALUES (?, ?, ?, ?, ?, ?)""",
+                    [tid, idx, ikind, value, abs_path, f"{key[:24]}-{idx}"],
+                )
+            self._history(tid, now, phase, "accepted" if not error else "rejected", message)
+        return self.get(tid)
+
+    def get(self, ticket_id: int) -> TicketRecord:
+        rows = list(self.db.query("SELECT * FROM tickets WHERE id = ?", [ticket_id]))
+        if not rows:
+            raise KeyError(ticket_id)
+        return TicketRecord.from_row(rows[0])
+
+    def active_for_path(self, path: str) -> TicketRecord | None:
+        rows = list(self.db.query("SELECT * FROM tickets WHERE path = ? AND active = 1", [path]))
+        return TicketRecord.from_row(rows[0]) if rows else None
+
+    def update(
+        self,
+        ticket_id: int,
+        now: float,
+        *,
+        event: str,
+        message: str | None = None,
+        **changes: Any,
+    ) -> TicketRecord:
+        """Change a ticket's fields and write the history row, in one transaction."""
+        cols = dict(changes)
+        if "phase" in cols:
+            cols["phase"] = str(cols["phase"])
+            if Phase(cols["phase"]).terminal:
+                cols.setdefault("finished_at", now)
+        if "error" in cols:
+            cols["error"] = json.dumps(cols["error"]) if cols["error"] else None
+        for k in ("filed", "start_sent", "active"):
+            if k in cols:
+                cols[k] = int(bool(cols[k]))
+        cols["updated_at"] = now
+        assignments = ", ".join(f"{k} = ?" for k in cols)
+        with self.db.atomic():
+            self.db.execute(
+                f"UPDATE tickets SET {assignments} WHERE id = ?", [*cols.values(), ticket_id]
+            )
+            rec = self.get(ticket_id)
+            self._history(ticket_id, now, rec.phase, event, message)
+        return rec
+
+    def touch(self, ticket_id: int, now: float, **changes: Any) -> None:
+        """Change fields without a history row (server status text on every poll)."""
+        if "error" in changes:
+            changes["error"] = json.dumps(changes["error"]) if changes["error"] else None
+        changes["updated_at"] = now
+        assignments = ", ".join(f"{k} = ?" for k in changes)
+        self.db.execute(
+            f"UPDATE tickets SET {assignments} WHERE id = ?", [*changes.values(), ticket_id]
+        )
+
+    def _history(
+        self, ticket_id: int, now: float, phase: Phase, event: str, message: str | None
+    ) -> None:
+        self.db.execute(
+            "INSERT INTO history (ticket_id, at, phase, event, message) VALUES (?, ?, ?, ?, ?)",
+            [ticket_id, now, str(phase), event, message],
+        )
+
+    def unfinished(self) -> list[TicketRecord]:
+        """Active tickets with work left: not terminal, or terminal but not yet filed."""
+        return [
+            TicketRecord.from_row(r)
+            for r in self.db.query(
+                "SELECT * FROM tickets WHERE active = 1 AND (phase NOT IN (?, ?, ?) OR filed = 0)"
+                " ORDER BY id",
+                [str(Phase.DONE), str(Phase.FAILED), str(Phase.CANCELED)],
+            )
+        ]
+
+    def tickets(
+        self, *, phases: Iterable[Phase] | None = None, active_only: bool = True, limit: int = 0
+    ) -> list[TicketRecord]:
+        where, args = [], []
+        if active_only:
+            where.append("active = 1")
+        if phases is not None:
+            ph = [str(p) for p in phases]
+            where.append(f"phase IN ({', '.join('?' * len(ph))})")
+            args.extend(ph)
+        sql = "SELECT * FROM tickets"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY id"
+        if limit:
+            sql += f" LIMIT {int(limit)}"
+        return [TicketRecord.from_row(r) for r in self.db.query(sql, args)]
+
+    def find(self, name: str) -> list[TicketRecord]:
+        """Active tickets whose path, file name or stem is ``name`` (for ``why``/``retry``)."""
+        out = []
+        for rec in self.tickets():
+            base = rec.name
+            stem = base[: -len(".job")] if base.endswith(".job") else base
+            if name in (rec.path, base, stem) or rec.path.endswith(os.sep + name):
+                out.append(rec)
+        return out
+
+    def counts(self) -> dict[str, int]:
+        res = {str(p): 0 for p in Phase}
+        for row in self.db.query(
+            "SELECT phase, count(*) AS n FROM tickets WHERE active = 1 GROUP BY phase"
+        ):
+            res[row["phase"]] = row["n"]
+        res["waiting"] = next(
+            iter(
+                self.db.query(
+                    "SELECT count(*) AS n FROM tickets WHERE active = 1 AND wait_until IS NOT NULL"
+                    " AND phase NOT IN (?, ?, ?)",
+                    [str(Phase.DONE), str(Phase.FAILED), str(Phase.CANCELED)],
+                )
+            )
+        )["n"]
+        return res
+
+    def history(self, ticket_id: int) -> list[dict[str, Any]]:
+        return list(
+            self.db.query(
+                "SELECT at, phase, event, message FROM history WHERE ticket_id = ? ORDER BY id",
+                [ticket_id],
+            )
+        )
+
+    # ----------------------------------------------------------------- inputs / outputs
+
+    def inputs(self, ticket_id: int) -> list[InputRecord]:
+        return [
+            InputRecord.from_row(r)
+            for r in self.db.query(
+                "SELECT * FROM inputs WHERE ticket_id = ? ORDER BY idx", [ticket_id]
+            )
+        ]
+
+    def mark_input_sent(self, input_id: int, remote_id: str | None) -> None:
+        self.db.execute(
+            "UPDATE inputs SET sent = 1, remote_id = ? WHERE id = ?", [remote_id, input_id]
+        )
+
+    def record_outputs(self, ticket_id: int, outputs: Sequence[RemoteOutput]) -> None:
+        """Insert outputs not seen before, refresh uri/status/checksum of the others."""
+        with self.db.atomic():
+            for idx, o in enumerate(outputs):
+                self.db.execute(
+                    """INSERT INTO outputs (ticket_id, idx, remote_id, filename, uri, size,
+                           checksum, remote_status)
+                       VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                       ON CONFLICT (ticket_id, remote_id) DO UPDATE SET
+                           uri = excluded.uri, remote_status = excluded.remote_status,
+                           size = COALESCE(excluded.size, size),
+                           checksum = CASE WHEN excluded.checksum != '' THEN excluded.checksum
+                                           ELSE checksum END""",
+                    [
+                        ticket_id,
+                        idx,
+                        o.id or f"#{idx}",
+                        o.filename,
+                        o.uri,
+                        o.size,
+                        o.checksum,
+                        o.status,
+                    ],
+                )
+
+    def outputs(self, ticket_id: int) -> list[OutputRecord]:
+        return [
+            OutputRecord.from_row(r)
+            for r in self.db.query(
+                "SELECT * FROM outputs WHERE ticket_id = ? ORDER BY idx", [ticket_id]
+            )
+        ]
+
+    def update_output(self, output_id: int, **changes: Any) -> None:
+        assignments = ", ".join(f"{k} = ?" for k in changes)
+        self.db.execute(
+            f"UPDATE outputs SET {assignments} WHERE id = ?", [*changes.values(), output_id]
+        )
+
+    def output_names(self, root: str) -> set[str]:
+        """Absolute paths of every output the agent placed under ``root`` (its own files)."""
+        return {
+            os.path.join(os.path.dirname(r["path"]), r["dest_name"])
+            for r in self.db.query(
+                """SELECT t.path, o.dest_name FROM outputs o JOIN tickets t ON t.id = o.ticket_id
+                   WHERE t.root = ? AND o.dest_name IS NOT NULL""",
+                [root],
+            )
+        }
+
+    # ----------------------------------------------------------------- meta
+
+    def get_meta(self, key: str, default: str | None = None) -> str | None:
+        rows = list(self.db.query("SELECT value FROM meta WHERE key = ?", [key]))
+        return rows[0]["value"] if rows else default
+
+    def set_meta(self, key: str, value: str | None) -> None:
+        if value is None:
+            self.db.execute("DELETE FROM meta WHERE key = ?", [key])
+        else:
+            self.db.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [key, value],
+            )
+
+    def integrity_ok(self) -> bool:
+        rows = list(self.db.query("PRAGMA integrity_check"))
+        return bool(rows) and next(iter(rows[0].values())) == "ok"
