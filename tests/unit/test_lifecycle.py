@@ -1,0 +1,65 @@
+"""Pure decisions: backoff, poll schedule, what a job status means."""
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from agent import lifecycle
+from agent.lifecycle import JobOutcome
+from agent.models import JobMessage, RemoteJob
+
+
+def job(code: str, errors: tuple[JobMessage, ...] = ()) -> RemoteJob:
+    return RemoteJob(id="j1", status_code=code, errors=errors)
+
+
+def test_only_completed_failed_canceled_are_terminal() -> None:
+    assert lifecycle.job_outcome(job("completed")) is JobOutcome.COMPLETED
+    assert lifecycle.job_outcome(job("failed")) is JobOutcome.FAILED
+    assert lifecycle.job_outcome(job("canceled")) is JobOutcome.CANCELED
+    for code in ("", "incomplete", "queued", "processing", "something_new", "invalid"):
+        assert lifecycle.job_outcome(job(code)) is JobOutcome.RUNNING
+
+
+def test_started_means_past_staging() -> None:
+    assert not lifecycle.started(job("incomplete"))
+    assert not lifecycle.started(job(""))
+    assert lifecycle.started(job("queued"))
+    assert lifecycle.started(job("completed"))
+
+
+def test_retry_after_is_honoured_exactly_and_capped() -> None:
+    assert lifecycle.retry_delay(1, 7.0, 0.9) == 7.0
+    assert lifecycle.retry_delay(1, 99999.0, 0.0) == lifecycle.MAX_RETRY_AFTER
+    assert lifecycle.retry_delay(1, 0.0, 0.0) == 2.0  # 0 falls back to the backoff
+
+
+@given(st.integers(min_value=0, max_value=10_000), st.floats(min_value=0, max_value=0.999))
+def test_backoff_grows_and_stays_bounded(attempts: int, rand: float) -> None:
+    d = lifecycle.retry_delay(attempts, None, rand)
+    assert 1.0 <= d <= lifecycle.MAX_WAIT
+    assert lifecycle.retry_delay(attempts + 1, None, 0.0) >= lifecycle.retry_delay(
+        attempts, None, 0.0
+    )
+
+
+def test_poll_schedule_follows_the_sdk_and_caps() -> None:
+    delays = [lifecycle.poll_delay(n, 1.0, 5.0, 0.0) for n in range(8)]
+    assert delays[:4] == [1.0, 1.5, 2.25, 3.375]
+    assert delays[-1] == 5.0
+    assert lifecycle.poll_delay(3, 1.0, 5.0, 0.999) <= 5.0 * 1.25
+
+
+def test_failure_message_quotes_the_server_and_says_what_to_do() -> None:
+    msg = lifecycle.job_failure_message(
+        job("failed", (JobMessage("conversion", 6005, "Unsupported input"),))
+    )
+    assert "Unsupported input (code 6005)" in msg
+    assert "retry" in msg
+
+
+def test_output_problems_in_plain_words() -> None:
+    assert lifecycle.output_problem("enabled") is None
+    assert lifecycle.output_problem("") is None
+    assert "24 hours" in (lifecycle.output_problem("expired") or "")
+    assert "too many times" in (lifecycle.output_problem("overuse") or "")
+    assert "deleted" in (lifecycle.output_problem("disabled") or "")

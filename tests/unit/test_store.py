@@ -1,0 +1,105 @@
+"""The state database: migrations, transitions with history, the single-instance lock."""
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from agent.errors import ConfigError
+from agent.models import Phase, RemoteOutput
+from agent.store import StateLock, Store
+
+
+def add(store: Store, path: str = "/in/a.job", sha: str = "s1") -> int:
+    rec = store.add_ticket(
+        path=path,
+        root="/in",
+        sha256=sha,
+        kind="conversion",
+        spec={"kind": "conversion"},
+        inputs=[("local", "a.png", "/in/a.png"), ("url", "https://x/y.png", None)],
+        idem_prefix="inst",
+        now=1.0,
+    )
+    return rec.id
+
+
+def test_new_ticket_is_pending_with_inputs_and_a_history_row() -> None:
+    store = Store.open(":memory:")
+    tid = add(store)
+    rec = store.get(tid)
+    assert rec.phase is Phase.PENDING and rec.active and not rec.filed
+    assert len(rec.idem_key) == 40
+    assert [i.value for i in store.inputs(tid)] == ["a.png", "https://x/y.png"]
+    assert [h["event"] for h in store.history(tid)] == ["accepted"]
+
+
+def test_a_new_request_for_the_same_path_retires_the_old_record() -> None:
+    store = Store.open(":memory:")
+    first = add(store, sha="s1")
+    second = add(store, sha="s2")
+    assert not store.get(first).active
+    assert store.active_for_path("/in/a.job").id == second
+    assert store.get(first).idem_key != store.get(second).idem_key
+
+
+def test_update_writes_fields_and_history_in_one_go() -> None:
+    store = Store.open(":memory:")
+    tid = add(store)
+    rec = store.update(tid, 2.0, event="created", phase=Phase.UPLOADING, job_id="j1")
+    assert rec.phase is Phase.UPLOADING and rec.job_id == "j1"
+    rec = store.update(
+        tid, 3.0, event="failed", phase=Phase.FAILED, error={"message": "boom"}, filed=False
+    )
+    assert rec.finished_at == 3.0 and rec.error == {"message": "boom"}
+    assert [h["event"] for h in store.history(tid)] == ["accepted", "created", "failed"]
+    assert store.unfinished()[0].id == tid  # failed but not filed: work left
+    store.update(tid, 4.0, event="filed", filed=True)
+    assert store.unfinished() == []
+
+
+def test_outputs_are_recorded_once_and_refreshed() -> None:
+    store = Store.open(":memory:")
+    tid = add(store)
+    o = RemoteOutput.from_dict({"id": "o1", "uri": "u1", "filename": "a.jpg", "checksum": "ab"})
+    store.record_outputs(tid, [o])
+    store.record_outputs(
+        tid, [RemoteOutput.from_dict({"id": "o1", "uri": "u2", "status": "expired"})]
+    )
+    (out,) = store.outputs(tid)
+    assert (out.uri, out.remote_status, out.checksum) == ("u2", "expired", "ab")
+
+
+def test_file_is_private_and_readonly_view_sees_committed_state(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "state.db"
+    store = Store.open(path)
+    tid = add(store)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    ro = Store.open_readonly(path)
+    assert ro.get(tid).path == "/in/a.job"
+    assert ro.counts()["pending"] == 1
+    assert ro.integrity_ok()
+    ro.close()
+    store.close()
+
+
+def test_second_lock_holder_gets_a_clear_message(tmp_path: Path) -> None:
+    db = tmp_path / "state.db"
+    first = StateLock(db)
+    first.acquire()
+    with pytest.raises(ConfigError, match=f"pid {os.getpid()}.*already running"):
+        StateLock(db).acquire()
+    first.release()
+    again = StateLock(db)
+    again.acquire()
+    again.release()
+
+
+def test_public_view_has_no_secrets() -> None:
+    store = Store.open(":memory:")
+    tid = add(store)
+    rec = store.update(tid, 2.0, event="created", job_id="j1", job_token="sekrittoken")
+    assert "sekrittoken" not in json.dumps(rec.public())
+    assert "sekrittoken" not in repr(rec)
