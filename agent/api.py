@@ -1,0 +1,743 @@
+"""The api2convert REST client: the only importer of the aiohttp client.
+
+One transport (:meth:`ApiClient._call`) owns the auth headers, the request budget, the short
+retries of the SDK policy (api-contract.md §5.3) and the mapping of HTTP answers to
+:mod:`agent.errors`. The resource calls above it are thin. Downloads are streamed
+(:meth:`ApiClient.open_download`); this module never writes a file.
+
+Secrets: the account key goes only to the base URL's origin, an upload carries only the job
+token, and the download password only goes to the output uri's origin (it is dropped when a
+redirect leaves it). Error messages are built from what the server said (``message`` or the
+reason phrase) and never from request bodies or headers; any echo of a secret is masked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import binascii
+import contextlib
+import email.utils
+import functools
+import json
+import random
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import quote, urlsplit
+
+import aiohttp
+from yarl import URL
+
+from agent import __version__
+from agent.errors import (
+    AgentError,
+    ApiRejected,
+    ApiUnavailable,
+    AuthError,
+    OutputUnavailable,
+    QuotaExhausted,
+    RateLimited,
+    RetryableError,
+    from_os_error,
+)
+from agent.models import Encoding, RemoteInput, RemoteJob
+
+KEY_HEADER = "X-Api2convert-Api-Key"
+TOKEN_HEADER = "X-Api2convert-Token"
+PASSWORD_HEADER = "X-Api2convert-Download-Password"
+UPLOAD_UUID_HEADER = "x-oc-upload-uuid"
+
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
+MAX_BODY_BYTES = 16 * 1024 * 1024
+MAX_RETRY_AFTER = 120.0
+MAX_REDIRECTS = 10
+DOWNLOAD_CHUNK_SIZE = 1024 * 1024
+_MIN_CHUNK_SIZE = 256 * 1024
+_MAX_MESSAGE_CHARS = 500
+
+_T = TypeVar("_T")
+Sleep = Callable[[float], Awaitable[None]]
+_Origin = tuple[str, str, int | None]
+
+
+@dataclass
+class DownloadStream:
+    """An open download. ``chunks`` yields the decoded bytes from ``offset`` on.
+
+    ``offset`` is the offset asked for when the server honoured the range (206), else 0: the
+    caller must then start its file again. ``total`` is the whole file's size when known (never
+    for base64, whose wire length is not the file's). ``validator`` is the strong ETag or the
+    Last-Modified date, to be sent back as ``If-Range`` on a later resume.
+    """
+
+    status: int
+    offset: int
+    total: int | None
+    validator: str | None
+    chunks: AsyncIterator[bytes]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _origin(url: str | URL) -> _Origin:
+    u = url if isinstance(url, URL) else URL(url, encoded=True)
+    return ((u.scheme or "").lower(), (u.host or "").lower(), u.explicit_port or u.port)
+
+
+def _seg(value: str) -> str:
+    return quote(value, safe="")
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date); None if unusable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if seconds != seconds or seconds in (float("inf"), float("-inf")):
+        return None
+    return seconds
+
+
+def _strong_validator(headers: Mapping[str, str]) -> str | None:
+    etag = headers.get("ETag")
+    if etag and not etag.startswith("W/"):
+        return etag
+    return headers.get("Last-Modified") or None
+
+
+_CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
+
+
+def _parse_content_range(value: str | None) -> tuple[int, int | None] | None:
+    """``bytes a-b/total`` → (a, total or None)."""
+    m = _CONTENT_RANGE.match(value or "")
+    if not m:
+        return None
+    return int(m.group(1)), None if m.group(3) == "*" else int(m.group(3))
+
+
+def _with_base64(uri: str) -> str:
+    base, hash_, fragment = uri.partition("#")
+    sep = "&" if "?" in base else "?"
+    if base.endswith(("?", "&")):
+        sep = ""
+    return f"{base}{sep}encoding=base64{hash_}{fragment}"
+
+
+class _Base64Decoder:
+    """Decodes a base64 body that arrives in arbitrary chunks, ignoring whitespace."""
+
+    _WS = b" \t\r\n\v\f"
+
+    def __init__(self) -> None:
+        self._rest = b""
+
+    def feed(self, data: bytes) -> bytes:
+        data = self._rest + data.translate(None, self._WS)
+        cut = len(data) - len(data) % 4
+        self._rest = data[cut:]
+        return self._decode(data[:cut])
+
+    def finish(self) -> bytes:
+        rest, self._rest = self._rest, b""
+        if not rest:
+            return b""
+        if len(rest) % 4 == 1:
+            raise ApiUnavailable("the base64 download ended in the middle of a character group")
+        return self._decode(rest + b"=" * (-len(rest) % 4))
+
+    @staticmethod
+    def _decode(data: bytes) -> bytes:
+        if not data:
+            return b""
+        try:
+            return binascii.a2b_base64(data, strict_mode=True)
+        except binascii.Error as exc:
+            raise ApiUnavailable(
+                "the download is not valid base64 (truncated or not what was asked for)"
+            ) from exc
+
+
+class _RequestBudget:
+    """A token bucket as a schedule: each call reserves the next slot and sleeps until it.
+
+    Reserving before sleeping needs no loop, so an injected no-op ``sleep`` cannot spin; bursts of
+    up to ``burst`` requests go straight through.
+    """
+
+    def __init__(self, rate: float, *, clock: Callable[[], float], sleep: Sleep) -> None:
+        self._interval = 1.0 / rate
+        self._tolerance = max(0.0, max(1.0, rate) - 1.0) * self._interval  # burst = max(1, rate)
+        self._clock = clock
+        self._sleep = sleep
+        self._tat: float | None = None  # theoretical arrival time of the next request
+
+    async def acquire(self) -> None:
+        now = self._clock()
+        tat = now if self._tat is None else max(self._tat, now)
+        wait = tat - self._tolerance - now
+        self._tat = tat + self._interval
+        if wait > 0:
+            await self._sleep(wait)
+
+
+@dataclass
+class _Answer:
+    status: int
+    body: Any
+    headers: Mapping[str, str]
+
+
+class _RetryLater(Exception):
+    """Internal: one attempt failed with ``error``; retry it if the policy allows."""
+
+    def __init__(self, error: RetryableError, *, transport: bool, raw_after: float | None) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.transport = transport  # a network error rather than an HTTP status
+        self.raw_after = raw_after
+
+
+# --------------------------------------------------------------------------- the client
+
+
+class ApiClient:
+    """The api2convert v2 client. One ``aiohttp.ClientSession``, created inside the running loop."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None,
+        *,
+        timeout: float = 30.0,
+        max_concurrency: int = 8,
+        requests_per_second: float | None = None,
+        max_retries: int = 2,
+        sleep: Sleep = asyncio.sleep,
+        rand: Callable[[], float] = random.random,
+        clock: Callable[[], float] = time.monotonic,
+        user_agent: str = f"convert-agent/{__version__}",
+    ) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("base_url must be an http(s) URL")
+        self._base = base_url.rstrip("/")
+        self._base_origin = _origin(self._base)
+        self._key = api_key or None
+        self._timeout = max(1.0, timeout)
+        self._max_retries = max(0, max_retries)
+        self._sleep = sleep
+        self._rand = rand
+        self._user_agent = user_agent
+        self._semaphore = asyncio.Semaphore(max(1, max_concurrency))
+        self._budget = (
+            _RequestBudget(requests_per_second, clock=clock, sleep=sleep)
+            if requests_per_second and requests_per_second > 0
+            else None
+        )
+        self._session: aiohttp.ClientSession | None = None
+
+    def __repr__(self) -> str:
+        return f"ApiClient({self._base!r}, key={'set' if self._key else 'none'})"
+
+    # ------------------------------------------------------------------ resources
+
+    async def create_job(
+        self, conversions: Sequence[Mapping[str, Any]], *, idempotency_key: str
+    ) -> RemoteJob:
+        """``POST /jobs`` with ``process: false`` (staged); retried on 5xx thanks to the key."""
+        body = {"conversion": [dict(c) for c in conversions], "process": False}
+        answer = await self._call(
+            "POST", "/jobs", json_body=body, ok=(200, 201), idempotency_key=idempotency_key
+        )
+        return self._job(answer, "POST /jobs")
+
+    async def get_job(self, job_id: str, *, token: str | None = None) -> RemoteJob:
+        """``GET /jobs/{id}``; with ``token`` the job token is sent instead of the account key."""
+        answer = await self._call("GET", f"/jobs/{_seg(job_id)}", ok=(200,), token=token)
+        return self._job(answer, "GET /jobs/{id}")
+
+    async def list_jobs(self, status: str | None = None, page: int = 1) -> list[RemoteJob]:
+        """``GET /jobs``; a 204 (no jobs) is an empty list."""
+        params = {"page": str(page)}
+        if status:
+            params["status"] = status
+        answer = await self._call("GET", "/jobs", params=params, ok=(200, 204))
+        if answer.status == 204 or answer.body is None:
+            return []
+        body = answer.body
+        items = list(body.values()) if isinstance(body, dict) else body
+        if not isinstance(items, list):
+            raise ApiUnavailable("GET /jobs answered with something that is not a list of jobs")
+        return [RemoteJob.from_dict(i) for i in items if isinstance(i, dict)]
+
+    async def upload_file(
+        self, job: RemoteJob, path: Path, *, filename: str, upload_uuid: str
+    ) -> RemoteInput:
+        """``POST {job.server}/upload-file/{job.id}`` carrying only the job token."""
+        server = job.server.rstrip("/")
+        if not server or not job.token or not job.id:
+            raise ApiRejected("the job has no upload server or token; it cannot take uploads")
+        if urlsplit(server).scheme not in ("http", "https"):
+            raise ApiRejected("the job's upload server is not an http(s) URL")
+        url = f"{server}/upload-file/{_seg(job.id)}"
+        part_name = "".join(c if c.isprintable() else "_" for c in filename)
+
+        def form() -> tuple[aiohttp.FormData, Callable[[], None]]:
+            try:
+                fh = path.open("rb")
+            except OSError as exc:
+                raise from_os_error(exc, path) from exc
+            # Raw UTF-8 filename as browsers send it (aiohttp would percent-encode it, and the
+            # server would keep the %XX literally); control characters cannot reach the header.
+            data = aiohttp.FormData(quote_fields=False)
+            data.add_field("file", fh, filename=part_name, content_type="application/octet-stream")
+            return data, fh.close
+
+        answer = await self._call(
+            "POST",
+            url,
+            form=form,
+            ok=(200, 201),
+            token=job.token,
+            extra_headers={UPLOAD_UUID_HEADER: upload_uuid},
+            what="upload",
+            streaming=True,
+        )
+        if not isinstance(answer.body, dict):
+            raise ApiUnavailable("the upload server answered with something that is not an input")
+        return RemoteInput.from_dict(answer.body)
+
+    async def add_remote_input(self, job_id: str, url: str) -> RemoteInput:
+        """``POST /jobs/{id}/input`` with a ``remote`` input (not retried on 5xx)."""
+        answer = await self._call(
+            "POST",
+            f"/jobs/{_seg(job_id)}/input",
+            json_body={"type": "remote", "source": url},
+            ok=(200, 201),
+            what="POST /jobs/{id}/input",
+        )
+        if not isinstance(answer.body, dict):
+            raise ApiUnavailable(
+                "POST /jobs/{id}/input answered with something that is not an input"
+            )
+        return RemoteInput.from_dict(answer.body)
+
+    async def start_job(self, job_id: str) -> RemoteJob:
+        """``PATCH /jobs/{id}`` with exactly ``{"process": true}`` (not retried on 5xx)."""
+        answer = await self._call(
+            "PATCH",
+            f"/jobs/{_seg(job_id)}",
+            json_body={"process": True},
+            ok=(200,),
+            what="PATCH /jobs/{id}",
+        )
+        return self._job(answer, "PATCH /jobs/{id}")
+
+    async def cancel_job(self, job_id: str) -> None:
+        """``DELETE /jobs/{id}``; 404 (gone) and 409 (cannot be modified) are not errors."""
+        await self._call(
+            "DELETE",
+            f"/jobs/{_seg(job_id)}",
+            ok=(200, 202, 204, 404, 409),
+            what="DELETE /jobs/{id}",
+            expect_json=False,
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+    # ------------------------------------------------------------------ download
+
+    @contextlib.asynccontextmanager
+    async def open_download(
+        self,
+        uri: str,
+        *,
+        password: str | None,
+        encoding: Encoding,
+        offset: int = 0,
+        validator: str | None = None,
+        chunk_size: int = DOWNLOAD_CHUNK_SIZE,
+    ) -> AsyncIterator[DownloadStream]:
+        """Open ``GET uri`` as a stream of decoded bytes.
+
+        - ``offset > 0`` (binary only) sends ``Range: bytes=offset-`` and, when a validator is
+          known, ``If-Range``; without one the Range is still sent (outputs do not change on the
+          server, and the caller's checksum catches the rest). A 206 whose Content-Range starts at
+          ``offset`` gives ``stream.offset == offset``; a 200 gives 0 (start the file again).
+          A 416, or a 206 for another range, is answered by asking once more without Range, so
+          the caller sees an ordinary full download (offset 0).
+        - base64 (``?encoding=base64`` added, the query kept) is decoded while streaming and is
+          never resumed: the offset is ignored and the whole file comes again.
+        - Redirects are followed by hand (up to 10 hops); the password header is dropped for
+          good once a hop leaves the uri's origin.
+        - Opening is retried like a GET (429/5xx/network); reading the body is never retried:
+          a dropped connection raises ApiUnavailable from ``chunks``.
+        """
+        parts = urlsplit(uri)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise OutputUnavailable("the output's download address is not an http(s) URL")
+        base64 = encoding == Encoding.BASE64
+        if base64:
+            uri, offset = _with_base64(uri), 0
+        offset = max(0, offset)
+        chunk_size = max(_MIN_CHUNK_SIZE, chunk_size)
+
+        resp, offset, total = await self._open_stream(uri, password, offset, validator, base64)
+        try:
+            stream = DownloadStream(
+                status=resp.status,
+                offset=offset,
+                total=total,
+                validator=_strong_validator(resp.headers),
+                chunks=self._body_chunks(resp, chunk_size, base64, total, offset),
+            )
+            yield stream
+        finally:
+            resp.release()
+
+    async def _open_stream(
+        self,
+        uri: str,
+        password: str | None,
+        offset: int,
+        validator: str | None,
+        base64: bool,
+    ) -> tuple[aiohttp.ClientResponse, int, int | None]:
+        resp = await self._retrying(
+            lambda: self._follow(uri, password, offset, validator), idempotent=True
+        )
+        if offset > 0 and resp.status == 206:
+            rng = _parse_content_range(resp.headers.get("Content-Range"))
+            if rng is not None and rng[0] == offset:
+                return resp, offset, rng[1]
+        if offset > 0 and resp.status in (206, 416):
+            # The server did not give the range asked for: start from zero, like a 200.
+            resp.close()
+            offset = 0
+            resp = await self._retrying(
+                lambda: self._follow(uri, password, 0, None), idempotent=True
+            )
+        if resp.status == 206:
+            rng = _parse_content_range(resp.headers.get("Content-Range"))
+            if rng is None or rng[0] != 0:
+                resp.close()
+                raise ApiUnavailable("the download server sent a part of the file nobody asked for")
+            return resp, 0, rng[1]
+        total = None if base64 else resp.content_length
+        return resp, 0, total
+
+    async def _follow(
+        self, uri: str, password: str | None, offset: int, validator: str | None
+    ) -> aiohttp.ClientResponse:
+        """One attempt: GET with manual redirects; returns a 200/206/416 response (open)."""
+        session = self._get_session()
+        origin = _origin(uri)
+        url = URL(uri, encoded=True)
+        send_password = password is not None
+        headers = {
+            "Accept": "*/*",
+            "Accept-Encoding": "identity",
+            "User-Agent": self._user_agent,
+        }
+        if offset > 0:
+            headers["Range"] = f"bytes={offset}-"
+            if validator:
+                headers["If-Range"] = validator
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=self._timeout, sock_read=self._timeout
+        )
+        for _hop in range(MAX_REDIRECTS + 1):
+            send_password = send_password and _origin(url) == origin
+            hop_headers = dict(headers)
+            if send_password and password is not None:
+                hop_headers[PASSWORD_HEADER] = password
+            resp = await self._send(
+                functools.partial(
+                    session.get, url, headers=hop_headers, allow_redirects=False, timeout=timeout
+                )
+            )
+            if 200 <= resp.status < 300 or resp.status == 416:
+                return resp
+            if resp.status in (301, 302, 303, 307, 308):
+                location = resp.headers.get("Location")
+                resp.close()
+                if not location:
+                    raise ApiUnavailable("the download server redirected without a Location")
+                nxt = url.join(URL(location, encoded=True))
+                if nxt.scheme not in ("http", "https") or not nxt.host:
+                    raise OutputUnavailable("the download was redirected to a non-http(s) address")
+                url = nxt
+                continue
+            try:
+                body = await self._read_limited(resp)
+            except (ApiUnavailable, _RetryLater):
+                body = b""
+            finally:
+                resp.release()
+            error = self._error_for(resp, body, what="download", download=True)
+            self._raise_or_retry(error, resp)
+        raise ApiUnavailable(f"the download was redirected more than {MAX_REDIRECTS} times")
+
+    async def _body_chunks(
+        self,
+        resp: aiohttp.ClientResponse,
+        chunk_size: int,
+        base64: bool,
+        total: int | None,
+        offset: int,
+    ) -> AsyncIterator[bytes]:
+        decoder = _Base64Decoder() if base64 else None
+        expected = None if total is None or base64 else total - offset
+        received = 0
+        try:
+            async for chunk in resp.content.iter_chunked(chunk_size):
+                received += len(chunk)
+                data = decoder.feed(chunk) if decoder else chunk
+                if data:
+                    yield data
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise ApiUnavailable(
+                "the download was cut off part-way; it will be tried again"
+            ) from exc
+        if decoder is not None:
+            tail = decoder.finish()
+            if tail:
+                yield tail
+        if expected is not None and received != expected:
+            raise ApiUnavailable(
+                f"the download ended after {received} of {expected} bytes; it will be tried again"
+            )
+
+    # ------------------------------------------------------------------ transport
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                cookie_jar=aiohttp.DummyCookieJar(),
+                timeout=aiohttp.ClientTimeout(total=self._timeout),
+                trust_env=False,
+            )
+        return self._session
+
+    def _headers(
+        self, url: str, token: str | None, extra: Mapping[str, str] | None
+    ) -> dict[str, str]:
+        headers = {"Accept": "application/json", "User-Agent": self._user_agent}
+        if token is not None:
+            headers[TOKEN_HEADER] = token
+        elif self._key is not None and _origin(url) == self._base_origin:
+            headers[KEY_HEADER] = self._key
+        if extra:
+            headers.update(extra)
+        return headers
+
+    async def _call(
+        self,
+        method: str,
+        path_or_url: str,
+        *,
+        ok: Collection[int],
+        json_body: Any = None,
+        params: Mapping[str, str] | None = None,
+        form: Callable[[], tuple[aiohttp.FormData, Callable[[], None]]] | None = None,
+        token: str | None = None,
+        idempotency_key: str | None = None,
+        extra_headers: Mapping[str, str] | None = None,
+        what: str | None = None,
+        expect_json: bool = True,
+        streaming: bool = False,
+    ) -> _Answer:
+        url = path_or_url if "://" in path_or_url else f"{self._base}{path_or_url}"
+        what = what or f"{method} {path_or_url}"
+        extra = dict(extra_headers or {})
+        if idempotency_key:
+            extra["Idempotency-Key"] = idempotency_key
+        headers = self._headers(url, token, extra)
+        idempotent = method in IDEMPOTENT_METHODS or bool(idempotency_key)
+        secrets = [s for s in (self._key, token) if s]
+        timeout = (
+            aiohttp.ClientTimeout(total=None, sock_connect=self._timeout, sock_read=self._timeout)
+            if streaming
+            else aiohttp.ClientTimeout(total=self._timeout)
+        )
+
+        async def attempt() -> _Answer:
+            session = self._get_session()
+            closer: Callable[[], None] | None = None
+            kwargs: dict[str, Any] = {
+                "headers": headers,
+                "allow_redirects": False,
+                "timeout": timeout,
+            }
+            if params:
+                kwargs["params"] = params
+            if form is not None:
+                kwargs["data"], closer = form()
+            elif json_body is not None:
+                kwargs["json"] = json_body
+            try:
+                resp = await self._send(lambda: session.request(method, url, **kwargs))
+                try:
+                    body = await self._read_limited(resp)
+                finally:
+                    resp.release()
+            finally:
+                if closer is not None:
+                    closer()
+            if resp.status in ok:
+                parsed: Any = None
+                if expect_json and resp.status != 204 and 200 <= resp.status < 300:
+                    parsed = self._parse_json(body, what)
+                return _Answer(resp.status, parsed, resp.headers)
+            error = self._error_for(resp, body, what=what, secrets=secrets, token_auth=bool(token))
+            self._raise_or_retry(error, resp)
+            raise AssertionError("unreachable")  # pragma: no cover
+
+        return await self._retrying(attempt, idempotent=idempotent)
+
+    async def _send(self, make: Callable[[], Any]) -> aiohttp.ClientResponse:
+        """One HTTP exchange under the concurrency limit and the request budget."""
+        async with self._semaphore:
+            if self._budget is not None:
+                await self._budget.acquire()
+            try:
+                resp: aiohttp.ClientResponse = await make()
+            except aiohttp.InvalidURL as exc:
+                raise ApiRejected("the request address is not a valid URL") from exc
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                raise _RetryLater(
+                    ApiUnavailable(f"the API could not be reached ({type(exc).__name__})"),
+                    transport=True,
+                    raw_after=None,
+                ) from exc
+            return resp
+
+    async def _read_limited(self, resp: aiohttp.ClientResponse) -> bytes:
+        if resp.content_length is not None and resp.content_length > MAX_BODY_BYTES:
+            raise ApiUnavailable("the API answer is larger than 16 MiB")
+        buf = bytearray()
+        try:
+            async for chunk in resp.content.iter_chunked(256 * 1024):
+                buf += chunk
+                if len(buf) > MAX_BODY_BYTES:
+                    raise ApiUnavailable("the API answer is larger than 16 MiB")
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise _RetryLater(
+                ApiUnavailable("the connection to the API dropped while reading an answer"),
+                transport=True,
+                raw_after=None,
+            ) from exc
+        return bytes(buf)
+
+    @staticmethod
+    def _parse_json(body: bytes, what: str) -> Any:
+        try:
+            return json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ApiUnavailable(
+                f"{what}: the API answered with something that is not JSON "
+                "(a maintenance page?); it will be tried again"
+            ) from exc
+
+    @staticmethod
+    def _job(answer: _Answer, what: str) -> RemoteJob:
+        if not isinstance(answer.body, dict):
+            raise ApiUnavailable(f"{what}: the API answered with something that is not a job")
+        job = RemoteJob.from_dict(answer.body)
+        if not job.id:
+            raise ApiUnavailable(f"{what}: the API answered with a job without an id")
+        return job
+
+    def _error_for(
+        self,
+        resp: aiohttp.ClientResponse,
+        body: bytes,
+        *,
+        what: str,
+        secrets: Sequence[str] = (),
+        download: bool = False,
+        token_auth: bool = False,
+    ) -> AgentError:
+        status = resp.status
+        message = ""
+        with contextlib.suppress(ValueError, UnicodeDecodeError):
+            parsed = json.loads(body) if body else None
+            if isinstance(parsed, dict) and isinstance(parsed.get("message"), str):
+                message = parsed["message"].strip()
+        message = message or (resp.reason or "").strip() or "no message"
+        message = message[:_MAX_MESSAGE_CHARS]
+        for secret in secrets:
+            message = message.replace(secret, "[REDACTED]")
+        request_id = resp.headers.get("X-Request-Id")
+        suffix = f" (request id {request_id})" if request_id else ""
+        text = f"{what}: HTTP {status} {message}{suffix}"
+        raw_after = parse_retry_after(resp.headers.get("Retry-After"))
+        after = raw_after if raw_after is not None and raw_after > 0 else None
+
+        if status == 429:
+            return RateLimited(f"{text}; waiting before trying again", retry_after=after)
+        if status >= 500:
+            return ApiUnavailable(f"{text}; it will be tried again", retry_after=after)
+        if 300 <= status < 400:
+            return ApiUnavailable(f"{text}: unexpected redirect from the API", retry_after=after)
+        if status == 402:
+            return QuotaExhausted(
+                f"{text}: the credits or contract budget are used up; new tickets wait",
+                retry_after=after,
+            )
+        if download:
+            return OutputUnavailable(
+                f"{text}: the output cannot be downloaded (expired, overused, disabled "
+                "or a wrong download password)"
+            )
+        if status in (401, 403):
+            if token_auth:
+                return ApiRejected(f"{text}: the job token was refused", status=status)
+            return AuthError(f"{text}: check the API key (API2CONVERT_API_KEY or api.key)")
+        if 400 <= status < 500:
+            return ApiRejected(text, status=status)
+        return ApiUnavailable(f"{text}: unexpected answer from the API")
+
+    @staticmethod
+    def _raise_or_retry(error: AgentError, resp: aiohttp.ClientResponse) -> None:
+        if isinstance(error, RetryableError) and resp.status in RETRY_STATUSES:
+            raw = parse_retry_after(resp.headers.get("Retry-After"))
+            raise _RetryLater(error, transport=False, raw_after=raw)
+        raise error
+
+    async def _retrying(self, attempt: Callable[[], Awaitable[_T]], *, idempotent: bool) -> _T:
+        tries = 0
+        while True:
+            try:
+                return await attempt()
+            except _RetryLater as exc:
+                status_429 = isinstance(exc.error, RateLimited)
+                allowed = status_429 or idempotent
+                if not allowed or tries >= self._max_retries:
+                    raise exc.error from exc.__cause__
+                await self._sleep(self._delay(tries, exc.raw_after))
+                tries += 1
+
+    def _delay(self, attempt: int, raw_after: float | None) -> float:
+        if raw_after is not None and raw_after > 0:
+            return min(raw_after, MAX_RETRY_AFTER)
+        return min(8.0, 0.5 * 2.0**attempt) * (1 + 0.25 * self._rand())
