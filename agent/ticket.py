@@ -301,7 +301,7 @@ class _Fields:
         if node.value is None:
             raise FieldError(f"needs a value — e.g. `{example}`", key=key, line=node.line)
         value = node.value if isinstance(node.value, str) else node.raw
-        if value is None:  # pragma: no cover - scalars from code are str, and YAML keeps raw
+        if value is None:  # a number or flag handed in by code (folder defaults): its text form
             value = str(node.value)
         if "\x00" in value:
             raise FieldError("contains a NUL character — remove it", key=key, line=node.line)
@@ -431,8 +431,8 @@ class _Fields:
                     line=node.line,
                 )
         if value is not None and not isinstance(value, str | int | float | bool):
-            raise FieldError(  # pragma: no cover - YAML scalars are never anything else
-                "must be text, a number, true/false or null", key=key, line=node.line
+            raise FieldError(  # only from code: YAML scalars are never anything else
+                "must be text, a number, true/false or null — remove it", key=key, line=node.line
             )
         return value
 

@@ -678,3 +678,11 @@ def test_random_bytes_only_ever_raise_ticket_error(tmp_path: Path, data: bytes) 
         parse(data, tmp_path)
     except TicketError as err:
         assert err.message
+
+
+def test_defaults_handed_in_by_code_are_checked_like_yaml(tmp_path: Path) -> None:
+    spec = parse("input: x", tmp_path, defaults={"target": "PDF", "download": {"password": 123}})
+    assert spec.conversions[0].target == "pdf"
+    assert spec.download.password == "123"
+    err = refused("input: x\ntarget: pdf", tmp_path, defaults={"options": {"when": object()}})
+    assert err.key == "defaults.options.when" and "configuration" in err.message
