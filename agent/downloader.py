@@ -1,0 +1,471 @@
+"""Output files: stream → hash → fsync → link/replace. The only writer of output files.
+
+It never talks HTTP: the scheduler hands it ``stream_opener(offset, validator)``, the api's
+download context manager. Data goes to a hidden part file in the target folder (opened with
+``O_NOFOLLOW``, never through a symlink), is hashed while it streams, checked against the
+server's checksum and size, fsynced, and only then placed under its final name: ``os.link``
+(atomic, never clobbers) for rename/skip/fail, ``os.replace`` for overwrite, then the folder is
+fsynced.
+
+What happens to the part file on errors:
+- kept when a later attempt can resume from it: network trouble (``RetryableError`` from the
+  stream), cancellation, and any error in :func:`place` (the verified part is reused by the next
+  :func:`fetch_to_part` without spending a download);
+- deleted on a checksum or size mismatch, a permanent refusal, or a local write error (disk full:
+  the space is given back).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import hashlib
+import logging
+import os
+import stat
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+from agent.errors import (
+    AgentError,
+    ApiUnavailable,
+    ErrorKind,
+    OutputUnavailable,
+    PermanentError,
+    RetryableError,
+    from_os_error,
+)
+from agent.models import ConflictPolicy, VerifyMode
+from agent.paths import conflict_candidates
+
+log = logging.getLogger("agent.downloader")
+
+_ALGORITHMS = {32: "md5", 40: "sha1", 64: "sha256"}
+_HEX = frozenset("0123456789abcdef")
+# Digest of files without a server checksum, so a restart can still recognise them.
+LOCAL_ALGORITHM = "sha256"
+WRITE_BUFFER = 1024 * 1024
+READ_BLOCK = 1024 * 1024
+# Hard links unsupported here (some SMB/FUSE mounts, Android storage): use the fallback.
+_NO_LINK = frozenset(
+    {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.ENOSYS, errno.EMLINK}
+)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_BINARY = getattr(os, "O_BINARY", 0)
+
+Verdict = Literal["verified", "unverified"]
+
+
+class DownloadStreamLike(Protocol):
+    """What :func:`fetch_to_part` needs of ``agent.api.DownloadStream``."""
+
+    @property
+    def offset(self) -> int: ...
+    @property
+    def validator(self) -> str | None: ...
+    @property
+    def chunks(self) -> AsyncIterator[bytes]: ...
+
+
+StreamOpener = Callable[[int, str | None], AbstractAsyncContextManager[DownloadStreamLike]]
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    size: int
+    digest: str  # hex, with the server checksum's algorithm (else sha256)
+    verdict: Verdict
+    algorithm: str = LOCAL_ALGORITHM
+    validator: str | None = None  # from the last stream opened, for a later If-Range
+
+
+class ChecksumMismatch(AgentError):
+    """The downloaded bytes are not what the server announced; the part was deleted.
+
+    Its own class (not Permanent, not Retryable): the scheduler decides how many downloads to
+    spend on it before the ticket fails.
+    """
+
+    kind = ErrorKind.PERMANENT
+    default_title = "checksum mismatch"
+
+    def __init__(self, message: str, *, expected: str, actual: str) -> None:
+        super().__init__(message)
+        self.expected = expected
+        self.actual = actual
+
+
+class SizeMismatch(ChecksumMismatch):
+    """The size differs from the job's ``size`` (and no checksum said the data was right)."""
+
+    default_title = "size mismatch"
+
+
+# --------------------------------------------------------------------------- checksums
+
+
+def checksum_algorithm(digest: str) -> str | None:
+    """The hash behind a hex ``digest``, judged by its length: 32 md5, 40 sha1, 64 sha256."""
+    d = digest.strip().lower()
+    if not d or not set(d) <= _HEX:
+        return None
+    return _ALGORITHMS.get(len(d))
+
+
+def matches(path: Path, checksum: str) -> bool:
+    """Whether the regular file at ``path`` (not a symlink) has this checksum.
+
+    False when the checksum's algorithm is unknown or the file is missing, a symlink or not a
+    regular file; other OS errors become ``LocalResourceError``.
+    """
+    algorithm = checksum_algorithm(checksum)
+    if algorithm is None:
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC | _BINARY)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR, errno.EISDIR):
+            return False
+        raise from_os_error(exc, path) from exc
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        h = hashlib.new(algorithm)
+        _hash_fd(fd, h, None)
+    except OSError as exc:
+        raise from_os_error(exc, path) from exc
+    finally:
+        os.close(fd)
+    return h.hexdigest() == checksum.strip().lower()
+
+
+def _hash_fd(fd: int, h: hashlib._Hash, limit: int | None) -> int:
+    """Feed ``h`` from ``fd``'s current position (at most ``limit`` bytes); returns the count."""
+    done = 0
+    while limit is None or done < limit:
+        want = READ_BLOCK if limit is None else min(READ_BLOCK, limit - done)
+        block = os.read(fd, want)
+        if not block:
+            break
+        h.update(block)
+        done += len(block)
+    return done
+
+
+# --------------------------------------------------------------------------- fetching
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def _open_part(part: Path, *, keep: bool) -> int:
+    """Open the part for writing without following a symlink; a symlink there is removed."""
+    flags = os.O_RDWR | os.O_CREAT | _NOFOLLOW | _CLOEXEC | _BINARY
+    try:
+        st = os.lstat(part)
+    except FileNotFoundError:
+        pass
+    else:
+        if stat.S_ISLNK(st.st_mode) or not stat.S_ISREG(st.st_mode) or not keep:
+            if stat.S_ISDIR(st.st_mode):
+                raise PermanentError(f"{part} is a directory; the download cannot be written")
+            os.unlink(part)  # a planted symlink is removed, never followed
+    return os.open(part, flags, 0o666)
+
+
+class _Sink:
+    """A part file being written: buffered writes and hashing, run in a worker thread."""
+
+    def __init__(self, fd: int, algorithm: str) -> None:
+        self.fd = fd
+        self.algorithm = algorithm
+        self.hash = hashlib.new(algorithm)
+        self.size = 0
+        self.buf = bytearray()
+
+    def restart(self, offset: int) -> None:
+        """Keep the first ``offset`` bytes (re-hashed from disk) and write from there."""
+        self.hash = hashlib.new(self.algorithm)
+        self.buf.clear()
+        os.lseek(self.fd, 0, os.SEEK_SET)
+        if offset:
+            got = _hash_fd(self.fd, self.hash, offset)
+            if got != offset:
+                raise OSError(errno.EIO, "the part file is shorter than it was")
+        os.ftruncate(self.fd, offset)
+        os.lseek(self.fd, offset, os.SEEK_SET)
+        self.size = offset
+
+    def write_all(self, data: bytes | bytearray) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.write(self.fd, view)
+            view = view[n:]
+
+    def flush(self) -> None:
+        if self.buf:
+            data = bytes(self.buf)
+            self.buf.clear()
+            self.write_all(data)
+            self.hash.update(data)
+
+    def finish(self) -> str:
+        self.flush()
+        os.fsync(self.fd)
+        return self.hash.hexdigest()
+
+
+def _existing_prefix(part: Path) -> int:
+    try:
+        st = os.lstat(part)
+    except FileNotFoundError:
+        return 0
+    return st.st_size if stat.S_ISREG(st.st_mode) else 0
+
+
+async def fetch_to_part(
+    stream_opener: StreamOpener,
+    part: Path,
+    *,
+    expected_checksum: str,
+    expected_size: int | None,
+    verify: VerifyMode,
+    resume: bool,
+    validator: str | None = None,
+    on_validator: Callable[[str | None], None] | None = None,
+) -> FetchResult:
+    """Download into ``part`` (hidden, in the target folder), hash it, verify it, fsync it.
+
+    With ``resume`` an existing part is kept: its bytes are re-hashed from disk and the download
+    asks for the rest (``Range``, with ``If-Range: validator`` when one is known). A part that
+    already has ``expected_size`` bytes and the right checksum is accepted without a request.
+    A stream that starts again from 0 (a 200 answer, or base64) truncates the part first.
+    ``on_validator`` is told each stream's validator as soon as it opens, so the caller can record
+    it for a resume after a restart.
+
+    Verdict "verified" when the checksum matched; "unverified" when there was none (or of an
+    unknown kind) and ``verify`` is if-present. Raises ``OutputUnavailable`` before any request
+    when ``verify`` is required and there is no usable checksum, ``ChecksumMismatch`` /
+    ``SizeMismatch`` (part deleted) when the bytes are wrong.
+    """
+    algorithm = checksum_algorithm(expected_checksum)
+    if algorithm is None and verify == VerifyMode.REQUIRED:
+        raise OutputUnavailable(
+            "the server sent no checksum and verify is required: the output cannot be checked "
+            "(set download.verify: if-present in the ticket to accept it unverified)"
+        )
+    expected = expected_checksum.strip().lower() if algorithm else ""
+    algo = algorithm or LOCAL_ALGORITHM
+
+    try:
+        offset = _existing_prefix(part) if resume else 0
+        if expected_size is not None and offset > expected_size:
+            offset = 0
+        fd = await asyncio.to_thread(_open_part, part, keep=offset > 0)
+    except OSError as exc:
+        _remove_quietly(part)
+        raise from_os_error(exc, part) from exc
+
+    sink = _Sink(fd, algo)
+    finished = keep_part = False
+    try:
+        try:
+            await asyncio.to_thread(sink.restart, offset)
+        except OSError:
+            offset = 0
+            await asyncio.to_thread(sink.restart, 0)
+        result = None
+        if offset and offset == expected_size:
+            # Complete already (an earlier attempt died after the last byte): no request needed.
+            digest = await asyncio.to_thread(sink.finish)
+            if not expected:
+                result = FetchResult(offset, digest, "unverified", algo, validator)
+            elif digest == expected:
+                result = FetchResult(offset, digest, "verified", algo, validator)
+            else:
+                offset = 0
+                await asyncio.to_thread(sink.restart, 0)
+        if result is None:
+            result = await _stream_into(
+                sink, stream_opener, offset, validator, on_validator, algo, expected, expected_size
+            )
+        finished = True
+        return result
+    except (RetryableError, asyncio.CancelledError):
+        keep_part = True  # network trouble or shutdown: a later attempt resumes from the part
+        raise
+    except OSError as exc:
+        raise from_os_error(exc, part) from exc
+    finally:
+        os.close(fd)
+        if not finished and not keep_part:
+            _remove_quietly(part)
+
+
+def _remove_quietly(part: Path) -> None:
+    with contextlib.suppress(OSError):
+        _remove(part)
+
+
+async def _stream_into(
+    sink: _Sink,
+    stream_opener: StreamOpener,
+    offset: int,
+    validator: str | None,
+    on_validator: Callable[[str | None], None] | None,
+    algo: str,
+    expected: str,
+    expected_size: int | None,
+) -> FetchResult:
+    async with stream_opener(offset, validator) as stream:
+        if on_validator is not None:
+            on_validator(stream.validator)
+        if stream.offset != offset:
+            if stream.offset != 0:
+                raise ApiUnavailable("the download resumed at an unexpected offset")
+            await asyncio.to_thread(sink.restart, 0)
+        try:
+            async for chunk in stream.chunks:
+                sink.buf += chunk
+                sink.size += len(chunk)
+                if len(sink.buf) >= WRITE_BUFFER:
+                    await asyncio.to_thread(sink.flush)
+        except (RetryableError, asyncio.CancelledError):
+            sink.flush()  # keep every byte received: the next attempt resumes after them
+            raise
+        new_validator = stream.validator
+    digest = await asyncio.to_thread(sink.finish)
+    size = sink.size
+    if expected:
+        if digest != expected:
+            raise ChecksumMismatch(
+                f"the download's {algo} is {digest} but the server announced {expected}; "
+                "the data was discarded",
+                expected=expected,
+                actual=digest,
+            )
+        if expected_size is not None and size != expected_size:
+            log.warning(
+                "checksum matched but size %d differs from the announced %d", size, expected_size
+            )
+        return FetchResult(size, digest, "verified", algo, new_validator)
+    if expected_size is not None and size != expected_size:
+        raise SizeMismatch(
+            f"the download has {size} bytes but the server announced {expected_size}; "
+            "the data was discarded",
+            expected=str(expected_size),
+            actual=str(size),
+        )
+    return FetchResult(size, digest, "unverified", algo, new_validator)
+
+
+# --------------------------------------------------------------------------- placing
+
+
+def _check_basename(name: str) -> None:
+    if (
+        not name
+        or name in (".", "..")
+        or "/" in name
+        or "\\" in name
+        or "\x00" in name
+        or os.path.basename(name) != name
+    ):
+        raise PermanentError(f"refusing to write an output named {name!r}: not a plain file name")
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _CLOEXEC)
+    except OSError:
+        return  # Windows and some network filesystems cannot open a folder: nothing to sync
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+def _link_no_clobber(part: Path, dest: Path) -> bool:
+    """Make ``dest`` the part's content unless ``dest`` exists; False when it exists."""
+    try:
+        os.link(part, dest, follow_symlinks=False)
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        if exc.errno not in _NO_LINK:
+            raise
+        # No hard links here: claim the name with an exclusive placeholder, then replace it.
+        try:
+            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o666)
+        except FileExistsError:
+            return False
+        os.close(fd)
+        try:
+            os.replace(part, dest)
+        except OSError:
+            _remove_quietly(dest)
+            raise
+        return True
+    _remove(part)
+    return True
+
+
+def place(
+    part: Path,
+    folder: Path,
+    name: str,
+    policy: ConflictPolicy,
+    *,
+    candidates: Iterable[str] | None = None,
+) -> Path | None:
+    """Give the verified, fsynced ``part`` its final name in ``folder``; None when skipped.
+
+    RENAME tries ``candidates`` in order (default ``paths.conflict_candidates(name)``), SKIP and
+    FAIL only ``name``; none of them ever replaces an existing file or symlink. OVERWRITE
+    replaces ``name`` (a symlink there is replaced itself, its target is untouched). Every
+    candidate must be a plain base name. On an OS error the part is kept, so the next attempt can
+    place it without downloading again; on skip and fail it is deleted.
+    """
+    names: Iterable[str]
+    if policy == ConflictPolicy.RENAME:
+        names = conflict_candidates(name) if candidates is None else candidates
+    else:
+        names = (name,)
+    dest = folder / name
+    try:
+        if policy == ConflictPolicy.OVERWRITE:
+            _check_basename(name)
+            os.replace(part, dest)
+            _fsync_dir(folder)
+            return dest
+        for candidate in names:
+            _check_basename(candidate)
+            dest = folder / candidate
+            if _link_no_clobber(part, dest):
+                _fsync_dir(folder)
+                return dest
+            if policy == ConflictPolicy.SKIP:
+                _remove(part)
+                log.info("%s exists; the output was skipped (on_conflict: skip)", dest)
+                return None
+            if policy == ConflictPolicy.FAIL:
+                _remove(part)
+                raise PermanentError(
+                    f"{dest.name} already exists in {folder} and the ticket says "
+                    "on_conflict: fail; move it away and retry the ticket",
+                    title="output exists",
+                )
+    except OSError as exc:
+        raise from_os_error(exc, dest) from exc
+    _remove_quietly(part)
+    raise PermanentError(f"no free name for {name} in {folder}", title="output exists")

@@ -1,0 +1,323 @@
+"""Downloader: hashing, verification, resume, and placement that never clobbers or follows links."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from agent import downloader
+from agent.downloader import (
+    ChecksumMismatch,
+    SizeMismatch,
+    checksum_algorithm,
+    fetch_to_part,
+    matches,
+    place,
+)
+from agent.errors import ApiUnavailable, LocalResourceError, OutputUnavailable, PermanentError
+from agent.models import ConflictPolicy, VerifyMode
+
+DATA = os.urandom(3 * 1024 * 1024 + 123)
+MD5 = hashlib.md5(DATA).hexdigest()
+
+
+@dataclass
+class FakeStream:
+    offset: int
+    validator: str | None
+    chunks: AsyncIterator[bytes]
+
+
+class Opener:
+    """Serves DATA; honours the offset unless ``honour_range`` is False; may die after N bytes."""
+
+    def __init__(
+        self, data: bytes = DATA, *, honour_range: bool = True, die_after: int | None = None
+    ):
+        self.data = data
+        self.honour_range = honour_range
+        self.die_after = die_after
+        self.calls: list[tuple[int, str | None]] = []
+
+    def __call__(self, offset: int, validator: str | None):
+        self.calls.append((offset, validator))
+        start = offset if self.honour_range else 0
+
+        async def chunks() -> AsyncIterator[bytes]:
+            sent = 0
+            for i in range(start, len(self.data), 100_000):
+                block = self.data[i : i + 100_000]
+                if self.die_after is not None and sent + len(block) > self.die_after:
+                    yield block[: self.die_after - sent]
+                    raise ApiUnavailable("the download was cut off part-way")
+                sent += len(block)
+                yield block
+
+        @asynccontextmanager
+        async def cm() -> AsyncIterator[FakeStream]:
+            yield FakeStream(start, '"etag"', chunks())
+
+        return cm()
+
+
+def never_called(offset: int, validator: str | None):
+    raise AssertionError("no request should be made")
+
+
+async def fetch(opener, part: Path, checksum: str = MD5, **kw):
+    kw.setdefault("expected_size", len(DATA))
+    kw.setdefault("verify", VerifyMode.IF_PRESENT)
+    kw.setdefault("resume", False)
+    return await fetch_to_part(opener, part, expected_checksum=checksum, **kw)
+
+
+@pytest.mark.parametrize(
+    ("digest", "algorithm"),
+    [
+        ("d41d8cd98f00b204e9800998ecf8427e", "md5"),
+        ("DA39A3EE5E6B4B0D3255BFEF95601890AFD80709", "sha1"),
+        ("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", "sha256"),
+        ("", None),
+        ("ABCD", None),
+        ("z" * 32, None),
+    ],
+)
+def test_checksum_algorithm_by_length(digest: str, algorithm: str | None) -> None:
+    assert checksum_algorithm(digest) == algorithm
+
+
+@pytest.mark.parametrize("algorithm", ["md5", "sha1", "sha256"])
+async def test_fetch_verifies_each_algorithm(tmp_path: Path, algorithm: str) -> None:
+    part = tmp_path / ".out.bin.abc.part"
+    digest = hashlib.new(algorithm, DATA).hexdigest()
+    result = await fetch(Opener(), part, digest.upper())
+    assert result.verdict == "verified" and result.digest == digest and result.size == len(DATA)
+    assert part.read_bytes() == DATA
+
+
+async def test_fetch_without_checksum_is_unverified(tmp_path: Path) -> None:
+    seen: list[str | None] = []
+    result = await fetch(Opener(), tmp_path / ".p.part", "", on_validator=seen.append)
+    assert result.verdict == "unverified"
+    assert result.digest == hashlib.sha256(DATA).hexdigest() and result.validator == '"etag"'
+    assert seen == ['"etag"']
+
+
+async def test_verify_required_without_checksum_fails_before_any_request(tmp_path: Path) -> None:
+    with pytest.raises(OutputUnavailable, match="no checksum"):
+        await fetch(never_called, tmp_path / ".p.part", "ABCD", verify=VerifyMode.REQUIRED)
+    assert not (tmp_path / ".p.part").exists()
+
+
+async def test_mismatch_raises_and_deletes_part(tmp_path: Path) -> None:
+    part = tmp_path / ".p.part"
+    with pytest.raises(ChecksumMismatch) as info:
+        await fetch(Opener(), part, "0" * 32)
+    assert info.value.expected == "0" * 32 and info.value.actual == MD5
+    assert not part.exists()
+
+
+async def test_size_mismatch_without_checksum_deletes_part(tmp_path: Path) -> None:
+    part = tmp_path / ".p.part"
+    with pytest.raises(SizeMismatch):
+        await fetch(Opener(), part, "", expected_size=len(DATA) + 1)
+    assert not part.exists()
+
+
+async def test_network_error_keeps_part_and_resume_rehashes_prefix(tmp_path: Path) -> None:
+    part = tmp_path / ".p.part"
+    with pytest.raises(ApiUnavailable):
+        await fetch(Opener(die_after=1_234_567), part, resume=True)
+    assert part.read_bytes() == DATA[:1_234_567]
+    opener = Opener()
+    result = await fetch(opener, part, resume=True, validator='"etag"')
+    assert opener.calls == [(1_234_567, '"etag"')]
+    assert result.verdict == "verified" and part.read_bytes() == DATA
+
+
+async def test_resume_answered_with_200_starts_again(tmp_path: Path) -> None:
+    part = tmp_path / ".p.part"
+    part.write_bytes(b"X" * 5000)  # garbage prefix; the server ignores the range
+    opener = Opener(honour_range=False)
+    result = await fetch(opener, part, resume=True)
+    assert opener.calls == [(5000, None)]
+    assert result.verdict == "verified" and part.read_bytes() == DATA
+
+
+async def test_complete_part_is_accepted_without_a_request(tmp_path: Path) -> None:
+    part = tmp_path / ".p.part"
+    part.write_bytes(DATA)
+    result = await fetch(never_called, part, resume=True)
+    assert result.verdict == "verified" and result.size == len(DATA)
+
+
+async def test_without_resume_an_old_part_is_discarded(tmp_path: Path) -> None:
+    part = tmp_path / ".p.part"
+    part.write_bytes(b"old")
+    opener = Opener()
+    await fetch(opener, part)
+    assert opener.calls == [(0, None)] and part.read_bytes() == DATA
+
+
+async def test_symlink_at_part_path_is_not_followed(tmp_path: Path) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious")
+    part = tmp_path / ".p.part"
+    part.symlink_to(victim)
+    await fetch(Opener(), part, resume=True)
+    assert victim.read_bytes() == b"precious"
+    assert not part.is_symlink() and part.read_bytes() == DATA
+
+
+async def test_disk_full_is_local_resource_error_and_part_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(self: object, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(downloader._Sink, "write_all", full)
+    part = tmp_path / ".p.part"
+    with pytest.raises(LocalResourceError, match="disk full"):
+        await fetch(Opener(), part)
+    assert not part.exists()
+
+
+async def test_permanent_refusal_removes_part(tmp_path: Path) -> None:
+    def refuse(offset: int, validator: str | None):
+        raise OutputUnavailable("expired")
+
+    part = tmp_path / ".p.part"
+    part.write_bytes(b"abc")
+    with pytest.raises(OutputUnavailable):
+        await fetch(refuse, part, resume=True)
+    assert not part.exists()
+
+
+# --------------------------------------------------------------------------- place
+
+
+def make_part(folder: Path, data: bytes = b"new") -> Path:
+    part = folder / ".out.txt.1234.part"
+    part.write_bytes(data)
+    return part
+
+
+def test_place_rename_never_clobbers(tmp_path: Path) -> None:
+    (tmp_path / "out.txt").write_bytes(b"user's")
+    (tmp_path / "out (1).txt").write_bytes(b"user's too")
+    part = make_part(tmp_path)
+    dest = place(part, tmp_path, "out.txt", ConflictPolicy.RENAME)
+    assert dest == tmp_path / "out (2).txt" and dest.read_bytes() == b"new"
+    assert (tmp_path / "out.txt").read_bytes() == b"user's"
+    assert not part.exists()
+
+
+def test_place_uses_given_candidates(tmp_path: Path) -> None:
+    (tmp_path / "a").write_bytes(b"x")
+    dest = place(make_part(tmp_path), tmp_path, "a", ConflictPolicy.RENAME, candidates=["a", "b"])
+    assert dest == tmp_path / "b"
+
+
+@pytest.mark.parametrize("bad", ["../evil", "a/b", "..", ""])
+def test_place_refuses_non_basenames(tmp_path: Path, bad: str) -> None:
+    part = make_part(tmp_path)
+    with pytest.raises(PermanentError):
+        place(part, tmp_path, "ok", ConflictPolicy.RENAME, candidates=[bad])
+    assert not (tmp_path.parent / "evil").exists()
+
+
+def test_place_skip_keeps_existing_and_returns_none(tmp_path: Path) -> None:
+    (tmp_path / "out.txt").write_bytes(b"user's")
+    part = make_part(tmp_path)
+    assert place(part, tmp_path, "out.txt", ConflictPolicy.SKIP) is None
+    assert (tmp_path / "out.txt").read_bytes() == b"user's" and not part.exists()
+
+
+def test_place_fail_names_the_file(tmp_path: Path) -> None:
+    (tmp_path / "out.txt").write_bytes(b"user's")
+    part = make_part(tmp_path)
+    with pytest.raises(PermanentError, match=r"out\.txt"):
+        place(part, tmp_path, "out.txt", ConflictPolicy.FAIL)
+    assert (tmp_path / "out.txt").read_bytes() == b"user's" and not part.exists()
+
+
+def test_place_fail_and_skip_write_when_free(tmp_path: Path) -> None:
+    assert place(make_part(tmp_path), tmp_path, "a.txt", ConflictPolicy.FAIL) == tmp_path / "a.txt"
+    assert place(make_part(tmp_path), tmp_path, "b.txt", ConflictPolicy.SKIP) == tmp_path / "b.txt"
+
+
+def test_place_overwrite_replaces(tmp_path: Path) -> None:
+    (tmp_path / "out.txt").write_bytes(b"old")
+    part = make_part(tmp_path)
+    assert place(part, tmp_path, "out.txt", ConflictPolicy.OVERWRITE) == tmp_path / "out.txt"
+    assert (tmp_path / "out.txt").read_bytes() == b"new" and not part.exists()
+
+
+@pytest.mark.parametrize("policy", list(ConflictPolicy))
+def test_symlink_at_destination_is_never_followed(tmp_path: Path, policy: ConflictPolicy) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    target = outside / "target.txt"
+    target.write_bytes(b"precious")
+    folder = tmp_path / "inbox"
+    folder.mkdir()
+    (folder / "out.txt").symlink_to(target)
+    part = make_part(folder)
+    try:
+        dest = place(part, folder, "out.txt", policy)
+    except PermanentError:
+        assert policy == ConflictPolicy.FAIL
+        dest = None
+    assert target.read_bytes() == b"precious"
+    if policy == ConflictPolicy.OVERWRITE:
+        assert dest is not None and not dest.is_symlink() and dest.read_bytes() == b"new"
+    elif policy == ConflictPolicy.RENAME:
+        assert dest == folder / "out (1).txt" and (folder / "out.txt").is_symlink()
+
+
+def test_place_without_hard_links_falls_back_without_clobbering(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_link(*args: object, **kw: object) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(downloader.os, "link", no_link)
+    (tmp_path / "out.txt").write_bytes(b"user's")
+    part = make_part(tmp_path)
+    dest = place(part, tmp_path, "out.txt", ConflictPolicy.RENAME)
+    assert dest == tmp_path / "out (1).txt" and dest.read_bytes() == b"new"
+    assert (tmp_path / "out.txt").read_bytes() == b"user's" and not part.exists()
+
+
+def test_place_os_error_keeps_part(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def denied(*args: object, **kw: object) -> None:
+        raise OSError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(downloader.os, "link", denied)
+    part = make_part(tmp_path)
+    with pytest.raises(LocalResourceError, match="permission denied"):
+        place(part, tmp_path, "out.txt", ConflictPolicy.RENAME)
+    assert part.exists()
+
+
+# --------------------------------------------------------------------------- matches
+
+
+def test_matches(tmp_path: Path) -> None:
+    f = tmp_path / "f.bin"
+    f.write_bytes(b"hello")
+    assert matches(f, hashlib.md5(b"hello").hexdigest().upper())
+    assert matches(f, hashlib.sha256(b"hello").hexdigest())
+    assert not matches(f, hashlib.md5(b"other").hexdigest())
+    assert not matches(f, "ABCD")
+    assert not matches(tmp_path / "missing", hashlib.md5(b"hello").hexdigest())
+    link = tmp_path / "link"
+    link.symlink_to(f)
+    assert not matches(link, hashlib.md5(b"hello").hexdigest())
