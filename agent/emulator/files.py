@@ -211,12 +211,11 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
             raise RangeNotSatisfiable
         return max(0, size - suffix), size - 1
     start = int(first)
-    end = int(last) if last else size - 1
-    if end < start:
+    if last and int(last) < start:
         return None
     if start >= size:
         raise RangeNotSatisfiable
-    return start, min(end, size - 1)
+    return start, min(int(last), size - 1) if last else size - 1
 
 
 def _password_ok(request: web.Request, passwords: list[str]) -> bool:
@@ -234,7 +233,7 @@ def _password_ok(request: web.Request, passwords: list[str]) -> bool:
 def add_routes(app: web.Application) -> None:
     app.router.add_post(r"/v2/dl/web{n:\d+}/upload-file/{job_id}", upload_file, name="upload")
     app.router.add_get(
-        r"/v2/dl/web{n:\d+}/download-file/{job_id}/{output_id}/{filename:.*}",
+        r"/v2/dl/web{n:\d+}/download-file/{job_id}/{output_id}/{filename:[\s\S]*}",
         download_file,
         name="download",
     )

@@ -167,7 +167,9 @@ class OutputFile:
         return "enabled"
 
     def uri(self, server: str) -> str:
-        name = quote(self.filename, safe="") or "file"
+        name = quote(self.filename, safe="")
+        if name in ("", ".", ".."):  # dot segments would be normalised away by clients
+            name = "file"
         return f"{server}/download-file/{self.job_id}/{self.id}/{name}"
 
     def to_json(self, server: str, now: datetime, config: EmulatorConfig) -> dict[str, Any]:
