@@ -46,6 +46,7 @@ class Client:
     def __init__(self, session: aiohttp.ClientSession, emulator: RunningEmulator) -> None:
         self.session, self.emulator = session, emulator
         self.base = emulator.base_url
+        self.key_headers: dict[str, str] = dict(KEY_HEADERS)
 
     async def create(
         self,
@@ -58,7 +59,7 @@ class Client:
         payload = dict(body) if body is not None else {"conversion": [{"target": target}]}
         payload.setdefault("process", False)
         async with self.session.post(
-            f"{self.base}/jobs", json=payload, headers={**KEY_HEADERS, **(headers or {})}
+            f"{self.base}/jobs", json=payload, headers={**self.key_headers, **(headers or {})}
         ) as r:
             data: dict[str, Any] = await r.json()
             assert r.status == expect, (r.status, data)
@@ -81,14 +82,14 @@ class Client:
 
     async def start(self, job_id: str, *, expect: int = 200) -> dict[str, Any]:
         async with self.session.patch(
-            f"{self.base}/jobs/{job_id}", json={"process": True}, headers=KEY_HEADERS
+            f"{self.base}/jobs/{job_id}", json={"process": True}, headers=self.key_headers
         ) as r:
             body: dict[str, Any] = await r.json()
             assert r.status == expect, (r.status, body)
             return body
 
     async def get(self, job_id: str) -> dict[str, Any]:
-        async with self.session.get(f"{self.base}/jobs/{job_id}", headers=KEY_HEADERS) as r:
+        async with self.session.get(f"{self.base}/jobs/{job_id}", headers=self.key_headers) as r:
             assert r.status == 200, r.status
             body: dict[str, Any] = await r.json()
             return body
