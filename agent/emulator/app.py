@@ -70,6 +70,8 @@ async def _middleware(request: web.Request, handler: Handler) -> web.StreamRespo
         response = await _call(request, handler)
         if post is not None:
             response = await _post_fault(request, response, post)
+    if route is not None and not response.prepared:
+        response.headers["X-Request-Id"] = f"emu-{len(state.requests) + 1}"
     if route is not None:
         acted = pre or post
         fault = acted.kind if acted is not None else (fired[0].kind if fired else None)

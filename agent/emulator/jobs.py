@@ -246,9 +246,11 @@ async def patch_job(request: web.Request) -> web.Response:
         raise ApiError(
             409, "The status of the job could not be changed since it is in a invalid status."
         )
-    apply_settings(job, read_settings(job, body))
+    settings = read_settings(job, body)
     if process is True and not job.started:
-        check_capacity(request)
+        check_capacity(request)  # before anything changes: a refused start changes nothing
+    apply_settings(job, settings)
+    if process is True and not job.started:
         job.process = True
         if job.inputs:
             processor_of(request).start(job)
