@@ -1,0 +1,643 @@
+"""Finding tickets: startup scan + watchdog events + polling + periodic reconcile → one queue.
+
+The only importer of watchdog. Watchdog's threads do nothing but filter an event by name and
+hand its path to the event loop, through exactly one crossing
+(``loop.call_soon_threadsafe(queue.put_nowait, …)``). Everything else runs in the loop: the
+settle gate (a file's size, mtime and inode unchanged for ``settle_seconds``, judged by ``stat``
+with the injected clock), the bookkeeping of what was already announced, and the periodic
+reconcile scan that catches dropped events without announcing unchanged files again. Directory
+walks and ``stat`` calls run in worker threads, so a slow network share cannot stall the loop.
+
+Polling replaces native events for a folder when its ``polling`` is ``always``, or with ``auto``
+when it lives on a network filesystem (NFS, SMB/CIFS, FUSE, … found in /proc/self/mountinfo) or
+the native watcher cannot start (inotify limits); the log says which and why.
+
+It never parses tickets; it only says "this file is settled" (``ticket`` / ``plain``) and "this
+ticket is gone" (``removed``). A vanished folder is logged once and retried by every reconcile;
+its tickets are not reported as removed while the folder itself is unreachable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fnmatch
+import logging
+import os
+import stat
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver, ObservedWatch
+from watchdog.observers.polling import PollingObserver
+
+from agent.paths import PART_SUFFIX, is_agent_file, is_ticket_name
+
+log = logging.getLogger("agent.watcher")
+
+EventKind = Literal["ticket", "removed", "plain"]
+FileKind = Literal["ticket", "plain"]
+Signature = tuple[int, int, int]  # size, mtime_ns, inode
+
+MOUNTINFO = Path("/proc/self/mountinfo")
+# Filesystems where inotify does not see changes made by other machines.
+NETWORK_FILESYSTEMS = frozenset(
+    {
+        "nfs",
+        "nfs4",
+        "cifs",
+        "smb3",
+        "smbfs",
+        "ncpfs",
+        "afs",
+        "9p",
+        "v9fs",
+        "ceph",
+        "glusterfs",
+        "lustre",
+        "gpfs",
+        "davfs",
+        "vboxsf",
+        "vmhgfs",
+        "drvfs",
+        "virtiofs",
+    }
+)
+_WATCH_LIMIT_ERRNOS = frozenset({errno.ENOSPC, errno.EMFILE, errno.ENFILE, errno.ENOMEM})
+
+
+class FolderConfig(Protocol):
+    """What the watcher needs of ``agent.config.FolderConfig``."""
+
+    @property
+    def path(self) -> Path: ...
+    @property
+    def recursive(self) -> bool: ...
+    @property
+    def include(self) -> tuple[str, ...]: ...
+    @property
+    def polling(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    kind: EventKind
+    path: Path
+    folder: FolderConfig
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+def classify(path: Path, folder: FolderConfig) -> FileKind | None:
+    """``ticket`` for a ``*.job`` matching ``include``, ``plain`` for another match, else None.
+
+    Hidden files (and anything under a hidden folder), ``.part`` files, sidecars and
+    ``.job.done`` / ``.job.failed`` never count. Globs match the name, ignoring case.
+    """
+    name = path.name
+    lower = name.lower()
+    if not name or name.startswith(".") or is_agent_file(name) or lower.endswith(PART_SUFFIX):
+        return None
+    try:
+        rel = path.relative_to(folder.path)
+    except ValueError:
+        return None
+    if len(rel.parts) > 1 and (
+        not folder.recursive or any(p.startswith(".") for p in rel.parts[:-1])
+    ):
+        return None
+    if not any(fnmatch.fnmatchcase(lower, pattern.lower()) for pattern in folder.include):
+        return None
+    return "ticket" if is_ticket_name(name) else "plain"
+
+
+def _unescape_mount(field_: str) -> str:
+    # mountinfo escapes space, tab, newline and backslash as \ooo.
+    out, i = [], 0
+    while i < len(field_):
+        if (
+            field_[i] == "\\"
+            and len(field_[i + 1 : i + 4]) == 3
+            and field_[i + 1 : i + 4].isdigit()
+        ):
+            out.append(chr(int(field_[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(field_[i])
+            i += 1
+    return "".join(out)
+
+
+def filesystem_type(path: Path, mountinfo: str | None = None) -> str | None:
+    """The type of the filesystem holding ``path`` (longest matching mount point), if known."""
+    if mountinfo is None:
+        try:
+            mountinfo = MOUNTINFO.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return None
+    real = os.path.realpath(path)
+    best: tuple[int, str] | None = None
+    for line in mountinfo.splitlines():
+        fields = line.split(" ")
+        try:
+            sep = fields.index("-", 6)
+            mount_point, fstype = _unescape_mount(fields[4]), fields[sep + 1]
+        except (ValueError, IndexError):
+            continue
+        prefix = mount_point.rstrip("/") + "/"
+        if (real == mount_point or real.startswith(prefix)) and (
+            best is None or len(mount_point) >= best[0]
+        ):
+            best = (len(mount_point), fstype)
+    return best[1] if best else None
+
+
+def is_network_filesystem(fstype: str) -> bool:
+    return fstype in NETWORK_FILESYSTEMS or fstype.startswith("fuse")
+
+
+def _signature(st: os.stat_result) -> Signature:
+    return (st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+# --------------------------------------------------------------------------- thread side
+
+
+@dataclass
+class _Probe:
+    """What a stat (in a worker thread) found at a path."""
+
+    path: Path
+    index: int
+    state: Literal["file", "dir", "missing", "error", "other"]
+    signature: Signature | None = None
+    children: list[tuple[Path, Signature]] = field(default_factory=list)
+    error: str = ""
+    root_ok: bool = True  # for "missing": whether the watched folder itself is still there
+
+
+def _walk(root: Path, folder: FolderConfig) -> list[tuple[Path, Signature]]:
+    """Candidate files under ``root`` (recursing into non-hidden, non-symlinked folders)."""
+    found: list[tuple[Path, Signature]] = []
+    stack = [root]
+    first = True
+    while stack:
+        current = stack.pop()
+        try:
+            entries = list(os.scandir(current))
+        except OSError:
+            if first:
+                raise
+            continue
+        first = False
+        for entry in entries:
+            path = Path(entry.path)
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    if folder.recursive and not entry.name.startswith("."):
+                        stack.append(path)
+                    continue
+                if classify(path, folder) is None:
+                    continue
+                st = entry.stat(follow_symlinks=True)
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                found.append((path, _signature(st)))
+    return found
+
+
+def _probe(path: Path, index: int, folder: FolderConfig) -> _Probe:
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return _Probe(path, index, "missing", root_ok=os.path.isdir(folder.path))
+    except OSError as exc:
+        return _Probe(path, index, "error", error=exc.strerror or str(exc))
+    if stat.S_ISDIR(st.st_mode):
+        probe = _Probe(path, index, "dir")
+        if folder.recursive or path == folder.path:
+            with contextlib.suppress(OSError):
+                probe.children = _walk(path, folder)
+        return probe
+    if stat.S_ISREG(st.st_mode):
+        return _Probe(path, index, "file", _signature(st))
+    return _Probe(path, index, "other")
+
+
+class _Handler(FileSystemEventHandler):
+    """Runs in watchdog's thread: filter by name, then cross into the loop. Nothing else."""
+
+    def __init__(self, put: Callable[[tuple[Path, int]], None], index: int, folder: FolderConfig):
+        self._put = put
+        self._index = index
+        self._folder = folder
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type in ("opened", "closed_no_write"):
+            return
+        if event.is_directory and event.event_type == "modified":
+            return  # every file change touches its folder; the file's own event is enough
+        raw = [event.src_path, getattr(event, "dest_path", "")]
+        for item in raw:
+            if not item:
+                continue
+            path = Path(os.fsdecode(item))
+            if event.is_directory:
+                if path != self._folder.path and not self._folder.recursive:
+                    continue
+            elif classify(path, self._folder) is None:
+                continue
+            self._put((path, self._index))
+
+
+# --------------------------------------------------------------------------- loop side
+
+
+@dataclass
+class _Pending:
+    index: int
+    kind: FileKind
+    signature: Signature
+    since: float
+
+
+@dataclass
+class _Seen:
+    index: int
+    kind: FileKind
+    signature: Signature
+    announced: bool
+
+
+@dataclass
+class _Folder:
+    index: int
+    config: FolderConfig
+    handler: _Handler | None = None
+    mode: Literal["native", "polling"] | None = None
+    reason: str = ""
+    watch: ObservedWatch | None = None
+    observer: BaseObserver | None = None
+    reachable: bool = True
+
+
+class Watcher:
+    """Announces settled tickets (and rule-folder files) and removed tickets through ``emit``.
+
+    ``ignore`` (settable after construction) is asked before a settled file is announced; the
+    scheduler uses it to skip files it wrote itself. ``emit`` runs in the event loop.
+    """
+
+    def __init__(
+        self,
+        folders: Sequence[FolderConfig],
+        emit: Callable[[WatchEvent], None],
+        *,
+        settle_seconds: float,
+        reconcile_interval: float,
+        fs_poll_interval: float,
+        clock: Callable[[], float] = time.monotonic,
+        ignore: Callable[[Path], bool] | None = None,
+        mountinfo: Callable[[], str | None] | None = None,
+    ) -> None:
+        self._folders = [_Folder(i, f) for i, f in enumerate(folders)]
+        self._emit = emit
+        self._settle = max(0.0, settle_seconds)
+        self._reconcile_interval = max(0.05, reconcile_interval)
+        self._fs_poll_interval = max(0.05, fs_poll_interval)
+        self._clock = clock
+        self._mountinfo = mountinfo
+        self.ignore = ignore
+        self._pending: dict[Path, _Pending] = {}
+        self._seen: dict[Path, _Seen] = {}
+        self._queue: asyncio.Queue[tuple[Path, int]] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._rescan: asyncio.Event | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._native: BaseObserver | None = None
+        self._polling: BaseObserver | None = None
+        self._stopping = False
+
+    # ------------------------------------------------------------------ public
+
+    async def start(self) -> None:
+        """Scan every folder first, then watch for events; settled files follow by ``emit``."""
+        self._loop = asyncio.get_running_loop()
+        self._queue = asyncio.Queue()
+        self._rescan = asyncio.Event()
+        self._stopping = False
+        await self._scan_all()
+        for folder in self._folders:
+            folder.handler = _Handler(self._put_threadsafe, folder.index, folder.config)
+            if folder.reachable:
+                await self._watch(folder)
+        self._tasks = [
+            asyncio.create_task(self._settle_loop(), name="watcher-settle"),
+            asyncio.create_task(self._reconcile_loop(), name="watcher-reconcile"),
+        ]
+
+    async def stop(self) -> None:
+        """Stop the observer threads and the loop tasks; nothing is emitted afterwards."""
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        observers = [o for o in (self._native, self._polling) if o is not None]
+        self._native = self._polling = None
+        for observer in observers:
+            observer.stop()
+        for observer in observers:
+            await asyncio.to_thread(observer.join, 10)
+        for folder in self._folders:
+            folder.watch = folder.observer = None
+
+    def rescan(self) -> None:
+        """Ask for a reconcile scan now (from the event loop's thread)."""
+        if self._rescan is not None:
+            self._rescan.set()
+
+    def mode(self, path: Path) -> str | None:
+        """How the folder at ``path`` is watched: "native", "polling" or None (not watched)."""
+        for folder in self._folders:
+            if folder.config.path == path:
+                return folder.mode if folder.watch is not None else None
+        return None
+
+    # ------------------------------------------------------------------ watching
+
+    def _put_threadsafe(self, item: tuple[Path, int]) -> None:
+        loop, queue = self._loop, self._queue
+        if self._stopping or loop is None or queue is None:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is closing
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+
+    def _choose_mode(self, folder: FolderConfig) -> tuple[Literal["native", "polling"], str]:
+        setting = (folder.polling or "auto").lower()
+        if setting == "always":
+            return "polling", "polling: always is configured"
+        if setting == "never":
+            return "native", "polling: never is configured"
+        text = self._mountinfo() if self._mountinfo is not None else None
+        fstype = filesystem_type(folder.path, text)
+        if fstype and is_network_filesystem(fstype):
+            return "polling", f"it is on a {fstype} filesystem, where native events do not arrive"
+        return "native", f"local {fstype} filesystem" if fstype else "native events"
+
+    def _observer(self, mode: Literal["native", "polling"]) -> BaseObserver:
+        if mode == "native":
+            if self._native is None:
+                self._native = Observer()
+                self._native.start()
+            return self._native
+        if self._polling is None:
+            self._polling = PollingObserver(timeout=self._fs_poll_interval)
+            self._polling.start()
+        return self._polling
+
+    async def _watch(self, folder: _Folder) -> None:
+        if folder.watch is not None:
+            return
+        assert folder.handler is not None
+        mode, reason = self._choose_mode(folder.config)
+        path = folder.config.path
+        if mode == "native":
+            observer = self._observer("native")
+            try:
+                folder.watch = await asyncio.to_thread(
+                    observer.schedule, folder.handler, str(path), recursive=folder.config.recursive
+                )
+            except OSError as exc:
+                if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                    self._unreachable(folder, exc.strerror or str(exc))
+                    return
+                if folder.config.polling.lower() == "never" or exc.errno not in _WATCH_LIMIT_ERRNOS:
+                    if folder.reason != str(exc):  # log once, not on every reconcile retry
+                        log.error(
+                            "cannot watch %s (%s); it is still scanned every %.0f s",
+                            path,
+                            exc.strerror or exc,
+                            self._reconcile_interval,
+                        )
+                    folder.mode, folder.reason = None, str(exc)
+                    return
+                mode = "polling"
+                reason = (
+                    f"the native watcher could not start ({exc.strerror or exc}; raise "
+                    "fs.inotify.max_user_watches / max_user_instances to use native events)"
+                )
+                log.warning("polling %s every %.1f s: %s", path, self._fs_poll_interval, reason)
+            else:
+                folder.observer, folder.mode, folder.reason = observer, "native", reason
+                log.info("watching %s with native events (%s)", path, reason)
+                return
+        else:
+            log.info("polling %s every %.1f s: %s", path, self._fs_poll_interval, reason)
+        observer = self._observer("polling")
+        try:
+            folder.watch = await asyncio.to_thread(
+                observer.schedule, folder.handler, str(path), recursive=folder.config.recursive
+            )
+        except OSError as exc:
+            self._unreachable(folder, exc.strerror or str(exc))
+            return
+        folder.observer, folder.mode, folder.reason = observer, "polling", reason
+
+    async def _unwatch(self, folder: _Folder) -> None:
+        if folder.watch is not None and folder.observer is not None:
+            with contextlib.suppress(KeyError, OSError):
+                await asyncio.to_thread(folder.observer.unschedule, folder.watch)
+        folder.watch = folder.observer = None
+
+    def _unreachable(self, folder: _Folder, why: str) -> None:
+        if folder.reachable:
+            log.warning(
+                "folder %s is not reachable (%s); checking again every %.0f s",
+                folder.config.path,
+                why,
+                self._reconcile_interval,
+            )
+        folder.reachable = False
+
+    # ------------------------------------------------------------------ scanning
+
+    async def _scan_all(self) -> None:
+        for folder in self._folders:
+            try:
+                found = await asyncio.to_thread(_walk, folder.config.path, folder.config)
+            except OSError as exc:
+                self._unreachable(folder, exc.strerror or str(exc))
+                if folder.watch is not None:
+                    await self._unwatch(folder)  # the folder was removed: watch it afresh later
+                continue
+            if not folder.reachable:
+                log.info("folder %s is reachable again", folder.config.path)
+                folder.reachable = True
+                await self._unwatch(folder)
+            if folder.watch is None and folder.handler is not None and not self._stopping:
+                await self._watch(folder)
+            now = self._clock()
+            present = set()
+            assert self._queue is not None
+            woken = False
+            for path, signature in found:
+                present.add(path)
+                if self._observe(path, folder.index, signature, now) and not woken:
+                    self._queue.put_nowait((path, folder.index))  # wake the settle loop
+                    woken = True
+            # Tracked files the scan did not see: let the settle loop confirm they are gone.
+            for path, entry in list(self._seen.items()) + list(self._pending.items()):
+                if entry.index == folder.index and path not in present:
+                    self._queue.put_nowait((path, folder.index))
+
+    async def _reconcile_loop(self) -> None:
+        assert self._rescan is not None
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._reconcile_interval):
+                    await self._rescan.wait()
+            self._rescan.clear()
+            try:
+                await self._scan_all()
+            except Exception:  # a scan must never end watching
+                log.exception("reconcile scan failed")
+
+    # ------------------------------------------------------------------ settling
+
+    def _next_due(self) -> float | None:
+        if not self._pending:
+            return None
+        soonest = min(p.since for p in self._pending.values()) + self._settle
+        return max(0.0, soonest - self._clock())
+
+    async def _settle_loop(self) -> None:
+        assert self._queue is not None
+        while True:
+            batch: dict[Path, int] = {}
+            delay = self._next_due()
+            if delay is None or delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        path, index = await self._queue.get()
+                        batch[path] = index
+            while not self._queue.empty():
+                path, index = self._queue.get_nowait()
+                batch[path] = index
+            now = self._clock()
+            for path, pending in self._pending.items():
+                if now - pending.since >= self._settle:
+                    batch.setdefault(path, pending.index)
+            if not batch:
+                continue
+            try:
+                probes = await asyncio.to_thread(self._probe_all, batch)
+                self._apply(probes)
+            except Exception:
+                log.exception("checking changed files failed")
+                await asyncio.sleep(self._settle or 0.1)
+
+    def _probe_all(self, batch: dict[Path, int]) -> list[_Probe]:
+        return [_probe(path, index, self._folders[index].config) for path, index in batch.items()]
+
+    def _apply(self, probes: Iterable[_Probe]) -> None:
+        now = self._clock()
+        for probe in probes:
+            folder = self._folders[probe.index]
+            if probe.state == "file" and probe.signature is not None:
+                self._observe(probe.path, probe.index, probe.signature, now)
+            elif probe.state == "dir":
+                for path, signature in probe.children:
+                    self._observe(path, probe.index, signature, now)
+                self._pending.pop(probe.path, None)
+            elif probe.state == "missing":
+                self._pending.pop(probe.path, None)
+                if probe.path == folder.config.path or not probe.root_ok:
+                    self._unreachable(folder, "it was removed or unmounted")
+                    continue
+                if not folder.reachable:
+                    continue
+                self._gone(probe.path)
+                for path in [p for p in self._seen if probe.path in p.parents]:
+                    self._gone(path)
+                for path in [p for p in self._pending if probe.path in p.parents]:
+                    self._pending.pop(path, None)
+            elif probe.state == "other":
+                self._pending.pop(probe.path, None)
+            else:
+                # A stat error (permissions, a share blinking): forget it for now; the next
+                # reconcile scan brings it back.
+                log.debug("cannot check %s: %s", probe.path, probe.error)
+                self._pending.pop(probe.path, None)
+
+    def _observe(self, path: Path, index: int, signature: Signature, now: float) -> bool:
+        """Feed one stat result to the settle gate; True when a wait (re)started."""
+        kind = classify(path, self._folders[index].config)
+        if kind is None:
+            return False
+        pending = self._pending.get(path)
+        if pending is None:
+            seen = self._seen.get(path)
+            if seen is not None and seen.signature == signature:
+                return False
+            self._pending[path] = _Pending(index, kind, signature, now)
+            if self._settle <= 0:
+                self._settled(path)
+            return True
+        if pending.signature != signature:
+            pending.signature, pending.since = signature, now
+            return True
+        if now - pending.since >= self._settle:
+            self._settled(path)
+        return False
+
+    def _settled(self, path: Path) -> None:
+        pending = self._pending.pop(path)
+        folder = self._folders[pending.index].config
+        announce = True
+        if self.ignore is not None:
+            try:
+                announce = not self.ignore(path)
+            except Exception:
+                log.exception("ignore hook failed for %s", path)
+        self._seen[path] = _Seen(pending.index, pending.kind, pending.signature, announce)
+        if announce:
+            self._send(WatchEvent(pending.kind, path, folder))
+
+    def _gone(self, path: Path) -> None:
+        self._pending.pop(path, None)
+        seen = self._seen.pop(path, None)
+        if seen is not None and seen.announced and seen.kind == "ticket":
+            self._send(WatchEvent("removed", path, self._folders[seen.index].config))
+
+    def _send(self, event: WatchEvent) -> None:
+        if self._stopping:
+            return
+        try:
+            self._emit(event)
+        except Exception:
+            log.exception("handling %s event for %s failed", event.kind, event.path)
+
+    # for tests and the status snapshot
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "pending": len(self._pending),
+            "known": len(self._seen),
+            "folders": [
+                {
+                    "path": str(f.config.path),
+                    "mode": f.mode if f.watch is not None else None,
+                    "reason": f.reason,
+                    "reachable": f.reachable,
+                }
+                for f in self._folders
+            ],
+        }

@@ -1,0 +1,282 @@
+"""Watcher: startup scan, settle gate, events, polling, reconcile, removal."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from watchdog.observers.polling import PollingObserver
+
+from agent import watcher as watcher_mod
+from agent.watcher import Watcher, WatchEvent, classify, filesystem_type
+
+SETTLE = 0.2
+
+
+@dataclass(frozen=True)
+class Folder:
+    path: Path
+    recursive: bool = False
+    include: tuple[str, ...] = ("*.job",)
+    polling: str = "auto"
+
+
+class Collector:
+    def __init__(self) -> None:
+        self.events: list[WatchEvent] = []
+        self.contents: list[bytes] = []
+        self._changed = asyncio.Event()
+
+    def __call__(self, event: WatchEvent) -> None:
+        self.events.append(event)
+        if event.kind != "removed":
+            self.contents.append(event.path.read_bytes())
+        self._changed.set()
+
+    async def wait_for(
+        self, pred: Callable[[list[WatchEvent]], bool], timeout: float = 3.0
+    ) -> None:
+        async with asyncio.timeout(timeout):
+            while not pred(self.events):
+                self._changed.clear()
+                await self._changed.wait()
+
+    def kinds(self) -> list[tuple[str, str]]:
+        return [(e.kind, e.path.name) for e in self.events]
+
+
+@pytest.fixture
+async def run() -> AsyncIterator[Callable[..., Any]]:
+    started: list[Watcher] = []
+
+    async def start(folders: list[Folder], **kw: Any) -> tuple[Watcher, Collector]:
+        col = Collector()
+        kw.setdefault("settle_seconds", SETTLE)
+        kw.setdefault("reconcile_interval", 30.0)
+        kw.setdefault("fs_poll_interval", 0.1)
+        w = Watcher(folders, col, **kw)
+        await w.start()
+        started.append(w)
+        return w, col
+
+    yield start
+    for w in started:
+        await w.stop()
+
+
+def count(events: list[WatchEvent], kind: str) -> int:
+    return sum(1 for e in events if e.kind == kind)
+
+
+async def test_ticket_present_at_start_is_emitted(tmp_path: Path, run) -> None:
+    (tmp_path / "a.job").write_text("input: x\n")
+    _, col = await run([Folder(tmp_path)])
+    await col.wait_for(lambda ev: count(ev, "ticket") == 1)
+    assert col.kinds() == [("ticket", "a.job")]
+    assert col.events[0].folder.path == tmp_path
+
+
+async def test_slow_writer_is_emitted_once_with_full_content(tmp_path: Path, run) -> None:
+    _, col = await run([Folder(tmp_path)])
+    path = tmp_path / "slow.job"
+    with path.open("wb") as fh:
+        for i in range(6):  # 0.6 s of writing, gaps well under the settle time
+            fh.write(f"line {i}\n".encode())
+            fh.flush()
+            await asyncio.sleep(0.08)
+    await col.wait_for(lambda ev: count(ev, "ticket") >= 1)
+    await asyncio.sleep(SETTLE * 2)
+    assert col.kinds() == [("ticket", "slow.job")]
+    assert col.contents == [path.read_bytes()]
+
+
+async def test_agent_files_and_hidden_files_are_never_tickets(tmp_path: Path, run) -> None:
+    _, col = await run([Folder(tmp_path)])
+    for name in [
+        ".hidden.job",
+        "x.job.done",
+        "x.job.failed",
+        "x.status.yaml",
+        ".x.job.1234.part",
+        "y.part",
+        "notes.txt",
+    ]:
+        (tmp_path / name).write_text("x")
+    (tmp_path / "real.job").write_text("x")
+    await col.wait_for(lambda ev: count(ev, "ticket") == 1)
+    await asyncio.sleep(SETTLE * 2)
+    assert col.kinds() == [("ticket", "real.job")]
+
+
+async def test_removal_of_an_announced_ticket_is_emitted(tmp_path: Path, run) -> None:
+    path = tmp_path / "gone.job"
+    path.write_text("x")
+    _, col = await run([Folder(tmp_path)])
+    await col.wait_for(lambda ev: count(ev, "ticket") == 1)
+    path.rename(tmp_path / "gone.job.done")
+    await col.wait_for(lambda ev: count(ev, "removed") == 1)
+    assert col.kinds() == [("ticket", "gone.job"), ("removed", "gone.job")]
+
+
+async def test_change_re_emits_but_reconcile_does_not(tmp_path: Path, run) -> None:
+    path = tmp_path / "a.job"
+    path.write_text("one\n")
+    w, col = await run([Folder(tmp_path)])
+    await col.wait_for(lambda ev: count(ev, "ticket") == 1)
+    w.rescan()
+    await asyncio.sleep(SETTLE * 2)
+    assert count(col.events, "ticket") == 1
+    path.write_text("two, longer\n")
+    await col.wait_for(lambda ev: count(ev, "ticket") == 2)
+    assert col.contents == [b"one\n", b"two, longer\n"]
+
+
+async def test_polling_always_detects_new_tickets(tmp_path: Path, run) -> None:
+    w, col = await run([Folder(tmp_path, polling="always")])
+    assert w.mode(tmp_path) == "polling"
+    (tmp_path / "p.job").write_text("x")
+    await col.wait_for(lambda ev: count(ev, "ticket") == 1)
+    (tmp_path / "p.job").unlink()
+    await col.wait_for(lambda ev: count(ev, "removed") == 1)
+
+
+async def test_auto_polls_on_network_filesystem(tmp_path: Path, run, caplog) -> None:
+    mountinfo = (
+        "22 1 0:21 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n"
+        f"40 22 0:40 / {tmp_path} rw,relatime shared:2 - nfs4 server:/export rw\n"
+    )
+    with caplog.at_level(logging.INFO, logger="agent.watcher"):
+        w, col = await run([Folder(tmp_path)], mountinfo=lambda: mountinfo)
+    assert w.mode(tmp_path) == "polling"
+    assert "nfs4" in caplog.text
+    (tmp_path / "n.job").write_text("x")
+    await col.wait_for(lambda ev: count(ev, "ticket") == 1)
+
+
+async def test_native_watch_limit_falls_back_to_polling(
+    tmp_path: Path, run, monkeypatch: pytest.MonkeyPatch, caplog
+) -> None:
+    class NoInotify(PollingObserver):
+        def schedule(self, *args: Any, **kw: Any) -> Any:
+            raise OSError(errno.ENOSPC, "inotify watch limit reached")
+
+    monkeypatch.setattr(watcher_mod, "Observer", NoInotify)
+    with caplog.at_level(logging.WARNING, logger="agent.watcher"):
+        w, col = await run([Folder(tmp_path)])
+    assert w.mode(tmp_path) == "polling"
+    assert "inotify watch limit" in caplog.text
+    (tmp_path / "f.job").write_text("x")
+    await col.wait_for(lambda ev: count(ev, "ticket") == 1)
+
+
+async def test_rule_folder_plain_files_and_ignore_hook(tmp_path: Path, run) -> None:
+    folder = Folder(tmp_path, include=("*.jpg", "*.job"))
+    _, col = await run([folder], ignore=lambda p: p.name.startswith("out"))
+    (tmp_path / "photo.jpg").write_bytes(b"jpg")
+    (tmp_path / "out.jpg").write_bytes(b"ours")
+    (tmp_path / "t.job").write_text("x")
+    (tmp_path / "doc.pdf").write_bytes(b"pdf")
+    await col.wait_for(lambda ev: len(ev) == 2)
+    await asyncio.sleep(SETTLE * 2)
+    assert sorted(col.kinds()) == [("plain", "photo.jpg"), ("ticket", "t.job")]
+
+
+async def test_recursive_folder_and_hidden_subfolders(tmp_path: Path, run) -> None:
+    sub = tmp_path / "sub" / "deeper"
+    sub.mkdir(parents=True)
+    (tmp_path / ".git").mkdir()
+    (sub / "at-start.job").write_text("x")
+    (tmp_path / ".git" / "no.job").write_text("x")
+    _, col = await run([Folder(tmp_path, recursive=True)])
+    await col.wait_for(lambda ev: count(ev, "ticket") == 1)
+    new = tmp_path / "new"
+    new.mkdir()
+    (new / "later.job").write_text("x")
+    await col.wait_for(lambda ev: count(ev, "ticket") == 2)
+    await asyncio.sleep(SETTLE * 2)
+    assert sorted(n for _, n in col.kinds()) == ["at-start.job", "later.job"]
+
+
+async def test_non_recursive_folder_ignores_subfolders(tmp_path: Path, run) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "no.job").write_text("x")
+    (tmp_path / "yes.job").write_text("x")
+    _, col = await run([Folder(tmp_path)])
+    await col.wait_for(lambda ev: count(ev, "ticket") == 1)
+    (tmp_path / "sub" / "no2.job").write_text("x")
+    await asyncio.sleep(SETTLE * 2)
+    assert col.kinds() == [("ticket", "yes.job")]
+
+
+async def test_vanished_folder_is_logged_once_and_picked_up_again(
+    tmp_path: Path, run, caplog
+) -> None:
+    folder = tmp_path / "inbox"
+    with caplog.at_level(logging.WARNING, logger="agent.watcher"):
+        w, col = await run([Folder(folder)], reconcile_interval=0.1)
+        await asyncio.sleep(0.35)
+    assert caplog.text.count("not reachable") == 1
+    folder.mkdir()
+    (folder / "late.job").write_text("x")
+    await col.wait_for(lambda ev: count(ev, "ticket") == 1)
+    assert w.mode(folder) == "native"
+    (folder / "later.job").write_text("x")
+    await col.wait_for(lambda ev: count(ev, "ticket") == 2)
+
+
+async def test_missed_events_found_by_reconcile(tmp_path: Path, run) -> None:
+    w, col = await run([Folder(tmp_path, polling="never")], reconcile_interval=0.2)
+    # Drop every event from now on: only the reconcile scan can find the ticket.
+    w._put_threadsafe = lambda item: None  # type: ignore[method-assign]
+    for folder in w._folders:
+        assert folder.handler is not None
+        folder.handler._put = lambda item: None
+    (tmp_path / "quiet.job").write_text("x")
+    await col.wait_for(lambda ev: count(ev, "ticket") == 1)
+
+
+async def test_stop_is_clean_and_quiet(tmp_path: Path) -> None:
+    col = Collector()
+    w = Watcher(
+        [Folder(tmp_path)], col, settle_seconds=SETTLE, reconcile_interval=30, fs_poll_interval=1
+    )
+    await w.start()
+    (tmp_path / "a.job").write_text("x")
+    await w.stop()
+    await asyncio.sleep(SETTLE * 1.5)
+    assert col.events == []
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+def test_classify() -> None:
+    root = Path("/w")
+    flat, deep = Folder(root), Folder(root, recursive=True, include=("*.job", "*.PNG"))
+    assert classify(root / "a.job", flat) == "ticket"
+    assert classify(root / "A.JOB", flat) == "ticket"
+    assert classify(root / "a.job.done", flat) is None
+    assert classify(root / ".a.job", flat) is None
+    assert classify(root / "s" / "a.job", flat) is None
+    assert classify(root / "s" / "a.job", deep) == "ticket"
+    assert classify(root / ".s" / "a.job", deep) is None
+    assert classify(root / "s" / "x.png", deep) == "plain"
+    assert classify(Path("/elsewhere/a.job"), flat) is None
+
+
+def test_filesystem_type_longest_mount_and_escapes() -> None:
+    info = (
+        "22 1 8:1 / / rw - ext4 /dev/sda1 rw\n"
+        "30 22 0:30 / /mnt/my\\040share rw shared:4 - cifs //srv/s rw\n"
+        "31 22 0:31 / /mnt/my rw - fuse.sshfs host: rw\n"
+    )
+    assert filesystem_type(Path("/mnt/my share/inbox"), info) == "cifs"
+    assert filesystem_type(Path("/mnt/my/x"), info) == "fuse.sshfs"
+    assert filesystem_type(Path("/mnt/myother"), info) == "ext4"
+    assert filesystem_type(Path("/home"), "garbage\n") is None
