@@ -623,3 +623,94 @@ async def test_json_bodies_are_never_in_error_text(aiohttp_server, clients):
         await clients(base_of(srv)).create_job([{"target": "secret-ish"}], idempotency_key="k")
     assert "secret-ish" not in info.value.message and "bad target" in info.value.message
     assert hashlib.md5(b"").hexdigest() not in info.value.message
+
+
+# --------------------------------------------------------------------------- against the emulator
+
+
+@pytest.fixture
+async def emulator() -> AsyncIterator[Any]:
+    from agent.emulator import EmulatorConfig, FaultSpec, start_emulator
+
+    running = await start_emulator(
+        EmulatorConfig(faults=(FaultSpec("download", "truncate", rate=1.0, count=1),))
+    )
+    yield running
+    await running.stop()
+
+
+async def wait_completed(api: ApiClient, job_id: str) -> RemoteJob:
+    import asyncio
+
+    async with asyncio.timeout(5):
+        while True:
+            job = await api.get_job(job_id)
+            if job.terminal:
+                return job
+            await asyncio.sleep(0.02)
+
+
+async def test_emulator_staged_flow_resumed_download_and_base64(emulator, clients, tmp_path):
+    from agent.downloader import fetch_to_part, place
+    from agent.models import ConflictPolicy, VerifyMode
+
+    api = clients(emulator.base_url)
+    src = tmp_path / "notes.txt"
+    src.write_text("hello from the agent\n" * 20000)
+    job = await api.create_job([{"target": "txt"}], idempotency_key="ticket-1")
+    again = await api.create_job([{"target": "txt"}], idempotency_key="ticket-1")
+    assert again.id == job.id and job.status_code == "incomplete"
+    await api.upload_file(job, src, filename=src.name, upload_uuid="u-1")
+    await api.start_job(job.id)
+    done = await wait_completed(api, job.id)
+    assert done.status_code == "completed"
+    out = done.outputs[0]
+
+    def opener(offset: int, validator: str | None, encoding: Encoding = Encoding.BINARY):
+        return api.open_download(
+            out.uri, password=None, encoding=encoding, offset=offset, validator=validator
+        )
+
+    part = tmp_path / ".notes.part"
+    validators: list[str | None] = []
+    # The emulator truncates the first download: the part keeps what arrived ...
+    with pytest.raises(ApiUnavailable):
+        await fetch_to_part(
+            opener,
+            part,
+            expected_checksum=out.checksum,
+            expected_size=out.size,
+            verify=VerifyMode.REQUIRED,
+            resume=True,
+            on_validator=validators.append,
+        )
+    kept = part.stat().st_size
+    assert 0 < kept < (out.size or 0)
+    # ... and the next attempt asks only for the rest.
+    result = await fetch_to_part(
+        opener,
+        part,
+        expected_checksum=out.checksum,
+        expected_size=out.size,
+        verify=VerifyMode.REQUIRED,
+        resume=True,
+        validator=validators[0],
+    )
+    assert result.verdict == "verified" and result.size == out.size
+    dest = place(part, tmp_path, out.filename, ConflictPolicy.RENAME)
+    assert dest is not None and dest.read_bytes() == src.read_bytes()
+    ranges = [d.get("range") for d in emulator.state.snapshot()["downloads"]]
+    assert ranges[-1]
+
+    # base64: decoded while streaming, verified against the binary checksum.
+    b64_part = tmp_path / ".notes.b64.part"
+    result = await fetch_to_part(
+        lambda o, v: opener(o, v, Encoding.BASE64),
+        b64_part,
+        expected_checksum=out.checksum,
+        expected_size=out.size,
+        verify=VerifyMode.IF_PRESENT,
+        resume=False,
+    )
+    assert result.verdict == "verified"
+    await api.cancel_job(job.id)  # completed: 409, which is not an error
