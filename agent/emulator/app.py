@@ -25,13 +25,15 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PRE = ("drop", "error", "html")
 POST = ("drop_after", "error_after", "truncate", "slow")
+JSON_MAX_BYTES = 16 * 1024 * 1024
 
 
 def build_app(config: EmulatorConfig | None = None) -> web.Application:
     """The emulator as an aiohttp application (serve it with any aiohttp runner or test server)."""
     config = config or EmulatorConfig()
     state = EmulatorState(config)
-    app = web.Application(middlewares=[_middleware], client_max_size=config.max_input_bytes + 4096)
+    # Uploads stream through the multipart reader (capped by max_input_bytes); this caps JSON.
+    app = web.Application(middlewares=[_middleware], client_max_size=JSON_MAX_BYTES)
     app[STATE_KEY] = state
     app[PROCESSOR_KEY] = Processor(state)
     jobs.add_routes(app)

@@ -50,7 +50,7 @@ async def upload_file(request: web.Request) -> web.Response:
     )
     if upload_uuid is not None and upload_uuid in job.upload_uuids:
         inp = next(i for i in job.inputs if i.id == job.upload_uuids[upload_uuid])
-        await request.read()
+        await _read_file_part(request)  # drain the repeated body; it is not stored again
         state.uploads.append(
             UploadRecord(job.id, inp.id, inp.filename, len(inp.data or b""), upload_uuid, True)
         )

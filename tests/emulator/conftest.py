@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
-from emu_helpers import Client
+from emu_helpers import Client, MakeClient
 
 from agent.emulator import EmulatorConfig, RunningEmulator, start_emulator
-
-MakeClient = Callable[..., Awaitable[Client]]
 
 
 @pytest.fixture

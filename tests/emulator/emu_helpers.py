@@ -6,7 +6,7 @@ import asyncio
 import io
 import threading
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, TypeVar
 
 import aiohttp
@@ -151,3 +151,7 @@ class ThreadedEmulator:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
         self._loop.close()
+
+
+#: The `make_client` fixture: `await make_client(**EmulatorConfig fields)` → a Client.
+MakeClient = Callable[..., Awaitable[Client]]

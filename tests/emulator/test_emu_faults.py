@@ -9,8 +9,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import MakeClient
-from emu_helpers import KEY_HEADERS, Client, png_bytes
+from emu_helpers import KEY_HEADERS, Client, MakeClient, png_bytes
 
 from agent.emulator import ConfigError, FaultSpec, parse_fault
 

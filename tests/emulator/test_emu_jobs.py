@@ -10,8 +10,15 @@ from collections.abc import AsyncIterator
 
 import pytest
 from aiohttp import web
-from conftest import MakeClient
-from emu_helpers import KEY, KEY_HEADERS, Client, animated_gif, multipage_tiff, png_bytes
+from emu_helpers import (
+    KEY,
+    KEY_HEADERS,
+    Client,
+    MakeClient,
+    animated_gif,
+    multipage_tiff,
+    png_bytes,
+)
 from PIL import Image
 
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d$")

@@ -10,8 +10,7 @@ from datetime import datetime
 from typing import Any
 
 import pytest
-from conftest import MakeClient
-from emu_helpers import KEY_HEADERS, Client, png_bytes
+from emu_helpers import KEY_HEADERS, Client, MakeClient, png_bytes
 
 
 async def _output(client: Client, **job: Any) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -22,8 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import MakeClient
-from emu_helpers import KEY_HEADERS, Client, png_bytes
+from emu_helpers import KEY_HEADERS, Client, MakeClient, png_bytes
 from jsonschema.exceptions import ValidationError
 from openapi_schema_validator import OAS30Validator
 
