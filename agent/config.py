@@ -95,7 +95,7 @@ class TicketsConfig:
 @dataclass(frozen=True)
 class PollingConfig:
     min_interval: float = 1.0
-    max_interval: float = 30.0
+    max_interval: float = 5.0
     reconcile_interval: float = 30.0
     fs_poll_interval: float = 2.0
 
@@ -515,7 +515,7 @@ class _Reader:
         config = PollingConfig(
             min_interval=self.get(fields, "polling", "min_interval", 1.0, self.number(0.1, 3600)),
             max_interval=self.get(
-                fields, "polling", "max_interval", 30.0, self.number(0.1, 86400, example="30")
+                fields, "polling", "max_interval", 5.0, self.number(0.1, 86400, example="5")
             ),
             reconcile_interval=self.get(
                 fields,

@@ -13,7 +13,7 @@ import contextlib
 import datetime as dt
 import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +76,7 @@ def write_sidecar(ticket: Path, view: Mapping[str, Any]) -> None:
     atomic_write(sidecar_path(ticket), text.encode())
 
 
-def sidecar_view(ticket: Mapping[str, Any], outputs: list[Mapping[str, Any]]) -> dict[str, Any]:
+def sidecar_view(ticket: Mapping[str, Any], outputs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     phase = ticket["phase"]
     shown = "waiting" if ticket.get("waiting") else phase
     view: dict[str, Any] = {

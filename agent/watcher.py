@@ -627,6 +627,10 @@ class Watcher:
             log.exception("handling %s event for %s failed", event.kind, event.path)
 
     # for tests and the status snapshot
+    def busy(self) -> bool:
+        """True while some file waits in the settle gate (``run --once`` waits for it)."""
+        return bool(self._pending)
+
     def snapshot(self) -> dict[str, Any]:
         return {
             "pending": len(self._pending),

@@ -1,0 +1,907 @@
+"""The one place that sequences a ticket's steps: record the transition, then act.
+
+A ticket moves pending → creating → uploading → starting → processing → downloading → done (or
+failed / canceled). Each step is persisted in the store *before* the action it announces, so a
+process killed at any line replays safely:
+
+* creating: the idempotency key is recorded first; a replayed POST carries the same key. Should the
+  server ignore it, the first job was only ever staged (``process:false``), costs nothing, and is
+  never started, because only the job id recorded in the store is ever started.
+* uploading: after a restart the remote job's inputs are read back before anything is sent again.
+* starting: ``start_sent`` is recorded before the PATCH; after a restart the job is read and the
+  PATCH only repeated while the job is still staged. A job is started at most once per ticket.
+* downloading: every GET is counted before it is sent (outputs allow about ten); the digest is
+  recorded before placement, so an output placed just before a crash is recognised, not duplicated.
+
+All jobs share one timer heap: polling, waiting after a transient error and the next step are all
+"run this ticket at time T". Nothing here imports aiohttp, watchdog or sqlite_utils.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import heapq
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from agent import downloader, folder, lifecycle, paths
+from agent.api import ApiClient
+from agent.config import Config, FolderConfig
+from agent.errors import (
+    AgentError,
+    ApiRejected,
+    AuthError,
+    JobFailed,
+    LocalResourceError,
+    NeedsUserError,
+    OutputUnavailable,
+    PermanentError,
+    QuotaExhausted,
+    RetryableError,
+    TicketError,
+    from_os_error,
+)
+from agent.lifecycle import JobOutcome
+from agent.models import (
+    InputKind,
+    Phase,
+    RemoteJob,
+    TicketKind,
+    TicketSpec,
+    VerifyMode,
+)
+from agent.store import OutputRecord, Store, TicketRecord
+from agent.ticket import parse_ticket, ticket_text_for_plain_file
+from agent.watcher import WatchEvent
+
+log = logging.getLogger("agent.scheduler")
+
+AUTH_PROBE_SECONDS = 30.0
+QUOTA_PROBE_SECONDS = 300.0
+INPUT_WAIT_SECONDS = 600.0
+MAX_GETS_PER_OUTPUT = 8  # the service allows ~10 downloads; keep a margin for the user
+
+
+@dataclasses.dataclass
+class _Volatile:
+    """What a ticket keeps only in memory: lost on restart, which only costs one extra GET."""
+
+    fresh: bool = False  # we know the remote job's state since we created it in this process
+    polls: int = 0
+    input_stats: dict[str, tuple[int, int]] | None = None
+    failing_since: float | None = None  # first transient failure of the current streak
+
+
+class Scheduler:
+    def __init__(
+        self,
+        cfg: Config,
+        store: Store,
+        api: ApiClient,
+        *,
+        clock: Callable[[], float] = time.time,
+        rand: Callable[[], float] = random.random,
+        on_change: Callable[[TicketRecord], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.api = api
+        self.clock = clock
+        self.rand = rand
+        self.on_change = on_change
+        self._heap: list[tuple[float, int, int]] = []
+        self._seq = 0
+        self._wake = asyncio.Event()
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._vol: dict[int, _Volatile] = {}
+        self._parse_retry: dict[str, float] = {}  # ticket path → first failed parse
+        self._pending_paths: set[str] = set()  # tickets seen but not yet recorded
+        self._own_outputs: set[str] = set()
+        self._side_tasks: set[asyncio.Task[None]] = set()
+        self._stopping = False
+        self._slots = asyncio.Semaphore(max(2, cfg.api.max_concurrency * 2))
+        self.paused = store.get_meta("paused") == "1"
+        self.auth_problem: AgentError | None = None
+        self.quota_until: float | None = None
+        self.seen_this_run: set[int] = set()
+        for root in {str(f.path) for f in cfg.folders}:
+            self._own_outputs |= store.output_names(root)
+
+    # ------------------------------------------------------------------ public surface
+
+    def folder_for(self, path: Path) -> FolderConfig | None:
+        best: FolderConfig | None = None
+        for f in self.cfg.folders:
+            if paths.is_within(path, f.path) and (
+                best is None or len(str(f.path)) > len(str(best.path))
+            ):
+                best = f
+        return best
+
+    def is_own_output(self, path: Path) -> bool:
+        return str(path) in self._own_outputs
+
+    def resume_all(self) -> None:
+        """At startup, before watching: everything left unfinished is put back on the timer."""
+        for rec in self.store.unfinished():
+            self.seen_this_run.add(rec.id)
+            self._schedule(rec.id, rec.wait_until or 0.0)
+
+    def handle(self, ev: WatchEvent) -> None:
+        """Entry point for watcher events (called on the event loop)."""
+        if self._stopping:
+            return
+        if ev.kind == "ticket":
+            self._pending_paths.add(str(ev.path))
+            self._spawn_side(self._ingest(ev.path, self.folder_for(ev.path)))
+        elif ev.kind == "removed":
+            self._spawn_side(self._removed(ev.path))
+        elif ev.kind == "plain":
+            self._spawn_side(self._plain(ev.path))
+
+    def busy(self) -> bool:
+        """True while any ticket has work left (used by ``run --once``)."""
+        if self._pending_paths or self._tasks or self._side_tasks:
+            return True
+        return bool(self.store.unfinished())
+
+    def pause(self) -> None:
+        self.paused = True
+        self.store.set_meta("paused", "1")
+        log.info("intake paused: tickets already running go on, new ones wait")
+
+    def resume(self) -> None:
+        self.paused = False
+        self.store.set_meta("paused", None)
+        self.auth_problem = None
+        self.quota_until = None
+        log.info("intake resumed")
+        for rec in self.store.unfinished():
+            self._schedule(rec.id, 0.0)
+
+    def retry(self, rec: TicketRecord) -> TicketRecord | None:
+        """Start a failed ticket again (its file is renamed back to NAME.job first)."""
+        ticket = Path(rec.path)
+        failed = ticket.with_name(ticket.name + ".failed")
+        if rec.phase is Phase.FAILED and failed.exists() and not ticket.exists():
+            os.replace(failed, ticket)
+            self._spawn_side(self._ingest(ticket, self.folder_for(ticket)))
+            return rec
+        if rec.wait_until is not None and not rec.phase.terminal:
+            self.store.update(rec.id, self.clock(), event="retry", wait_until=None, attempts=0)
+            self._schedule(rec.id, 0.0)
+            return rec
+        return None
+
+    async def cancel(self, rec: TicketRecord, reason: str = "canceled by the user") -> None:
+        await self._cancel(rec, reason)
+
+    async def run(self) -> None:
+        """The timer loop: start due tickets, at most a bounded number at a time."""
+        while not self._stopping:
+            now = self.clock()
+            while self._heap and self._heap[0][0] <= now:
+                _, _, tid = heapq.heappop(self._heap)
+                if tid not in self._tasks:
+                    self._tasks[tid] = asyncio.create_task(self._drive(tid))
+            delay = self._heap[0][0] - now if self._heap else 3600.0
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, min(delay, 60.0)))
+
+    async def stop(self) -> None:
+        """Stop taking steps; steps under way are interrupted and replay on the next start."""
+        self._stopping = True
+        self._wake.set()
+        tasks = [*self._tasks.values(), *self._side_tasks]
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+
+    # ------------------------------------------------------------------ timer & tasks
+
+    def _spawn_side(self, coro: Any) -> None:
+        t = asyncio.create_task(coro)
+        self._side_tasks.add(t)
+        t.add_done_callback(self._side_done)
+
+    def _side_done(self, t: asyncio.Task[None]) -> None:
+        self._side_tasks.discard(t)
+        if not t.cancelled() and t.exception() is not None:
+            log.error("internal error: %r", t.exception(), exc_info=t.exception())
+
+    def _schedule(self, tid: int, at: float) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (at, self._seq, tid))
+        self._wake.set()
+
+    def _vol_of(self, tid: int) -> _Volatile:
+        v = self._vol.get(tid)
+        if v is None:
+            v = self._vol[tid] = _Volatile()
+        return v
+
+    async def _drive(self, tid: int) -> None:
+        try:
+            async with self._slots:
+                await self._step_until_wait(tid)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug must not take the agent down: park the ticket and say so
+            log.exception("internal error while handling ticket #%s; it will be retried", tid)
+            self._schedule(tid, self.clock() + 60.0)
+        finally:
+            self._tasks.pop(tid, None)
+            self._wake.set()
+
+    async def _step_until_wait(self, tid: int) -> None:
+        while not self._stopping:
+            rec = self.store.get(tid)
+            if not rec.active:
+                return
+            if rec.phase.terminal:
+                if not rec.filed:
+                    await self._file(rec)
+                self._vol.pop(tid, None)
+                return
+            now = self.clock()
+            if rec.wait_until is not None and rec.wait_until > now:
+                self._schedule(tid, rec.wait_until)
+                return
+            gate = self._gate(rec, now)
+            if gate is not None:
+                self._schedule(tid, gate)
+                return
+            try:
+                later = await self._step(rec)
+            except AgentError as err:
+                later = self._on_error(rec, err)
+            except OSError as exc:
+                later = self._on_error(rec, from_os_error(exc, rec.path))
+            if later is not None:
+                self._schedule(tid, later)
+                return
+
+    def _gate(self, rec: TicketRecord, now: float) -> float | None:
+        """Global conditions that hold a ticket back: a refused key, a used-up quota, a pause."""
+        if self.auth_problem is not None and rec.phase is not Phase.PENDING:
+            return now + AUTH_PROBE_SECONDS * (0.5 + self.rand())
+        if rec.phase is Phase.PENDING and rec.kind == TicketKind.CONVERSION:
+            if self.paused:
+                return now + 5.0
+            if self.quota_until is not None and now < self.quota_until:
+                return self.quota_until
+        return None
+
+    # ------------------------------------------------------------------ errors
+
+    def _on_error(self, rec: TicketRecord, err: AgentError) -> float | None:
+        now = self.clock()
+        if isinstance(err, PermanentError):
+            self._fail(rec, err)
+            return 0.0
+        vol = self._vol_of(rec.id)
+        if isinstance(err, NeedsUserError):
+            if self.auth_problem is None:
+                log.error("%s — every ticket waits until this is fixed", err.message)
+            self.auth_problem = err
+            self._set_waiting(rec, err, now + AUTH_PROBE_SECONDS)
+            return now + AUTH_PROBE_SECONDS
+        assert isinstance(err, RetryableError)
+        if isinstance(err, QuotaExhausted):
+            if self.quota_until is None:
+                log.warning("%s: no new tickets are started until it recovers", err.message)
+            self.quota_until = now + (err.retry_after or QUOTA_PROBE_SECONDS)
+        attempts = rec.attempts + 1
+        delay = lifecycle.retry_delay(attempts, err.retry_after, self.rand())
+        if vol.failing_since is None:
+            vol.failing_since = now
+            log.warning(
+                "%s [job %s]: %s — retrying in %.0fs", rec.name, rec.job_id, err.message, delay
+            )
+        self._set_waiting(rec, err, now + delay, attempts=attempts)
+        return now + delay
+
+    def _set_waiting(
+        self, rec: TicketRecord, err: AgentError, until: float, attempts: int | None = None
+    ) -> None:
+        first = rec.error is None or rec.error.get("message") != err.message
+        changes: dict[str, Any] = {"wait_until": until, "error": err.to_dict()}
+        if attempts is not None:
+            changes["attempts"] = attempts
+        if first:
+            rec = self.store.update(
+                rec.id, self.clock(), event="waiting", message=err.message, **changes
+            )
+            self._changed(rec)
+        else:
+            self.store.touch(rec.id, self.clock(), **changes)
+
+    def _recovered(self, rec: TicketRecord) -> TicketRecord:
+        vol = self._vol_of(rec.id)
+        if rec.error is None and rec.wait_until is None:
+            return rec
+        if vol.failing_since is not None:
+            log.info("%s [job %s]: recovered", rec.name, rec.job_id)
+            vol.failing_since = None
+        if isinstance(self.auth_problem, AuthError):
+            log.info("the API accepts the key again")
+            self.auth_problem = None
+        return self.store.update(
+            rec.id, self.clock(), event="recovered", error=None, wait_until=None, attempts=0
+        )
+
+    def _fail(self, rec: TicketRecord, err: AgentError) -> None:
+        log.error("%s [job %s] failed: %s", rec.name, rec.job_id, err.message)
+        rec = self.store.update(
+            rec.id,
+            self.clock(),
+            event="failed",
+            message=err.message,
+            phase=Phase.FAILED,
+            error=err.to_dict(),
+            wait_until=None,
+        )
+        self._changed(rec)
+
+    # ------------------------------------------------------------------ transitions
+
+    def _to(self, rec: TicketRecord, phase: Phase, event: str, **changes: Any) -> TicketRecord:
+        rec = self.store.update(
+            rec.id,
+            self.clock(),
+            event=event,
+            phase=phase,
+            error=None,
+            wait_until=None,
+            attempts=0,
+            **changes,
+        )
+        log.info("%s [job %s]: %s", rec.name, rec.job_id or "-", phase)
+        self._changed(rec)
+        return rec
+
+    def _changed(self, rec: TicketRecord) -> None:
+        if not rec.filed:
+            self._write_sidecar(rec)
+        if self.on_change is not None:
+            self.on_change(rec)
+
+    def _write_sidecar(self, rec: TicketRecord) -> None:
+        outputs = [o.public() for o in self.store.outputs(rec.id)]
+        try:
+            folder.write_sidecar(Path(rec.path), folder.sidecar_view(rec.public(), outputs))
+        except AgentError as err:
+            log.warning("%s: could not write the status file: %s", rec.name, err.message)
+
+    async def _step(self, rec: TicketRecord) -> float | None:
+        """Take one step; return when to come back (None = go on at once)."""
+        spec = TicketSpec.from_json(_loads(rec.spec))
+        if rec.phase is Phase.PENDING:
+            return self._pending(rec, spec)
+        if rec.phase is Phase.CREATING:
+            job = await self.api.create_job(
+                [c.to_api() for c in spec.conversions], idempotency_key=rec.idem_key
+            )
+            self._vol_of(rec.id).fresh = True
+            self._to(
+                rec,
+                Phase.UPLOADING,
+                "created",
+                job_id=job.id,
+                job_token=job.token,
+                job_server=job.server,
+                remote_status=job.status_code,
+                remote_info=job.status_info,
+            )
+            return None
+        if rec.phase is Phase.UPLOADING:
+            await self._upload(rec)
+            return None
+        if rec.phase is Phase.STARTING:
+            await self._start(rec)
+            return None
+        if rec.phase is Phase.PROCESSING:
+            return await self._poll(rec, spec)
+        if rec.phase is Phase.DOWNLOADING:
+            await self._download(rec, spec)
+            return None
+        raise AssertionError(f"no step for phase {rec.phase}")
+
+    def _pending(self, rec: TicketRecord, spec: TicketSpec) -> float | None:
+        if spec.kind is TicketKind.ADOPTION:
+            self._to(rec, Phase.PROCESSING, "adopted", job_id=spec.job_id, job_token=spec.job_token)
+            return None
+        now = self.clock()
+        vol = self._vol_of(rec.id)
+        stats: dict[str, tuple[int, int]] = {}
+        for inp in spec.inputs:
+            if inp.kind is not InputKind.LOCAL or inp.path is None:
+                continue
+            try:
+                st = os.stat(inp.path)
+            except FileNotFoundError:
+                if now - rec.created_at > INPUT_WAIT_SECONDS:
+                    raise TicketError(
+                        f"input {inp.value} was not found next to the ticket after "
+                        f"{INPUT_WAIT_SECONDS:.0f}s: put it there and retry the ticket"
+                    ) from None
+                self._set_waiting(
+                    rec,
+                    LocalResourceError(f"waiting for the input {inp.value} to appear"),
+                    now + 2.0,
+                )
+                return now + 2.0
+            stats[inp.value] = (st.st_size, st.st_mtime_ns)
+            settle = self.cfg.tickets.settle_seconds
+            if now - st.st_mtime < settle:
+                vol.input_stats = stats
+                return now + settle
+        if vol.input_stats is not None and vol.input_stats != stats:
+            vol.input_stats = stats  # still being copied: look again after the settle time
+            return now + self.cfg.tickets.settle_seconds
+        self._to(rec, Phase.CREATING, "creating")
+        return None
+
+    async def _upload(self, rec: TicketRecord) -> None:
+        assert rec.job_id is not None
+        job = RemoteJob(id=rec.job_id, token=rec.job_token or "", server=rec.job_server or "")
+        vol = self._vol_of(rec.id)
+        pending = [i for i in self.store.inputs(rec.id) if not i.sent]
+        if pending and not vol.fresh:
+            # After a restart an input may have reached the server before we recorded it.
+            remote = await self.api.get_job(rec.job_id)
+            job = remote
+            for inp in pending:
+                for r in remote.inputs:
+                    if (inp.kind == InputKind.URL and r.source == inp.value) or (
+                        inp.kind == InputKind.LOCAL
+                        and r.filename == os.path.basename(inp.value)
+                        and (inp.abs_path is None or r.size in (None, _size(inp.abs_path)))
+                    ):
+                        self.store.mark_input_sent(inp.id, r.id)
+                        break
+            pending = [i for i in self.store.inputs(rec.id) if not i.sent]
+        root = Path(rec.root)
+        for inp in pending:
+            if inp.kind == InputKind.URL:
+                r = await self.api.add_remote_input(rec.job_id, inp.value)
+            else:
+                assert inp.abs_path is not None
+                p = Path(inp.abs_path)
+                if not paths.is_within(p, root):
+                    raise TicketError(
+                        f"input {inp.value} now points outside the watched folder; refused"
+                    )
+                if not p.exists():
+                    raise TicketError(
+                        f"input {inp.value} disappeared before it was uploaded: put it back "
+                        "and retry the ticket"
+                    )
+                r = await self.api.upload_file(job, p, filename=p.name, upload_uuid=inp.upload_uuid)
+            self.store.mark_input_sent(inp.id, r.id)
+        rec = self._recovered(rec)
+        self._to(rec, Phase.STARTING, "uploaded", start_sent=True)
+
+    async def _start(self, rec: TicketRecord) -> None:
+        assert rec.job_id is not None
+        vol = self._vol_of(rec.id)
+        if not vol.fresh:
+            job = await self.api.get_job(rec.job_id)
+            if lifecycle.started(job):
+                self._to(rec, Phase.PROCESSING, "started", remote_status=job.status_code)
+                return
+        try:
+            job = await self.api.start_job(rec.job_id)
+        except ApiRejected as err:
+            if err.status != 409:
+                raise
+            job = await self.api.get_job(rec.job_id)
+            if not lifecycle.started(job):
+                raise
+        vol.fresh = False
+        self._to(
+            rec,
+            Phase.PROCESSING,
+            "started",
+            remote_status=job.status_code,
+            remote_info=job.status_info,
+        )
+
+    async def _poll(self, rec: TicketRecord, spec: TicketSpec) -> float | None:
+        assert rec.job_id is not None
+        token = rec.job_token if spec.kind is TicketKind.ADOPTION else None
+        job = await self.api.get_job(rec.job_id, token=token)
+        rec = self._recovered(rec)
+        outcome = lifecycle.job_outcome(job)
+        if outcome is JobOutcome.RUNNING:
+            vol = self._vol_of(rec.id)
+            if job.status_code != rec.remote_status or job.status_info != rec.remote_info:
+                rec = self.store.update(
+                    rec.id,
+                    self.clock(),
+                    event="status",
+                    message=f"{job.status_code} {job.status_info}".strip(),
+                    remote_status=job.status_code,
+                    remote_info=job.status_info,
+                )
+                self._changed(rec)
+            vol.polls += 1
+            return self.clock() + lifecycle.poll_delay(
+                vol.polls,
+                self.cfg.polling.min_interval,
+                self.cfg.polling.max_interval,
+                self.rand(),
+            )
+        if outcome is not JobOutcome.COMPLETED:
+            raise JobFailed(lifecycle.job_failure_message(job))
+        if not job.outputs:
+            raise OutputUnavailable(
+                "the job completed but the server produced no output files: check that the "
+                "input is valid for this target, then retry the ticket"
+            )
+        self.store.record_outputs(rec.id, job.outputs)
+        self._to(
+            rec,
+            Phase.DOWNLOADING,
+            "completed",
+            remote_status=job.status_code,
+            remote_info=job.status_info,
+        )
+        return None
+
+    # ------------------------------------------------------------------ downloads
+
+    async def _refresh_outputs(self, rec: TicketRecord, spec: TicketSpec) -> None:
+        assert rec.job_id is not None
+        token = rec.job_token if spec.kind is TicketKind.ADOPTION else None
+        job = await self.api.get_job(rec.job_id, token=token)
+        if job.outputs:
+            self.store.record_outputs(rec.id, job.outputs)
+
+    async def _download(self, rec: TicketRecord, spec: TicketSpec) -> None:
+        outs = self.store.outputs(rec.id)
+        count = len(outs)
+        for out in outs:
+            if out.state in ("done", "skipped"):
+                continue
+            await self._download_one(rec, spec, out, count)
+        rec = self._recovered(rec)
+        self._to(rec, Phase.DONE, "done")
+
+    def _output_name(self, rec: TicketRecord, spec: TicketSpec, out: OutputRecord, n: int) -> str:
+        target = spec.conversions[0].target if spec.conversions else ""
+        stem = rec.name[: -len(".job")] if rec.name.endswith(".job") else rec.name
+        ext = target or "bin"
+        return paths.render_output_name(
+            spec.output.name,
+            server_name=out.filename,
+            ticket_stem=stem,
+            target=target,
+            index=out.idx + 1,
+            count=n,
+            fallback=f"{stem}-{out.idx + 1}.{ext}" if n > 1 else f"{stem}.{ext}",
+        )
+
+    async def _download_one(
+        self, rec: TicketRecord, spec: TicketSpec, out: OutputRecord, count: int
+    ) -> None:
+        folder_path = Path(rec.path).parent
+        name = self._output_name(rec, spec, out, count)
+        part = folder_path / paths.part_name(name, out.remote_id)
+        policy = spec.output.on_conflict
+
+        if out.state == "placing" and out.digest:
+            # We may have placed it just before a crash: find it rather than writing it twice.
+            placed = self._find_placed(folder_path, name, out.digest, part)
+            if placed is not None:
+                self._placed(rec, out, placed)
+                return
+            if part.exists() and downloader.matches(part, out.digest):
+                self._place(rec, out, part, folder_path, name, policy)
+                return
+            self.store.update_output(out.id, state="pending", digest=None)
+            out = dataclasses.replace(out, state="pending", digest=None)
+
+        if out.gets > 0 or out.remote_status not in ("", "enabled"):
+            await self._refresh_outputs(rec, spec)
+            out = next(o for o in self.store.outputs(rec.id) if o.id == out.id)
+        problem = lifecycle.output_problem(out.remote_status)
+        if problem is not None:
+            raise OutputUnavailable(f"{name}: {problem}")
+        if out.gets >= MAX_GETS_PER_OUTPUT:
+            raise OutputUnavailable(
+                f"{name}: {out.gets} downloads were spent without a complete, verified file; "
+                "the agent stops before the server's download limit. Retry the ticket to "
+                "convert again"
+            )
+        self.store.update_output(out.id, gets=out.gets + 1)  # counted before it is spent
+
+        def opener(offset: int, validator: str | None) -> Any:
+            return self.api.open_download(
+                out.uri,
+                password=spec.download.password,
+                encoding=spec.download.encoding,
+                offset=offset,
+                validator=validator,
+            )
+
+        try:
+            result = await downloader.fetch_to_part(
+                opener,
+                part,
+                expected_checksum=out.checksum,
+                expected_size=out.size,
+                verify=spec.download.verify,
+                resume=True,
+            )
+        except downloader.ChecksumMismatch as err:
+            mismatches = out.mismatches + 1
+            self.store.update_output(out.id, mismatches=mismatches)
+            if mismatches >= self.cfg.download.max_attempts:
+                raise OutputUnavailable(
+                    f"{name}: the downloaded bytes did not match the server's checksum "
+                    f"{mismatches} times; nothing was kept. Retry the ticket later"
+                ) from err
+            raise RetryableError(
+                f"{name}: the download did not match its checksum; downloading again",
+                title="checksum mismatch",
+            ) from err
+        self.store.update_output(
+            out.id, state="placing", digest=result.digest, verdict=result.verdict
+        )
+        self._place(rec, out, part, folder_path, name, policy)
+
+    def _place(
+        self,
+        rec: TicketRecord,
+        out: OutputRecord,
+        part: Path,
+        folder_path: Path,
+        name: str,
+        policy: Any,
+    ) -> None:
+        dest = downloader.place(part, folder_path, name, policy)
+        if dest is None:
+            self.store.update_output(out.id, state="skipped", dest_name=None)
+            log.info("%s: %s exists already; skipped (on_conflict: skip)", rec.name, name)
+            return
+        self._placed(rec, out, dest)
+
+    def _placed(self, rec: TicketRecord, out: OutputRecord, dest: Path) -> None:
+        self._own_outputs.add(str(dest))
+        self.store.update_output(out.id, state="done", dest_name=dest.name)
+        log.info("%s [job %s]: wrote %s", rec.name, rec.job_id, dest.name)
+
+    def _find_placed(self, folder_path: Path, name: str, digest: str, part: Path) -> Path | None:
+        if part.exists():
+            return None  # the part is still there: it was not placed
+        taken = {p for p in self._own_outputs if os.path.dirname(p) == str(folder_path)}
+        for i, cand in enumerate(paths.conflict_candidates(name)):
+            p = folder_path / cand
+            if not p.exists() or i > 10_000:
+                return None
+            if str(p) not in taken and downloader.matches(p, digest):
+                return p
+        return None
+
+    # ------------------------------------------------------------------ filing
+
+    async def _file(self, rec: TicketRecord) -> None:
+        ticket = Path(rec.path)
+        outcome = "done" if rec.phase is Phase.DONE else "failed"
+        try:
+            if rec.phase is Phase.CANCELED:
+                folder.remove_sidecar(ticket)
+                self._cleanup_parts(rec)
+            else:
+                self._write_sidecar(rec)
+                self._cleanup_parts(rec)
+                folder.file_ticket(ticket, outcome, self.cfg.tickets.on_success)
+        except AgentError as err:
+            log.warning("%s: could not file the ticket yet: %s", rec.name, err.message)
+            self._schedule(rec.id, self.clock() + 30.0)
+            return
+        self.store.update(rec.id, self.clock(), event="filed", filed=True)
+
+    def _cleanup_parts(self, rec: TicketRecord) -> None:
+        outs = self.store.outputs(rec.id)
+        if not outs:
+            return
+        spec = TicketSpec.from_json(_loads(rec.spec))
+        d = Path(rec.path).parent
+        for out in outs:
+            part = d / paths.part_name(self._output_name(rec, spec, out, len(outs)), out.remote_id)
+            with contextlib.suppress(FileNotFoundError):
+                part.unlink()
+
+    # ------------------------------------------------------------------ intake
+
+    async def _ingest(self, path: Path, fcfg: FolderConfig | None) -> None:
+        key = str(path)
+        try:
+            await self._ingest_inner(path, fcfg)
+        finally:
+            if key not in self._parse_retry:
+                self._pending_paths.discard(key)
+
+    async def _ingest_inner(self, path: Path, fcfg: FolderConfig | None) -> None:
+        key = str(path)
+        if fcfg is None:
+            return
+        try:
+            data = folder.read_ticket(path)
+            st = os.stat(path)
+        except FileNotFoundError:
+            self._parse_retry.pop(key, None)
+            return
+        except OSError as exc:
+            log.warning("cannot read ticket %s: %s", path, exc.strerror)
+            return
+        sha = hashlib.sha256(data).hexdigest()
+        now = self.clock()
+        active = self.store.active_for_path(key)
+        if active is not None and active.sha256 == sha:
+            if not active.phase.terminal or not active.filed:
+                self.seen_this_run.add(active.id)
+                if active.id not in self._tasks:
+                    self._schedule(active.id, 0.0)
+                self._parse_retry.pop(key, None)
+                return
+            if active.phase is Phase.DONE and self.cfg.tickets.on_success == "keep":
+                self._parse_retry.pop(key, None)
+                return
+        if active is not None and not active.phase.terminal:
+            await self._cancel(active, "the ticket was edited; the new version replaces it")
+        try:
+            spec = parse_ticket(
+                data,
+                ticket_path=path,
+                root=fcfg.path,
+                defaults=fcfg.defaults,
+                verify_default=VerifyMode(self.cfg.download.verify),
+            )
+        except TicketError as err:
+            first = self._parse_retry.setdefault(key, now)
+            recent = (time.time() - st.st_mtime) < self.cfg.tickets.parse_grace_seconds
+            if recent and now - first < self.cfg.tickets.parse_grace_seconds:
+                await asyncio.sleep(min(1.0, self.cfg.tickets.parse_grace_seconds / 4))
+                self._spawn_side(self._ingest(path, fcfg))  # it may still be being written
+                return
+            self._parse_retry.pop(key, None)
+            rec = self.store.add_ticket(
+                path=key,
+                root=str(fcfg.path),
+                sha256=sha,
+                kind="invalid",
+                spec={},
+                inputs=[],
+                idem_prefix=self.store.get_meta("instance") or "",
+                now=now,
+                phase=Phase.FAILED,
+                error=err.to_dict(),
+                message=err.message,
+            )
+            log.error("%s: invalid ticket: %s", path.name, err.message)
+            self.seen_this_run.add(rec.id)
+            self._changed(rec)
+            self._schedule(rec.id, 0.0)
+            return
+        self._parse_retry.pop(key, None)
+        rec = self.store.add_ticket(
+            path=key,
+            root=str(fcfg.path),
+            sha256=sha,
+            kind=str(spec.kind),
+            spec=spec.to_json(),
+            inputs=[(str(i.kind), i.value, str(i.path) if i.path else None) for i in spec.inputs],
+            idem_prefix=self._instance(),
+            now=now,
+        )
+        log.info("%s: accepted (%s)", path.name, spec.kind)
+        self.seen_this_run.add(rec.id)
+        self._changed(rec)
+        self._schedule(rec.id, 0.0)
+
+    def _instance(self) -> str:
+        inst = self.store.get_meta("instance")
+        if inst is None:
+            inst = os.urandom(8).hex()
+            self.store.set_meta("instance", inst)
+        return inst
+
+    async def _removed(self, path: Path) -> None:
+        rec = self.store.active_for_path(str(path))
+        if rec is None or rec.phase.terminal or rec.filed:
+            return
+        await asyncio.sleep(self.cfg.tickets.cancel_grace_seconds)
+        if path.exists():
+            return  # it came back (an editor saving by rename): the ticket event handles it
+        rec = self.store.get(rec.id)
+        if rec.active and not rec.phase.terminal:
+            await self._cancel(rec, "the ticket file was deleted")
+
+    async def _cancel(self, rec: TicketRecord, reason: str) -> None:
+        task = self._tasks.pop(rec.id, None)
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        rec = self.store.get(rec.id)
+        if (
+            rec.job_id
+            and rec.phase
+            in (
+                Phase.UPLOADING,
+                Phase.STARTING,
+                Phase.PROCESSING,
+            )
+            and rec.kind == TicketKind.CONVERSION
+        ):
+            try:
+                await self.api.cancel_job(rec.job_id)
+            except AgentError as err:
+                log.warning("%s: could not cancel job %s: %s", rec.name, rec.job_id, err.message)
+        rec = self.store.update(
+            rec.id,
+            self.clock(),
+            event="canceled",
+            message=reason,
+            phase=Phase.CANCELED,
+            error={"kind": "permanent", "title": "canceled", "message": reason},
+            wait_until=None,
+        )
+        log.info("%s [job %s]: canceled (%s)", rec.name, rec.job_id or "-", reason)
+        await self._file(rec)
+        if self.on_change is not None:
+            self.on_change(self.store.get(rec.id))
+
+    async def _plain(self, path: Path) -> None:
+        """A rule folder got a plain file: write a ticket for it; the normal lifecycle follows."""
+        if self.is_own_output(path):
+            return
+        ticket = path.with_name(path.name + ".job")
+        for existing in (ticket, ticket.with_name(ticket.name + ".done")):
+            if existing.exists():
+                return
+        if ticket.with_name(ticket.name + ".failed").exists():
+            return
+        try:
+            text = ticket_text_for_plain_file(path.name).encode()
+            tmp = path.with_name(f".{path.name}.job.tmp")
+            folder.atomic_write(tmp, text)
+            try:
+                os.link(tmp, ticket)  # never clobbers a ticket someone else just wrote
+            except FileExistsError:
+                pass
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+        except (AgentError, OSError) as exc:
+            log.warning("could not write a ticket for %s: %s", path.name, exc)
+            return
+        log.info("%s: wrote %s for it", path.name, ticket.name)
+
+
+def _size(p: str) -> int | None:
+    try:
+        return os.stat(p).st_size
+    except OSError:
+        return None
+
+
+def _loads(s: str) -> dict[str, Any]:
+    d = json.loads(s)
+    assert isinstance(d, dict)
+    return d
