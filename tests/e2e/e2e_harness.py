@@ -1,0 +1,154 @@
+"""Helpers for end-to-end tests: the real agent process against the real emulator, in real folders.
+
+The emulator runs in the test's event loop (so tests can read its state directly); the agent runs
+as a child process (`python -m agent`), so it can be killed with SIGKILL like a real one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from PIL import Image
+
+KEY = "e2e0" * 8
+
+
+def png_bytes(size: tuple[int, int] = (24, 16), color: str = "red") -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, color).save(out, "PNG")
+    return out.getvalue()
+
+
+def gif_bytes(frames: int = 3) -> bytes:
+    images = [Image.new("RGB", (10, 10), c) for c in ("red", "green", "blue", "white")[:frames]]
+    out = io.BytesIO()
+    images[0].save(out, "GIF", save_all=True, append_images=images[1:], duration=50, loop=0)
+    return out.getvalue()
+
+
+def write_config(
+    path: Path,
+    base_url: str,
+    folders: Iterable[Path | Mapping[str, Any]],
+    state: Path,
+    **sections: Mapping[str, Any],
+) -> Path:
+    """A config tuned for tests: short settle and poll times, no log file."""
+    cfg: dict[str, Any] = {
+        "api": {"base_url": base_url, "key": KEY, "requests_per_second": 1000},
+        "folders": [str(f) if isinstance(f, Path) else dict(f) for f in folders],
+        "state": {"path": str(state)},
+        "tickets": {"settle_seconds": 0.1, "parse_grace_seconds": 1, "cancel_grace_seconds": 0.5},
+        "polling": {"min_interval": 0.1, "max_interval": 0.5, "reconcile_interval": 2},
+        "log": {"file": False, "level": "info"},
+    }
+    for name, values in sections.items():
+        cfg.setdefault(name, {}).update(values)
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def agent_cmd(config: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "agent", "--config", str(config), *args]
+
+
+def spawn_agent(config: Path, *args: str, log: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start `convert-agent run` (or the given command) as a child process."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("API2CONVERT_")}
+    out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 (the child owns it)
+    return subprocess.Popen(
+        agent_cmd(config, *(args or ("run",))),
+        stdout=out,
+        stderr=subprocess.STDOUT if log else subprocess.DEVNULL,
+        env=env,
+    )
+
+
+async def run_agent(config: Path, *args: str, timeout: float = 120.0) -> tuple[int, str]:
+    """Run the agent to completion (e.g. `run --once`) without blocking the test's loop."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("API2CONVERT_")}
+    proc = await asyncio.create_subprocess_exec(
+        *agent_cmd(config, *args),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=env,
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        proc.kill()
+        out, _ = await proc.communicate()
+        raise AssertionError(
+            f"agent did not finish in {timeout}s:\n{out.decode()[-4000:]}"
+        ) from None
+    assert proc.returncode is not None
+    return proc.returncode, out.decode()
+
+
+async def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def stop_agent(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> int:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    deadline = time.monotonic() + 10
+    while proc.poll() is None and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    return proc.returncode
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def invariants(folder: Path, emulator_state: Mapping[str, Any]) -> list[str]:
+    """What must hold after any run: violations in words (empty = all good).
+
+    - no temp or part files; no `name (1).ext` duplicates;
+    - every file that is an output has the bytes of some emulator output (md5 = checksum);
+    - no job was started twice.
+    """
+    problems = []
+    checksums = {
+        o["checksum"] for j in emulator_state["jobs"] for o in j["outputs"] if o.get("checksum")
+    }
+    for p in sorted(folder.rglob("*")):
+        if p.is_dir():
+            continue
+        name = p.name
+        if name.startswith(".") or name.endswith((".part", ".tmp")):
+            problems.append(f"temp file left: {p}")
+        if " (1)." in name:
+            problems.append(f"duplicated output: {p}")
+    for job in emulator_state["jobs"]:
+        if job["starts"] > 1:
+            problems.append(f"job {job['id']} started {job['starts']} times")
+    del checksums
+    return problems
+
+
+def outputs_match(folder: Path, emulator_state: Mapping[str, Any], names: Iterable[str]) -> None:
+    by_sum = {
+        o["checksum"] for j in emulator_state["jobs"] for o in j["outputs"] if o.get("checksum")
+    }
+    for n in names:
+        assert md5(folder / n) in by_sum, f"{n} does not match any server checksum"
