@@ -39,7 +39,6 @@ from agent.config import Config, FolderConfig
 from agent.errors import (
     AgentError,
     ApiRejected,
-    AuthError,
     JobFailed,
     LocalResourceError,
     NeedsUserError,
@@ -111,6 +110,7 @@ class Scheduler:
         self._slots = asyncio.Semaphore(max(2, cfg.api.max_concurrency * 2))
         self.paused = store.get_meta("paused") == "1"
         self.auth_problem: AgentError | None = None
+        self._auth_probe_at = 0.0
         self.quota_until: float | None = None
         self.seen_this_run: set[int] = set()
         for root in {str(f.path) for f in cfg.folders}:
@@ -265,6 +265,7 @@ class Scheduler:
                 return
             try:
                 later = await self._step(rec)
+                self._step_succeeded(rec)
             except AgentError as err:
                 later = self._on_error(rec, err)
             except OSError as exc:
@@ -276,7 +277,9 @@ class Scheduler:
     def _gate(self, rec: TicketRecord, now: float) -> float | None:
         """Global conditions that hold a ticket back: a refused key, a used-up quota, a pause."""
         if self.auth_problem is not None and rec.phase is not Phase.PENDING:
-            return now + AUTH_PROBE_SECONDS * (0.5 + self.rand())
+            if now < self._auth_probe_at:
+                return self._auth_probe_at + self.rand()
+            self._auth_probe_at = now + AUTH_PROBE_SECONDS  # this ticket's step is the probe
         if rec.phase is Phase.PENDING and rec.kind == TicketKind.CONVERSION:
             if self.paused:
                 return now + 5.0
@@ -296,6 +299,7 @@ class Scheduler:
             if self.auth_problem is None:
                 log.error("%s — every ticket waits until this is fixed", err.message)
             self.auth_problem = err
+            self._auth_probe_at = now + AUTH_PROBE_SECONDS
             self._set_waiting(rec, err, now + AUTH_PROBE_SECONDS)
             return now + AUTH_PROBE_SECONDS
         assert isinstance(err, RetryableError)
@@ -328,16 +332,25 @@ class Scheduler:
         else:
             self.store.touch(rec.id, self.clock(), **changes)
 
-    def _recovered(self, rec: TicketRecord) -> TicketRecord:
+    def _step_succeeded(self, rec: TicketRecord) -> None:
+        """Log a recovery once, and lift an auth pause once any API step went through."""
         vol = self._vol_of(rec.id)
+        if vol.failing_since is not None:
+            log.info("%s [job %s]: recovered", rec.name, rec.job_id or "-")
+            vol.failing_since = None
+        if self.auth_problem is not None and rec.phase is not Phase.PENDING:
+            log.info("the API accepts the key again; every ticket goes on")
+            self.auth_problem = None
+            self._auth_probe_at = 0.0
+            for other in self.store.unfinished():
+                if other.error and other.error.get("kind") == "needs_user":
+                    self.store.touch(other.id, self.clock(), wait_until=None)
+                    self._schedule(other.id, 0.0)
+
+    def _recovered(self, rec: TicketRecord) -> TicketRecord:
+        """Clear a ticket's waiting state once the step that failed went through."""
         if rec.error is None and rec.wait_until is None:
             return rec
-        if vol.failing_since is not None:
-            log.info("%s [job %s]: recovered", rec.name, rec.job_id)
-            vol.failing_since = None
-        if isinstance(self.auth_problem, AuthError):
-            log.info("the API accepts the key again")
-            self.auth_problem = None
         return self.store.update(
             rec.id, self.clock(), event="recovered", error=None, wait_until=None, attempts=0
         )

@@ -66,14 +66,20 @@ def agent_cmd(config: Path, *args: str) -> list[str]:
 def spawn_agent(config: Path, *args: str, log: Path | None = None) -> subprocess.Popen[bytes]:
     """Start `convert-agent run` (or the given command) as a child process."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("API2CONVERT_")}
-    out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 (the child owns it)
-    return subprocess.Popen(
-        agent_cmd(config, *(args or ("run",))),
-        stdout=out,
-        stderr=subprocess.STDOUT if log else subprocess.DEVNULL,
-        env=env,
-    )
-
+    if log is None:
+        return subprocess.Popen(
+            agent_cmd(config, *(args or ("run",))),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
+    with open(log, "ab") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            agent_cmd(config, *(args or ("run",))),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
 
 async def run_agent(config: Path, *args: str, timeout: float = 120.0) -> tuple[int, str]:
     """Run the agent to completion (e.g. `run --once`) without blocking the test's loop."""
