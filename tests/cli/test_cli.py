@@ -143,7 +143,9 @@ def test_second_agent_on_the_same_state_exits_5(
     lock = StateLock(state)
     lock.acquire()
     try:
-        res = runner.invoke(cli, ["run", "--once", "--folder", str(tmp_path), "--state", str(state)])
+        res = runner.invoke(
+            cli, ["run", "--once", "--folder", str(tmp_path), "--state", str(state)]
+        )
     finally:
         lock.release()
     assert res.exit_code == EXIT_LOCKED
