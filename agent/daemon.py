@@ -9,21 +9,27 @@ interrupted at a point the next start replays safely.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
+import os
 import signal
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any, TypeVar
 
+from agent import __version__
 from agent.api import ApiClient
 from agent.config import Config
 from agent.errors import ConfigError
 from agent.models import Phase
 from agent.scheduler import Scheduler
-from agent.store import StateLock, Store
+from agent.store import StateLock, Store, TicketRecord
 from agent.watcher import Watcher
 
 log = logging.getLogger("agent")
+T = TypeVar("T")
 
 
 class RedactingFilter(logging.Filter):
@@ -68,9 +74,91 @@ class Agent:
         self._stop = asyncio.Event()
         self.store: Store | None = None
         self.scheduler: Scheduler | None = None
+        self.watcher: Watcher | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.ready = threading.Event()  # set once resumed work is queued and folders are watched
+        self.listeners: list[Callable[[TicketRecord], None]] = []
+        self.started_at = time.time()
+
+    # ------------------------------------------------------------------ facade
+    # What the CLI, tray and dashboard may do. The coroutines run on the agent's loop; other
+    # threads (the tray owns the main thread) go through ``submit``.
 
     def request_stop(self) -> None:
-        self._stop.set()
+        if self.loop is not None and self.loop.is_running():
+            self.loop.call_soon_threadsafe(self._stop.set)
+        else:
+            self._stop.set()
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Run a facade coroutine on the agent's loop from another thread."""
+        if self.loop is None:
+            coro.close()
+            raise RuntimeError("the agent is not running")
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def _sched(self) -> Scheduler:
+        if self.scheduler is None:
+            raise RuntimeError("the agent is not running")
+        return self.scheduler
+
+    async def snapshot(self) -> dict[str, Any]:
+        """Everything a front end shows: counts, global problems, every ticket."""
+        sched = self._sched()
+        assert self.store is not None
+        tickets = []
+        for rec in self.store.tickets():
+            d = rec.public()
+            d["outputs"] = [o.public() for o in self.store.outputs(rec.id)]
+            tickets.append(d)
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "started_at": self.started_at,
+            "paused": sched.paused,
+            "problem": sched.auth_problem.to_dict() if sched.auth_problem else None,
+            "quota_until": sched.quota_until,
+            "counts": self.store.counts(),
+            "folders": [
+                {"path": str(f.path), "mode": self.watcher.mode(f.path) if self.watcher else None}
+                for f in self.cfg.folders
+            ],
+            "tickets": tickets,
+        }
+
+    async def pause(self) -> None:
+        self._sched().pause()
+
+    async def resume(self) -> None:
+        self._sched().resume()
+
+    async def retry(self, name: str | None = None) -> list[str]:
+        """Retry one ticket by name (file name, stem or path), or every failed one."""
+        sched = self._sched()
+        assert self.store is not None
+        recs = self.store.find(name) if name else self.store.tickets(phases=[Phase.FAILED])
+        return [r.path for r in recs if sched.retry(r) is not None]
+
+    async def cancel(self, name: str) -> list[str]:
+        sched = self._sched()
+        assert self.store is not None
+        done = []
+        for rec in self.store.find(name):
+            if not rec.phase.terminal:
+                await sched.cancel(rec)
+                done.append(rec.path)
+        return done
+
+    async def rescan(self) -> None:
+        if self.watcher is not None:
+            self.watcher.rescan()
+
+    def _notify(self, rec: TicketRecord) -> None:
+        for listener in list(self.listeners):
+            try:
+                listener(rec)
+            except Exception:  # a front end's bug must not stop the pipeline
+                log.exception("listener failed")
 
     async def run(self, *, once: bool = False) -> int:
         """Run until stopped (or, with ``once``, until nothing is left in flight).
@@ -91,10 +179,13 @@ class Agent:
                 max_concurrency=cfg.api.max_concurrency,
                 requests_per_second=cfg.api.requests_per_second,
             )
-            sched = self.scheduler = Scheduler(cfg, store, api, clock=self.clock)
+            self.loop = asyncio.get_running_loop()
+            sched = self.scheduler = Scheduler(
+                cfg, store, api, clock=self.clock, on_change=self._notify
+            )
             sched.resume_all()
             runner = asyncio.create_task(sched.run())
-            watcher = Watcher(
+            watcher = self.watcher = Watcher(
                 cfg.folders,
                 sched.handle,
                 settle_seconds=cfg.tickets.settle_seconds,
@@ -104,6 +195,7 @@ class Agent:
             )
             self._install_signals()
             await watcher.start()
+            self.ready.set()
             log.info(
                 "watching %s",
                 ", ".join(str(f.path) for f in cfg.folders),
