@@ -183,7 +183,8 @@ class Scheduler:
         return None
 
     async def cancel(self, rec: TicketRecord, reason: str = "canceled by the user") -> None:
-        await self._cancel(rec, reason)
+        """Cancel a ticket and its remote job; the ticket becomes NAME.job.canceled."""
+        await self._cancel(rec, reason, "user")
 
     async def run(self) -> None:
         """The timer loop: start due tickets, at most a bounded number at a time."""
@@ -716,8 +717,14 @@ class Scheduler:
         outcome = "done" if rec.phase is Phase.DONE else "failed"
         try:
             if rec.phase is Phase.CANCELED:
-                folder.remove_sidecar(ticket)
                 self._cleanup_parts(rec)
+                cause = (rec.error or {}).get("cause")
+                if cause == "user":  # the file stays, renamed, so it is not taken up again
+                    self._write_sidecar(rec)
+                    folder.file_ticket(ticket, "canceled", "rename")
+                elif cause == "deleted":
+                    folder.remove_sidecar(ticket)
+                # "edited": the new version of the ticket owns the file and the sidecar now
             else:
                 self._write_sidecar(rec)
                 self._cleanup_parts(rec)
@@ -776,7 +783,9 @@ class Scheduler:
                 self._parse_retry.pop(key, None)
                 return
         if active is not None and not active.phase.terminal:
-            await self._cancel(active, "the ticket was edited; the new version replaces it")
+            await self._cancel(
+                active, "the ticket was edited; the new version replaces it", "edited"
+            )
         try:
             spec = parse_ticket(
                 data,
@@ -843,9 +852,9 @@ class Scheduler:
             return  # it came back (an editor saving by rename): the ticket event handles it
         rec = self.store.get(rec.id)
         if rec.active and not rec.phase.terminal:
-            await self._cancel(rec, "the ticket file was deleted")
+            await self._cancel(rec, "the ticket file was deleted", "deleted")
 
-    async def _cancel(self, rec: TicketRecord, reason: str) -> None:
+    async def _cancel(self, rec: TicketRecord, reason: str, cause: str) -> None:
         task = self._tasks.pop(rec.id, None)
         if task is not None and task is not asyncio.current_task():
             task.cancel()
@@ -872,7 +881,7 @@ class Scheduler:
             event="canceled",
             message=reason,
             phase=Phase.CANCELED,
-            error={"kind": "permanent", "title": "canceled", "message": reason},
+            error={"kind": "permanent", "title": "canceled", "message": reason, "cause": cause},
             wait_until=None,
         )
         log.info("%s [job %s]: canceled (%s)", rec.name, rec.job_id or "-", reason)
