@@ -286,6 +286,18 @@ class ApiClient:
             raise ApiUnavailable("GET /jobs answered with something that is not a list of jobs")
         return [RemoteJob.from_dict(i) for i in items if isinstance(i, dict)]
 
+    async def server_time(self) -> float | None:
+        """``GET /statuses`` (public, no key): proves the base URL answers as the API, and returns
+        the server's ``Date`` as a Unix time when it sent one (``doctor`` checks the clock)."""
+        answer = await self._call("GET", "/statuses", ok=(200,))
+        date = answer.headers.get("Date")
+        if not date:
+            return None
+        try:
+            return email.utils.parsedate_to_datetime(date).timestamp()
+        except (TypeError, ValueError):
+            return None
+
     async def upload_file(
         self, job: RemoteJob, path: Path, *, filename: str, upload_uuid: str
     ) -> RemoteInput:

@@ -19,14 +19,18 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from agent import __version__
 from agent.config import Config, load_config
 from agent.errors import AgentError, ConfigError
+from agent.models import Phase
 from agent.store import StateLock, Store, TicketRecord
+
+if TYPE_CHECKING:
+    from agent.control import Control
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CONFIG, EXIT_NOT_FOUND, EXIT_LOCKED = 0, 1, 2, 3, 4, 5
 
@@ -187,8 +191,6 @@ def _row(rec: TicketRecord) -> dict[str, Any]:
 @click.pass_context
 def list_(ctx: click.Context, state: str | None, as_json: bool, phase: tuple[str, ...]) -> None:
     """List the tickets the agent knows about."""
-    from agent.models import Phase
-
     _, store = _open_readonly(ctx, state)
     try:
         phases = [Phase(p) for p in phase] if phase else None
@@ -249,6 +251,201 @@ def why(ctx: click.Context, name: str, state: str | None, as_json: bool) -> None
         for h in d["history"]:
             msg = f" — {h['message']}" if h["message"] else ""
             click.echo(f"    {_when(h['at'])}  {h['event']:<10} {h['phase']}{msg}")
+
+
+# --------------------------------------------------------------------------- operator commands
+
+
+def _control(cfg: Config) -> Control | None:
+    """The running agent's local API; None when no agent runs with this state file."""
+    from agent.control import Control
+
+    if _running_pid(cfg) is None:
+        return None
+    found = Control.find(cfg.state.path)
+    if found is None:
+        _die(
+            "an agent is running with this state file but its local API is off "
+            "(dashboard.enabled: false); stop it, or enable the dashboard",
+            EXIT_FAILED,
+        )
+    return found
+
+
+def _remote(cfg: Config, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    from agent.control import ControlError
+
+    ctl = _control(cfg)
+    assert ctl is not None
+    try:
+        return ctl.call(method, path, body)
+    except ControlError as err:
+        _die(str(err), EXIT_FAILED)
+
+
+def _emit(as_json: bool, data: Any, text: str) -> None:
+    click.echo(json.dumps(data, indent=2) if as_json else text)
+
+
+@cli.command()
+@click.option("--state", type=click.Path(dir_okay=False), help="State database file.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def pause(ctx: click.Context, state: str | None, as_json: bool) -> None:
+    """Stop taking new tickets; tickets already running go on.
+
+    Works on a running agent (through its local API) and on a stopped one (the next start
+    begins paused).
+    """
+    _set_paused(ctx, state, as_json, True)
+
+
+@cli.command()
+@click.option("--state", type=click.Path(dir_okay=False), help="State database file.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def resume(ctx: click.Context, state: str | None, as_json: bool) -> None:
+    """Take new tickets again (undoes `pause`, and retries at once after an auth problem)."""
+    _set_paused(ctx, state, as_json, False)
+
+
+def _set_paused(ctx: click.Context, state: str | None, as_json: bool, paused: bool) -> None:
+    cfg = _config(ctx, (), state)
+    word = "paused" if paused else "resumed"
+    if _control(cfg) is not None:
+        _remote(cfg, "POST", "/api/pause" if paused else "/api/resume")
+        _emit(as_json, {"paused": paused, "running": True}, f"intake {word}")
+        return
+    store = Store.open(cfg.state.path)
+    try:
+        store.set_meta("paused", "1" if paused else None)
+    finally:
+        store.close()
+    _emit(
+        as_json,
+        {"paused": paused, "running": False},
+        f"intake {word} (the agent is not running; it applies when it starts)",
+    )
+
+
+@cli.command()
+@click.argument("name", required=False)
+@click.option("--state", type=click.Path(dir_okay=False), help="State database file.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def retry(ctx: click.Context, name: str | None, state: str | None, as_json: bool) -> None:
+    """Retry a failed or waiting ticket now; without NAME, every failed ticket.
+
+    NAME is the ticket's file name, its stem or its path. A failed ticket is renamed back from
+    NAME.job.failed to NAME.job and becomes a new request.
+    """
+    cfg = _config(ctx, (), state)
+    if _control(cfg) is not None:
+        done = _remote(cfg, "POST", "/api/retry", {"name": name} if name else {})
+        paths = done.get("retried", []) if isinstance(done, dict) else done
+    else:
+        _, store = _open_readonly(ctx, state)
+        try:
+            recs = store.find(name) if name else store.tickets(phases=[Phase.FAILED])
+        finally:
+            store.close()
+        paths = []
+        for rec in recs:
+            ticket = Path(rec.path)
+            failed = ticket.with_name(ticket.name + ".failed")
+            if rec.phase is Phase.FAILED and failed.exists() and not ticket.exists():
+                os.replace(failed, ticket)
+                paths.append(rec.path)
+    if not paths:
+        _die(f"nothing to retry{f' for {name!r}' if name else ''}", EXIT_NOT_FOUND)
+    _emit(as_json, {"retried": paths}, "\n".join(f"retrying {p}" for p in paths))
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--state", type=click.Path(dir_okay=False), help="State database file.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def cancel(ctx: click.Context, name: str, state: str | None, as_json: bool) -> None:
+    """Cancel a ticket and its remote job; the ticket becomes NAME.job.canceled.
+
+    Needs the agent running (it owns the job); with the agent stopped, delete or move the
+    ticket file instead and the remote job is canceled when the agent next starts.
+    """
+    cfg = _config(ctx, (), state)
+    if _control(cfg) is None:
+        _die(
+            "the agent is not running: delete or move the ticket file instead, and its job is "
+            "canceled when the agent starts",
+            EXIT_FAILED,
+        )
+    done = _remote(cfg, "POST", "/api/cancel", {"name": name})
+    paths = done.get("canceled", []) if isinstance(done, dict) else done
+    if not paths:
+        _die(f"no running ticket matches {name!r}", EXIT_NOT_FOUND)
+    _emit(as_json, {"canceled": paths}, "\n".join(f"canceled {p}" for p in paths))
+
+
+@cli.command()
+@click.option("--state", type=click.Path(dir_okay=False), help="State database file.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def rescan(ctx: click.Context, state: str | None, as_json: bool) -> None:
+    """Make a running agent rescan its folders now (for events a network share never sent)."""
+    cfg = _config(ctx, (), state)
+    if _control(cfg) is None:
+        _emit(
+            as_json,
+            {"rescanned": False, "running": False},
+            "the agent is not running; it scans every folder when it starts",
+        )
+        return
+    _remote(cfg, "POST", "/api/rescan")
+    _emit(as_json, {"rescanned": True, "running": True}, "rescan requested")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def doctor(ctx: click.Context, as_json: bool) -> None:
+    """Check the configuration, the API key, the network, the folders, inotify, disk and clock.
+
+    Exits 0 when nothing failed (warnings allowed), 1 otherwise. Every problem comes with a hint.
+    """
+    from agent.doctor import run_checks
+
+    cfg = _config(ctx)
+    checks = run_checks(cfg)
+    failed = any(c.verdict == "fail" for c in checks)
+    if as_json:
+        click.echo(
+            json.dumps({"ok": not failed, "checks": [c.to_dict() for c in checks]}, indent=2)
+        )
+    else:
+        click.echo(f"config: {cfg.source or 'none (defaults, environment and flags)'}")
+        for c in checks:
+            click.echo(f"{c.verdict.upper():<5} {c.name}: {c.detail}")
+            if c.hint:
+                click.echo(f"      → {c.hint}")
+    sys.exit(EXIT_FAILED if failed else EXIT_OK)
+
+
+@cli.group()
+def config() -> None:
+    """Inspect the configuration."""
+
+
+@config.command(name="path")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def config_path(ctx: click.Context, as_json: bool) -> None:
+    """Print which config file is used (or would be), and whether it exists."""
+    from agent.config import ENV_CONFIG, default_config_path
+
+    given = (ctx.obj or {}).get("config") or os.environ.get(ENV_CONFIG) or None
+    path = Path(given).expanduser().resolve() if given else default_config_path()
+    data = {"path": str(path), "exists": path.is_file(), "from": "flag/env" if given else "default"}
+    _emit(as_json, data, f"{path}{'' if data['exists'] else '  (does not exist yet)'}")
 
 
 def _register_emulator() -> None:

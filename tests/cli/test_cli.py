@@ -150,3 +150,65 @@ def test_second_agent_on_the_same_state_exits_5(
         lock.release()
     assert res.exit_code == EXIT_LOCKED
     assert "already running" in res.output
+
+
+def test_pause_and_resume_without_a_running_agent_apply_at_next_start(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    state = tmp_path / "state.db"
+    make_state(state).close()
+    res = runner.invoke(cli, ["pause", "--state", str(state), "--json"])
+    assert res.exit_code == 0 and json.loads(res.output) == {"paused": True, "running": False}
+    store = Store.open_readonly(state)
+    assert store.get_meta("paused") == "1"
+    store.close()
+    res = runner.invoke(cli, ["resume", "--state", str(state)])
+    assert res.exit_code == 0 and "resumed" in res.output
+    store = Store.open_readonly(state)
+    assert store.get_meta("paused") is None
+    store.close()
+
+
+def test_retry_without_a_running_agent_renames_failed_tickets_back(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    state = tmp_path / "state.db"
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    store = Store.open(state)
+    rec = store.add_ticket(
+        path=str(inbox / "a.job"),
+        root=str(inbox),
+        sha256="x",
+        kind="conversion",
+        spec={},
+        inputs=[],
+        idem_prefix="i",
+        now=1.0,
+    )
+    store.update(rec.id, 2.0, event="failed", phase=Phase.FAILED, filed=True)
+    store.close()
+    (inbox / "a.job.failed").write_text("target: pdf\n")
+    res = runner.invoke(cli, ["retry", "--state", str(state), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output) == {"retried": [str(inbox / "a.job")]}
+    assert (inbox / "a.job").exists() and not (inbox / "a.job.failed").exists()
+    res = runner.invoke(cli, ["retry", "--state", str(state)])
+    assert res.exit_code == EXIT_NOT_FOUND and "nothing to retry" in res.output
+
+
+def test_cancel_needs_a_running_agent(runner: CliRunner, tmp_path: Path) -> None:
+    state = tmp_path / "state.db"
+    make_state(state).close()
+    res = runner.invoke(cli, ["cancel", "report", "--state", str(state)])
+    assert res.exit_code == 1 and "delete or move the ticket" in res.output
+
+
+def test_config_path_names_the_file(
+    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = tmp_path / "mine.yaml"
+    res = runner.invoke(cli, ["--config", str(cfg), "config", "path", "--json"])
+    assert json.loads(res.output) == {"path": str(cfg), "exists": False, "from": "flag/env"}
+    res = runner.invoke(cli, ["config", "path"])
+    assert "xdg-config" in res.output and "does not exist yet" in res.output
