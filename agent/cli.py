@@ -101,11 +101,10 @@ def cli(ctx: click.Context, config_path: str | None, verbose: int, quiet: int) -
 @click.pass_context
 def run(ctx: click.Context, once: bool, folders: tuple[str, ...], state: str | None) -> None:
     """Run the agent in the foreground."""
-    from agent.daemon import Agent, install_redaction
+    from agent.daemon import Agent, configure_logging
 
-    _setup_logging(ctx.obj["verbose"], ctx.obj["quiet"])
     cfg = _config(ctx, folders, state)
-    install_redaction(cfg.secrets())
+    configure_logging(cfg, ctx.obj["verbose"], ctx.obj["quiet"])
     for f in cfg.folders:
         f.path.mkdir(parents=True, exist_ok=True)
     try:

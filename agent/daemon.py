@@ -12,6 +12,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import logging.handlers
 import os
 import signal
 import threading
@@ -51,10 +52,38 @@ class RedactingFilter(logging.Filter):
         return True
 
 
-def install_redaction(secrets: Iterable[str]) -> None:
-    f = RedactingFilter(secrets)
-    for h in logging.getLogger().handlers:
-        h.addFilter(f)
+def configure_logging(cfg: Config, verbose: int = 0, quiet: int = 0) -> None:
+    """stderr plus the rotating log file (``log.file``), at ``log.level`` moved by -v/-q, with
+    every secret redacted from every line."""
+    base = logging.getLevelName(cfg.log.level.upper())
+    level = (base if isinstance(base, int) else logging.INFO) + 10 * (quiet - verbose)
+    root = logging.getLogger()
+    root.setLevel(max(logging.DEBUG, min(logging.CRITICAL, level)))
+    fmt = logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%Y-%m-%d %H:%M:%S")
+    handlers: list[logging.Handler] = []
+    if not any(getattr(h, "_convert_agent", False) for h in root.handlers):
+        stderr = logging.StreamHandler()
+        stderr.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S")
+        )
+        handlers.append(stderr)
+        if cfg.log.file is not None:
+            try:
+                cfg.log.file.parent.mkdir(parents=True, exist_ok=True)
+                rotating = logging.handlers.RotatingFileHandler(
+                    cfg.log.file, maxBytes=5 << 20, backupCount=5, encoding="utf-8"
+                )
+                os.chmod(cfg.log.file, 0o600)
+                rotating.setFormatter(fmt)
+                handlers.append(rotating)
+            except OSError as exc:
+                log.warning("cannot write the log file %s: %s", cfg.log.file, exc.strerror)
+    redact = RedactingFilter(cfg.secrets())
+    for h in handlers:
+        h._convert_agent = True  # type: ignore[attr-defined]
+        root.addHandler(h)
+    for h in root.handlers:
+        h.addFilter(redact)
 
 
 class Agent:
