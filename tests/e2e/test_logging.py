@@ -37,7 +37,7 @@ async def test_log_file_records_each_transition_without_secrets(
     assert stat.S_IMODE(logfile.stat().st_mode) == 0o600
     job_id = emu.state.snapshot()["jobs"][0]["id"]
     for phase in ("creating", "uploading", "starting", "processing", "downloading", "done"):
-        assert f"a.job [job " in text and f": {phase}" in text, phase
+        assert "a.job [job " in text and f": {phase}" in text, phase
     assert job_id in text
     for secret in (KEY, "hunter2-secret"):
         assert secret not in text and secret not in out
