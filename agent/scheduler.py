@@ -590,9 +590,38 @@ class Scheduler:
         for out in outs:
             if out.state in ("done", "skipped"):
                 continue
-            await self._download_one(rec, spec, out, count)
+            try:
+                await self._download_one(rec, spec, out, count)
+            except OutputUnavailable as err:
+                if not self.cfg.tickets.resubmit_expired:
+                    raise
+                await self._refresh_outputs(rec, spec)  # the refusal may be news to the store
+                if not self._may_resubmit(rec, spec):
+                    raise
+                self._resubmit(rec, err)
+                return
         rec = self._recovered(rec)
         self._to(rec, Phase.DONE, "done")
+
+    def _may_resubmit(self, rec: TicketRecord, spec: TicketSpec) -> bool:
+        """``tickets.resubmit_expired``: a conversion whose outputs the server no longer serves
+        is converted again — once, and only while none of its outputs has been written (so a
+        second job cannot duplicate files already in the folder)."""
+        if not self.cfg.tickets.resubmit_expired or spec.kind is not TicketKind.CONVERSION:
+            return False
+        outs = self.store.outputs(rec.id)
+        if any(o.state in ("done", "skipped", "placing") for o in outs):
+            return False
+        if not any(lifecycle.output_problem(o.remote_status) for o in outs):
+            return False  # a checksum that never matched is not cured by converting again
+        return not any(h["event"] == "resubmitted" for h in self.store.history(rec.id))
+
+    def _resubmit(self, rec: TicketRecord, err: AgentError) -> None:
+        log.warning("%s [job %s]: %s — converting again", rec.name, rec.job_id, err.message)
+        self._cleanup_parts(rec)
+        self.store.reset_for_resubmit(rec.id, self.clock(), message=err.message)
+        self._vol.pop(rec.id, None)
+        self._changed(self.store.get(rec.id))
 
     def _output_name(self, rec: TicketRecord, spec: TicketSpec, out: OutputRecord, n: int) -> str:
         target = spec.conversions[0].target if spec.conversions else ""

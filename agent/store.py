@@ -359,6 +359,31 @@ class Store:
             self._history(tid, now, phase, "accepted" if not error else "rejected", message)
         return self.get(tid)
 
+    def reset_for_resubmit(self, ticket_id: int, now: float, *, message: str) -> None:
+        """Start a ticket over with a new job: a new idempotency key, inputs unsent, outputs
+        forgotten (none were written), back to pending. The old job is left to expire."""
+        with self.db.atomic():
+            rec = self.get(ticket_id)
+            key = hashlib.sha256(f"{rec.idem_key}\0resubmit".encode()).hexdigest()[:40]
+            self.db.execute("DELETE FROM outputs WHERE ticket_id = ?", [ticket_id])
+            self.db.execute(
+                "UPDATE inputs SET sent = 0, remote_id = NULL WHERE ticket_id = ?", [ticket_id]
+            )
+            for inp in self.inputs(ticket_id):
+                self.db.execute(
+                    "UPDATE inputs SET upload_uuid = ? WHERE id = ?",
+                    [f"{key[:24]}-{inp.idx}", inp.id],
+                )
+            self.db.execute(
+                """UPDATE tickets SET phase = ?, idem_key = ?, job_id = NULL, job_token = NULL,
+                       job_server = NULL, start_sent = 0, remote_status = NULL,
+                       remote_info = NULL, error = NULL, wait_until = NULL, attempts = 0,
+                       updated_at = ?
+                   WHERE id = ?""",
+                [str(Phase.PENDING), key, now, ticket_id],
+            )
+            self._history(ticket_id, now, Phase.PENDING, "resubmitted", message)
+
     def get(self, ticket_id: int) -> TicketRecord:
         rows = list(self.db.query("SELECT * FROM tickets WHERE id = ?", [ticket_id]))
         if not rows:
