@@ -67,6 +67,7 @@ log = logging.getLogger("agent.scheduler")
 AUTH_PROBE_SECONDS = 30.0
 QUOTA_PROBE_SECONDS = 300.0
 INPUT_WAIT_SECONDS = 600.0
+OUTPUT_INFO_MAX_AGE = 300.0  # re-read uri/status before a download started later than this
 MAX_GETS_PER_OUTPUT = 8  # the service allows ~10 downloads; keep a margin for the user
 
 
@@ -78,6 +79,7 @@ class _Volatile:
     polls: int = 0
     input_stats: dict[str, tuple[int, int]] | None = None
     failing_since: float | None = None  # first transient failure of the current streak
+    outputs_seen_at: float | None = None  # when the outputs' uri/status were last read
 
 
 class Scheduler:
@@ -566,6 +568,7 @@ class Scheduler:
                 "input is valid for this target, then retry the ticket"
             )
         self.store.record_outputs(rec.id, job.outputs)
+        self._vol_of(rec.id).outputs_seen_at = self.clock()
         self._to(
             rec,
             Phase.DOWNLOADING,
@@ -583,6 +586,7 @@ class Scheduler:
         job = await self.api.get_job(rec.job_id, token=token)
         if job.outputs:
             self.store.record_outputs(rec.id, job.outputs)
+        self._vol_of(rec.id).outputs_seen_at = self.clock()
 
     async def _download(self, rec: TicketRecord, spec: TicketSpec) -> None:
         outs = self.store.outputs(rec.id)
@@ -657,7 +661,9 @@ class Scheduler:
             self.store.update_output(out.id, state="pending", digest=None)
             out = dataclasses.replace(out, state="pending", digest=None)
 
-        if out.gets > 0 or out.remote_status not in ("", "enabled"):
+        seen = self._vol_of(rec.id).outputs_seen_at
+        late = seen is None or self.clock() - seen > OUTPUT_INFO_MAX_AGE
+        if late or out.gets > 0 or out.remote_status not in ("", "enabled"):
             await self._refresh_outputs(rec, spec)
             out = next(o for o in self.store.outputs(rec.id) if o.id == out.id)
         problem = lifecycle.output_problem(out.remote_status)
