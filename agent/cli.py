@@ -13,6 +13,7 @@ Exit codes (stable; see README):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -104,12 +105,20 @@ def run(ctx: click.Context, once: bool, folders: tuple[str, ...], state: str | N
     from agent.daemon import Agent, configure_logging
 
     cfg = _config(ctx, folders, state)
-    configure_logging(cfg, ctx.obj["verbose"], ctx.obj["quiet"])
+    bars = None
+    if sys.stderr.isatty() and not ctx.obj["quiet"]:
+        from agent.console import TerminalProgress
+
+        bars = TerminalProgress()  # progress bars on a terminal; plain log lines otherwise
+    configure_logging(
+        cfg, ctx.obj["verbose"], ctx.obj["quiet"], bars.log_handler() if bars else None
+    )
     for f in cfg.folders:
         f.path.mkdir(parents=True, exist_ok=True)
     try:
-        agent = Agent(cfg)
-        code = asyncio.run(agent.run(once=once))
+        agent = Agent(cfg, progress=bars)
+        with bars or contextlib.nullcontext():
+            code = asyncio.run(agent.run(once=once))
     except ConfigError as err:
         _die(err.message, EXIT_LOCKED if "already running" in err.message else EXIT_CONFIG)
     except KeyboardInterrupt:

@@ -25,7 +25,7 @@ from agent.api import ApiClient
 from agent.config import Config
 from agent.errors import ConfigError
 from agent.models import Phase
-from agent.scheduler import Scheduler
+from agent.scheduler import ProgressListener, Scheduler
 from agent.store import StateLock, Store, TicketRecord
 from agent.watcher import Watcher
 
@@ -52,7 +52,9 @@ class RedactingFilter(logging.Filter):
         return True
 
 
-def configure_logging(cfg: Config, verbose: int = 0, quiet: int = 0) -> None:
+def configure_logging(
+    cfg: Config, verbose: int = 0, quiet: int = 0, stderr: logging.Handler | None = None
+) -> None:
     """stderr plus the rotating log file (``log.file``), at ``log.level`` moved by -v/-q, with
     every secret redacted from every line."""
     base = logging.getLevelName(cfg.log.level.upper())
@@ -62,10 +64,11 @@ def configure_logging(cfg: Config, verbose: int = 0, quiet: int = 0) -> None:
     fmt = logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%Y-%m-%d %H:%M:%S")
     handlers: list[logging.Handler] = []
     if not any(getattr(h, "_convert_agent", False) for h in root.handlers):
-        stderr = logging.StreamHandler()
-        stderr.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S")
-        )
+        if stderr is None:
+            stderr = logging.StreamHandler()
+            stderr.setFormatter(
+                logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S")
+            )
         handlers.append(stderr)
         if cfg.log.file is not None:
             try:
@@ -89,7 +92,13 @@ def configure_logging(cfg: Config, verbose: int = 0, quiet: int = 0) -> None:
 class Agent:
     """The running agent. Front ends (CLI, tray, dashboard) talk to this object."""
 
-    def __init__(self, cfg: Config, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        clock: Callable[[], float] = time.time,
+        progress: ProgressListener | None = None,
+    ) -> None:
         if not cfg.folders:
             raise ConfigError(
                 "no folder to watch: add one under `folders:` in the config, or pass --folder DIR"
@@ -108,6 +117,7 @@ class Agent:
         self.ready = threading.Event()  # set once resumed work is queued and folders are watched
         self.listeners: list[Callable[[TicketRecord], None]] = []
         self.started_at = time.time()
+        self.progress = progress
 
     # ------------------------------------------------------------------ facade
     # What the CLI, tray and dashboard may do. The coroutines run on the agent's loop; other
@@ -212,6 +222,7 @@ class Agent:
             sched = self.scheduler = Scheduler(
                 cfg, store, api, clock=self.clock, on_change=self._notify
             )
+            sched.progress = self.progress
             sched.resume_all()
             runner = asyncio.create_task(sched.run())
             watcher = self.watcher = Watcher(
@@ -225,10 +236,6 @@ class Agent:
             self._install_signals()
             await watcher.start()
             self.ready.set()
-            log.info(
-                "watching %s",
-                ", ".join(str(f.path) for f in cfg.folders),
-            )
             if once:
                 await self._wait_until_idle(sched, watcher)
             else:

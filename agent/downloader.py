@@ -69,6 +69,8 @@ class DownloadStreamLike(Protocol):
     @property
     def validator(self) -> str | None: ...
     @property
+    def total(self) -> int | None: ...
+    @property
     def chunks(self) -> AsyncIterator[bytes]: ...
 
 
@@ -240,6 +242,7 @@ async def fetch_to_part(
     resume: bool,
     validator: str | None = None,
     on_validator: Callable[[str | None], None] | None = None,
+    on_progress: Callable[[int, int | None], None] | None = None,
 ) -> FetchResult:
     """Download into ``part`` (hidden, in the target folder), hash it, verify it, fsync it.
 
@@ -248,7 +251,7 @@ async def fetch_to_part(
     already has ``expected_size`` bytes and the right checksum is accepted without a request.
     A stream that starts again from 0 (a 200 answer, or base64) truncates the part first.
     ``on_validator`` is told each stream's validator as soon as it opens, so the caller can record
-    it for a resume after a restart.
+    it for a resume after a restart. ``on_progress(bytes_so_far, total)`` follows the stream.
 
     Verdict "verified" when the checksum matched; "unverified" when there was none (or of an
     unknown kind) and ``verify`` is if-present. Raises ``OutputUnavailable`` before any request
@@ -294,7 +297,15 @@ async def fetch_to_part(
                 await asyncio.to_thread(sink.restart, 0)
         if result is None:
             result = await _stream_into(
-                sink, stream_opener, offset, validator, on_validator, algo, expected, expected_size
+                sink,
+                stream_opener,
+                offset,
+                validator,
+                on_validator,
+                algo,
+                expected,
+                expected_size,
+                on_progress,
             )
         finished = True
         return result
@@ -323,6 +334,7 @@ async def _stream_into(
     algo: str,
     expected: str,
     expected_size: int | None,
+    on_progress: Callable[[int, int | None], None] | None = None,
 ) -> FetchResult:
     async with stream_opener(offset, validator) as stream:
         if on_validator is not None:
@@ -335,6 +347,8 @@ async def _stream_into(
             async for chunk in stream.chunks:
                 sink.buf += chunk
                 sink.size += len(chunk)
+                if on_progress is not None:
+                    on_progress(sink.size, expected_size or stream.total)
                 if len(sink.buf) >= WRITE_BUFFER:
                     await asyncio.to_thread(sink.flush)
         except (RetryableError, asyncio.CancelledError):

@@ -31,7 +31,7 @@ import random
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from agent import downloader, folder, lifecycle, paths
 from agent.api import ApiClient
@@ -69,6 +69,13 @@ QUOTA_PROBE_SECONDS = 300.0
 INPUT_WAIT_SECONDS = 600.0
 OUTPUT_INFO_MAX_AGE = 300.0  # re-read uri/status before a download started later than this
 MAX_GETS_PER_OUTPUT = 8  # the service allows ~10 downloads; keep a margin for the user
+
+
+class ProgressListener(Protocol):
+    """Told about bytes moving (uploads, downloads); a terminal front end draws bars from it."""
+
+    def transfer(self, key: str, label: str, done: int, total: int | None) -> None: ...
+    def transfer_done(self, key: str) -> None: ...
 
 
 @dataclasses.dataclass
@@ -115,6 +122,7 @@ class Scheduler:
         self._auth_probe_at = 0.0
         self.quota_until: float | None = None
         self.seen_this_run: set[int] = set()
+        self.progress: ProgressListener | None = None  # a terminal's progress bars, if any
         for root in {str(f.path) for f in cfg.folders}:
             self._own_outputs |= store.output_names(root)
 
@@ -223,6 +231,14 @@ class Scheduler:
         self._side_tasks.discard(t)
         if not t.cancelled() and t.exception() is not None:
             log.error("internal error: %r", t.exception(), exc_info=t.exception())
+
+    def _progress(self, key: str, label: str, done: int, total: int | None) -> None:
+        if self.progress is not None:
+            self.progress.transfer(key, label, done, total)
+
+    def _progress_done(self, key: str) -> None:
+        if self.progress is not None:
+            self.progress.transfer_done(key)
 
     def _schedule(self, tid: int, at: float) -> None:
         self._seq += 1
@@ -505,7 +521,15 @@ class Scheduler:
                         f"input {inp.value} disappeared before it was uploaded: put it back "
                         "and retry the ticket"
                     )
-                r = await self.api.upload_file(job, p, filename=p.name, upload_uuid=inp.upload_uuid)
+                key = f"up:{inp.id}"
+                size = _size(str(p))
+                self._progress(key, f"↑ {p.name}", 0, size)
+                try:
+                    r = await self.api.upload_file(
+                        job, p, filename=p.name, upload_uuid=inp.upload_uuid
+                    )
+                finally:
+                    self._progress_done(key)
             self.store.mark_input_sent(inp.id, r.id)
         rec = self._recovered(rec)
         self._to(rec, Phase.STARTING, "uploaded", start_sent=True)
@@ -687,6 +711,8 @@ class Scheduler:
             )
 
         try:
+            key = f"down:{out.id}"
+            self._progress(key, f"↓ {name}", 0, out.size)
             result = await downloader.fetch_to_part(
                 opener,
                 part,
@@ -694,6 +720,7 @@ class Scheduler:
                 expected_size=out.size,
                 verify=spec.download.verify,
                 resume=True,
+                on_progress=lambda done, total: self._progress(key, f"↓ {name}", done, total),
             )
         except downloader.ChecksumMismatch as err:
             mismatches = out.mismatches + 1
@@ -707,6 +734,8 @@ class Scheduler:
                 f"{name}: the download did not match its checksum; downloading again",
                 title="checksum mismatch",
             ) from err
+        finally:
+            self._progress_done(f"down:{out.id}")
         self.store.update_output(
             out.id, state="placing", digest=result.digest, verdict=result.verdict
         )
