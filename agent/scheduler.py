@@ -110,6 +110,7 @@ class Scheduler:
         self._seq = 0
         self._wake = asyncio.Event()
         self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._rerun: set[int] = set()
         self._vol: dict[int, _Volatile] = {}
         self._parse_retry: dict[str, float] = {}  # ticket path → first failed parse
         self._pending_paths: set[str] = set()  # tickets seen but not yet recorded
@@ -202,7 +203,9 @@ class Scheduler:
             now = self.clock()
             while self._heap and self._heap[0][0] <= now:
                 _, _, tid = heapq.heappop(self._heap)
-                if tid not in self._tasks:
+                if tid in self._tasks:
+                    self._rerun.add(tid)  # due while a step runs: look again when it ends
+                else:
                     self._tasks[tid] = asyncio.create_task(self._drive(tid))
             delay = self._heap[0][0] - now if self._heap else 3600.0
             self._wake.clear()
@@ -262,6 +265,9 @@ class Scheduler:
             self._schedule(tid, self.clock() + 60.0)
         finally:
             self._tasks.pop(tid, None)
+            if tid in self._rerun:
+                self._rerun.discard(tid)
+                self._schedule(tid, 0.0)
             self._wake.set()
 
     async def _step_until_wait(self, tid: int) -> None:
