@@ -119,6 +119,12 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class DashboardConfig:
+    enabled: bool = True  # the local web page, JSON API and /metrics (the CLI talks to it)
+    port: int = 0  # on 127.0.0.1 only; 0 = any free port
+
+
+@dataclass(frozen=True)
 class Config:
     api: ApiConfig = ApiConfig()
     folders: tuple[FolderConfig, ...] = ()
@@ -127,6 +133,7 @@ class Config:
     download: DownloadConfig = DownloadConfig()
     state: StateConfig = field(default_factory=StateConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    dashboard: DashboardConfig = DashboardConfig()
     source: Path | None = None  # the configuration file read, if any
 
     def secrets(self) -> tuple[str, ...]:
@@ -321,7 +328,17 @@ class _Reader:
         self.known(
             root,
             "",
-            ("version", "api", "folders", "tickets", "polling", "download", "state", "log"),
+            (
+                "version",
+                "api",
+                "folders",
+                "tickets",
+                "polling",
+                "download",
+                "state",
+                "log",
+                "dashboard",
+            ),
         )
         version = top.get("version")
         if version is not None and (version.value != 1 or isinstance(version.value, bool)):
@@ -352,6 +369,7 @@ class _Reader:
             download=self.download(self.section(top, "download", _fields(DownloadConfig))),
             state=state,
             log=self.log(self.section(top, "log", _fields(LogConfig))),
+            dashboard=self.dashboard(self.section(top, "dashboard", _fields(DashboardConfig))),
             source=self.source,
         )
 
@@ -557,6 +575,14 @@ class _Reader:
                 "max_attempts",
                 3,
                 self.number(1, 100, integer=True, example="3"),
+            ),
+        )
+
+    def dashboard(self, fields: dict[str, Node]) -> DashboardConfig:
+        return DashboardConfig(
+            enabled=self.get(fields, "dashboard", "enabled", True, self.boolean),
+            port=self.get(
+                fields, "dashboard", "port", 0, self.number(0, 65535, integer=True, example="8765")
             ),
         )
 
