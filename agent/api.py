@@ -19,6 +19,7 @@ import contextlib
 import email.utils
 import functools
 import json
+import logging
 import random
 import re
 import time
@@ -91,6 +92,32 @@ def _origin(url: str | URL) -> _Origin:
 
 def _seg(value: str) -> str:
     return quote(value, safe="")
+
+
+_JOB_ID = re.compile(r"^/jobs/[^/?]+")
+_FILE_ROUTE = re.compile(r"/(upload-file|download-file)/")
+
+
+def route_label(method: str, path_or_url: str) -> str:
+    """A request's route as a template, for metrics: ``GET /jobs/{id}``, never ids or hosts."""
+    path = urlsplit(path_or_url).path if "://" in path_or_url else path_or_url.split("?")[0]
+    m = _FILE_ROUTE.search(path)
+    if m:
+        return f"{method} /{m.group(1)}/{{id}}"
+    return f"{method} {_JOB_ID.sub('/jobs/{id}', path)}"
+
+
+def outcome_of(status: int | None) -> str:
+    """The outcome label of one HTTP attempt: ok, redirect, 4xx, 429, 5xx or network."""
+    if status is None:
+        return "network"
+    if 200 <= status < 300:
+        return "ok"
+    if 300 <= status < 400:
+        return "redirect"
+    if status == 429:
+        return "429"
+    return "5xx" if status >= 500 else "4xx"
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
@@ -232,6 +259,7 @@ class ApiClient:
         rand: Callable[[], float] = random.random,
         clock: Callable[[], float] = time.monotonic,
         user_agent: str = f"convert-agent/{__version__}",
+        on_request: Callable[[str, str, float], None] | None = None,
     ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -251,6 +279,8 @@ class ApiClient:
             else None
         )
         self._session: aiohttp.ClientSession | None = None
+        # Told (route template, outcome, seconds) once per HTTP attempt: the /metrics counters.
+        self._on_request = on_request
 
     def __repr__(self) -> str:
         return f"ApiClient({self._base!r}, key={'set' if self._key else 'none'})"
@@ -485,7 +515,8 @@ class ApiClient:
             resp = await self._send(
                 functools.partial(
                     session.get, url, headers=hop_headers, allow_redirects=False, timeout=timeout
-                )
+                ),
+                "GET download",
             )
             if 200 <= resp.status < 300 or resp.status == 416:
                 return resp
@@ -584,6 +615,7 @@ class ApiClient:
         if idempotency_key:
             extra["Idempotency-Key"] = idempotency_key
         headers = self._headers(url, token, extra)
+        route = route_label(method, path_or_url)
         idempotent = method in IDEMPOTENT_METHODS or bool(idempotency_key)
         secrets = [s for s in (self._key, token) if s]
         timeout = (
@@ -607,7 +639,7 @@ class ApiClient:
             elif json_body is not None:
                 kwargs["json"] = json_body
             try:
-                resp = await self._send(lambda: session.request(method, url, **kwargs))
+                resp = await self._send(lambda: session.request(method, url, **kwargs), route)
                 try:
                     body = await self._read_limited(resp)
                 finally:
@@ -626,22 +658,33 @@ class ApiClient:
 
         return await self._retrying(attempt, idempotent=idempotent)
 
-    async def _send(self, make: Callable[[], Any]) -> aiohttp.ClientResponse:
+    async def _send(self, make: Callable[[], Any], route: str) -> aiohttp.ClientResponse:
         """One HTTP exchange under the concurrency limit and the request budget."""
         async with self._semaphore:
             if self._budget is not None:
                 await self._budget.acquire()
+            started = time.monotonic()
             try:
                 resp: aiohttp.ClientResponse = await make()
             except aiohttp.InvalidURL as exc:
                 raise ApiRejected("the request address is not a valid URL") from exc
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                self._observe(route, None, started)
                 raise _RetryLater(
                     ApiUnavailable(f"the API could not be reached ({type(exc).__name__})"),
                     transport=True,
                     raw_after=None,
                 ) from exc
+            self._observe(route, resp.status, started)
             return resp
+
+    def _observe(self, route: str, status: int | None, started: float) -> None:
+        if self._on_request is None:
+            return
+        try:
+            self._on_request(route, outcome_of(status), time.monotonic() - started)
+        except Exception:  # counting must never break a request
+            logging.getLogger("agent.api").exception("the on_request hook failed")
 
     async def _read_limited(self, resp: aiohttp.ClientResponse) -> bytes:
         if resp.content_length is not None and resp.content_length > MAX_BODY_BYTES:
