@@ -31,7 +31,7 @@ import random
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from agent import downloader, folder, lifecycle, paths
 from agent.api import ApiClient
@@ -61,6 +61,9 @@ from agent.models import (
 from agent.store import OutputRecord, Store, TicketRecord
 from agent.ticket import parse_ticket, ticket_text_for_plain_file
 from agent.watcher import WatchEvent
+
+if TYPE_CHECKING:
+    from agent.metrics import Metrics
 
 log = logging.getLogger("agent.scheduler")
 
@@ -124,6 +127,7 @@ class Scheduler:
         self.quota_until: float | None = None
         self.seen_this_run: set[int] = set()
         self.progress: ProgressListener | None = None  # a terminal's progress bars, if any
+        self.metrics: Metrics | None = None  # /metrics counters (verdicts, bytes, poll latency)
         for root in {str(f.path) for f in cfg.folders}:
             self._own_outputs |= store.output_names(root)
 
@@ -568,7 +572,10 @@ class Scheduler:
     async def _poll(self, rec: TicketRecord, spec: TicketSpec) -> float | None:
         assert rec.job_id is not None
         token = rec.job_token if spec.kind is TicketKind.ADOPTION else None
+        asked = time.monotonic()
         job = await self.api.get_job(rec.job_id, token=token)
+        if self.metrics is not None:
+            self.metrics.poll_latency(time.monotonic() - asked)
         rec = self._recovered(rec)
         outcome = lifecycle.job_outcome(job)
         if outcome is JobOutcome.RUNNING:
@@ -729,6 +736,8 @@ class Scheduler:
                 on_progress=lambda done, total: self._progress(key, f"↓ {name}", done, total),
             )
         except downloader.ChecksumMismatch as err:
+            if self.metrics is not None:
+                self.metrics.verdict("mismatch")
             mismatches = out.mismatches + 1
             self.store.update_output(out.id, mismatches=mismatches)
             if mismatches >= self.cfg.download.max_attempts:
@@ -742,6 +751,9 @@ class Scheduler:
             ) from err
         finally:
             self._progress_done(f"down:{out.id}")
+        if self.metrics is not None:
+            self.metrics.downloaded(result.size)
+            self.metrics.verdict(result.verdict)
         self.store.update_output(
             out.id, state="placing", digest=result.digest, verdict=result.verdict
         )
