@@ -7,6 +7,7 @@ as a child process (`python -m agent`), so it can be killed with SIGKILL like a 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import io
 import os
@@ -14,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,7 @@ def spawn_agent(config: Path, *args: str, log: Path | None = None) -> subprocess
             stderr=subprocess.STDOUT,
             env=env,
         )
+
 
 async def run_agent(config: Path, *args: str, timeout: float = 120.0) -> tuple[int, str]:
     """Run the agent to completion (e.g. `run --once`) without blocking the test's loop."""
@@ -158,3 +160,127 @@ def outputs_match(folder: Path, emulator_state: Mapping[str, Any], names: Iterab
     }
     for n in names:
         assert md5(folder / n) in by_sum, f"{n} does not match any server checksum"
+
+
+# --------------------------------------------------------------------------- more helpers
+
+
+def txt_bytes(text: str) -> bytes:
+    return text.encode()
+
+
+def jpg_bytes(size: tuple[int, int] = (20, 12), color: str = "blue") -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, color).save(out, "JPEG")
+    return out.getvalue()
+
+
+def names(folder: Path) -> set[str]:
+    """Every file name under ``folder`` (recursive, relative), hidden ones included."""
+    return {str(p.relative_to(folder)) for p in folder.rglob("*") if not p.is_dir()}
+
+
+def sidecar(folder: Path, stem: str) -> dict[str, Any]:
+    data = yaml.safe_load((folder / f"{stem}.status.yaml").read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def job_of(emulator_state: Mapping[str, Any], job_id: str) -> dict[str, Any]:
+    for j in emulator_state["jobs"]:
+        if j["id"] == job_id:
+            return dict(j)
+    raise AssertionError(f"the emulator has no job {job_id}")
+
+
+def emulator_outputs(emulator_state: Mapping[str, Any]) -> dict[str, str]:
+    """filename → checksum for every output the emulator produced (filenames must be unique)."""
+    out: dict[str, str] = {}
+    for j in emulator_state["jobs"]:
+        for o in j["outputs"]:
+            assert o["filename"] not in out, f"two outputs named {o['filename']}"
+            out[o["filename"]] = o["checksum"]
+    return out
+
+
+async def wait_for_log(log: Path, text: str, timeout: float = 15.0) -> None:
+    """Wait until the agent's log (spawn_agent(log=...)) contains ``text``."""
+
+    def seen() -> bool:
+        try:
+            return text in log.read_text(errors="replace")
+        except FileNotFoundError:
+            return False
+
+    await wait_for(seen, timeout, f"{text!r} in {log}")
+
+
+@contextlib.asynccontextmanager
+async def serve_files(files: Mapping[str, bytes]) -> AsyncIterator[str]:
+    """A loopback web server for URL inputs: ``files`` maps a path (``/a.png``) to its bytes.
+
+    Yields the origin (``http://127.0.0.1:PORT``)."""
+    from aiohttp import web
+
+    async def handler(request: web.Request) -> web.Response:
+        data = files.get(request.path)
+        if data is None:
+            raise web.HTTPNotFound()
+        return web.Response(body=data, content_type="application/octet-stream")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+async def api_call(
+    base_url: str, method: str, path: str, body: Mapping[str, Any] | None = None
+) -> Any:
+    """One authenticated request to the emulator's API (as another tool or the web site would)."""
+    import aiohttp
+
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(
+            method, base_url + path, json=body, headers={"X-Api2convert-Api-Key": KEY}
+        ) as resp,
+    ):
+        assert resp.status < 300, f"{method} {path}: {resp.status} {await resp.text()}"
+        return await resp.json() if resp.status != 204 else None
+
+
+async def create_remote_job(base_url: str, url: str, target: str) -> tuple[str, str]:
+    """A job created and started directly through the API (for adoption tickets): (id, token)."""
+    job = await api_call(
+        base_url,
+        "POST",
+        "/jobs",
+        {
+            "process": True,
+            "input": [{"type": "remote", "source": url}],
+            "conversion": [{"target": target}],
+        },
+    )
+    return job["id"], job["token"]
+
+
+async def set_faults(base_url: str, faults: list[Mapping[str, Any]] | None) -> None:
+    """Set (or with None clear) the emulator's faults through its control endpoint."""
+    import aiohttp
+
+    origin = base_url.removesuffix("/v2")
+    async with aiohttp.ClientSession() as session:
+        if faults is None:
+            async with session.delete(origin + "/_emulator/faults") as resp:
+                assert resp.status < 300
+        else:
+            body = {"faults": list(faults), "replace": True}
+            async with session.post(origin + "/_emulator/faults", json=body) as resp:
+                assert resp.status < 300, await resp.text()
