@@ -23,7 +23,9 @@ from typing import Any, TypeVar
 from agent import __version__
 from agent.api import ApiClient
 from agent.config import Config
+from agent.dashboard import Dashboard
 from agent.errors import ConfigError
+from agent.metrics import Metrics
 from agent.models import Phase
 from agent.scheduler import ProgressListener, Scheduler
 from agent.store import StateLock, Store, TicketRecord
@@ -118,6 +120,8 @@ class Agent:
         self.listeners: list[Callable[[TicketRecord], None]] = []
         self.started_at = time.time()
         self.progress = progress
+        self.metrics = Metrics()  # served at /metrics
+        self.dashboard: Dashboard | None = None  # .open_url is what the tray opens
 
     # ------------------------------------------------------------------ facade
     # What the CLI, tray and dashboard may do. The coroutines run on the agent's loop; other
@@ -207,7 +211,7 @@ class Agent:
         cfg = self.cfg
         lock = StateLock(cfg.state.path)
         lock.acquire()
-        store = api = watcher = None
+        store = api = watcher = dashboard = None
         runner: asyncio.Task[None] | None = None
         try:
             store = self.store = Store.open(cfg.state.path)
@@ -217,12 +221,15 @@ class Agent:
                 timeout=cfg.api.timeout,
                 max_concurrency=cfg.api.max_concurrency,
                 requests_per_second=cfg.api.requests_per_second,
+                on_request=self.metrics.api_request,
             )
+            self.metrics.ticket_counts = store.counts
             self.loop = asyncio.get_running_loop()
             sched = self.scheduler = Scheduler(
                 cfg, store, api, clock=self.clock, on_change=self._notify
             )
             sched.progress = self.progress
+            sched.metrics = self.metrics
             sched.resume_all()
             runner = asyncio.create_task(sched.run())
             watcher = self.watcher = Watcher(
@@ -235,6 +242,11 @@ class Agent:
             )
             self._install_signals()
             await watcher.start()
+            if cfg.dashboard.enabled:
+                dashboard = Dashboard(self, port=cfg.dashboard.port, forward=self.progress)
+                sched.progress = dashboard  # shows transfers, then hands them to the terminal
+                if await dashboard.start():
+                    self.dashboard = dashboard
             self.ready.set()
             if once:
                 await self._wait_until_idle(sched, watcher)
@@ -243,6 +255,9 @@ class Agent:
             return self._exit_code(sched) if once else 0
         finally:
             log.info("stopping")
+            if dashboard is not None:
+                await dashboard.stop()
+                self.dashboard = None
             if watcher is not None:
                 await watcher.stop()
             if self.scheduler is not None:
