@@ -187,18 +187,20 @@ def _as_str(v: Any) -> str:
 
 
 def _as_int(v: Any) -> int | None:
+    """A whole number from loose JSON, or None; never outside SQLite's 64-bit integers."""
     if isinstance(v, bool) or v is None:
         return None
+    n: int | None = None
     if isinstance(v, int):
-        return v
-    if isinstance(v, float):
-        return int(v) if v == v and abs(v) < 2**63 else None
-    if isinstance(v, str):
+        n = v
+    elif isinstance(v, float):
+        n = int(v) if v == v and abs(v) < 2**63 else None
+    elif isinstance(v, str):
         try:
-            return int(float(v.strip()))
+            n = int(float(v.strip()))
         except (ValueError, OverflowError):
             return None
-    return None
+    return n if n is not None and -(2**63) <= n < 2**63 else None
 
 
 @dataclass(frozen=True)
