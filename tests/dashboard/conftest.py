@@ -11,9 +11,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "e2e"))  # e2e_harness
 
-from e2e_harness import KEY  # noqa: E402
+from e2e_harness import KEY
 
-from agent.emulator import EmulatorConfig, RunningEmulator, start_emulator  # noqa: E402
+from agent.emulator import EmulatorConfig, RunningEmulator, start_emulator
 
 
 @pytest.fixture
