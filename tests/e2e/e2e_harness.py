@@ -284,3 +284,26 @@ async def set_faults(base_url: str, faults: list[Mapping[str, Any]] | None) -> N
             body = {"faults": list(faults), "replace": True}
             async with session.post(origin + "/_emulator/faults", json=body) as resp:
                 assert resp.status < 300, await resp.text()
+
+
+async def outage(emulator: Any, seconds: float) -> None:
+    """The server is down (connections refused) for ``seconds``, then back on the same port
+    with the same state: the listening sites are stopped and a new one is bound."""
+    from aiohttp import web
+
+    runner = emulator.runner
+    for site in list(runner.sites):
+        await site.stop()
+    await runner.server.shutdown(0.1)  # open keep-alive connections go too
+    await asyncio.sleep(seconds)
+    site = web.TCPSite(runner, emulator.host, emulator.port)
+    await site.start()
+
+
+def fault_hits(emulator_state: Mapping[str, Any]) -> dict[str, int]:
+    """`route:kind` → how many times that fault fired."""
+    hits: dict[str, int] = {}
+    for f in emulator_state["faults"]:
+        key = f"{f['route']}:{f['kind']}"
+        hits[key] = hits.get(key, 0) + f["hits"]
+    return hits
