@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
-import secrets
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -47,9 +46,17 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def temp_path(path: Path) -> Path:
+    """The hidden temp file ``atomic_write`` uses for ``path``: one fixed name per target, so a
+    temp left by a killed process is reused (and so removed) by the next write of that file."""
+    return path.with_name(f".{path.name}.tmp")
+
+
 def atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    tmp = temp_path(path)
     try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)  # left by a process killed mid-write (or planted): never followed
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
         try:
             os.write(fd, data)
@@ -62,6 +69,40 @@ def atomic_write(path: Path, data: bytes) -> None:
             os.unlink(tmp)
         raise from_os_error(exc, path) from exc
     fsync_dir(path.parent)
+
+
+def create_exclusive(path: Path, data: bytes) -> bool:
+    """Write a new file at ``path`` atomically, never replacing one that exists (False then).
+
+    The data goes to ``temp_path(path)`` first and is hard-linked into place; the temp is removed
+    whatever happens, and one left by a killed process is removed by ``remove_temp``."""
+    tmp = temp_path(path)
+    try:
+        remove_temp(path)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path, follow_symlinks=False)
+        except FileExistsError:
+            return False
+        finally:
+            remove_temp(path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            remove_temp(path)
+        raise from_os_error(exc, path) from exc
+    fsync_dir(path.parent)
+    return True
+
+
+def remove_temp(path: Path) -> None:
+    """Remove the temp file a killed process may have left for ``path``."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(temp_path(path))
 
 
 def _iso(ts: float | None) -> str | None:
@@ -130,5 +171,6 @@ def file_ticket(ticket: Path, outcome: str, on_success: str) -> Path | None:
 
 
 def remove_sidecar(ticket: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        sidecar_path(ticket).unlink()
+    for p in (sidecar_path(ticket), temp_path(sidecar_path(ticket))):
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()

@@ -34,9 +34,27 @@ def job_outcome(job: RemoteJob) -> JobOutcome:
     return JobOutcome.RUNNING
 
 
+STAGED_CODES = frozenset({"", "incomplete", "ready", "created"})
+STARTED_CODES = frozenset(
+    {"downloading", "pending", "queued", "processing", "completed", "failed", "canceled"}
+    | {"cancelled"}
+)
+
+
 def started(job: RemoteJob) -> bool:
     """Whether a job has been marked for processing (after a PATCH process:true)."""
-    return job.status_code.strip().lower() not in ("", "incomplete", "ready", "created")
+    return job.status_code.strip().lower() not in STAGED_CODES
+
+
+def start_known(job: RemoteJob) -> bool | None:
+    """Whether a job has started: True / False, or None when its status code is one this agent
+    does not know (it says nothing either way, so the caller asks again rather than guess)."""
+    code = job.status_code.strip().lower()
+    if code in STARTED_CODES:
+        return True
+    if code in STAGED_CODES:
+        return False
+    return None
 
 
 def retry_delay(attempts: int, retry_after: float | None, rand: float) -> float:

@@ -266,6 +266,7 @@ class Scheduler:
             raise
         except Exception:  # a bug must not take the agent down: park the ticket and say so
             log.exception("internal error while handling ticket #%s; it will be retried", tid)
+            self._vol.pop(tid, None)  # what we knew of the remote job is in doubt now
             self._schedule(tid, self.clock() + 60.0)
         finally:
             self._tasks.pop(tid, None)
@@ -320,6 +321,9 @@ class Scheduler:
 
     def _on_error(self, rec: TicketRecord, err: AgentError) -> float | None:
         now = self.clock()
+        # A request that failed may still have acted on the server (its answer was lost): what
+        # we knew of the remote job no longer holds, so the next attempt reads it back first.
+        self._vol_of(rec.id).fresh = False
         if isinstance(err, PermanentError):
             self._fail(rec, err)
             return 0.0
@@ -549,7 +553,7 @@ class Scheduler:
         vol = self._vol_of(rec.id)
         if not vol.fresh:
             job = await self.api.get_job(rec.job_id)
-            if lifecycle.started(job):
+            if _start_known(job):
                 self._to(rec, Phase.PROCESSING, "started", remote_status=job.status_code)
                 return
         try:
@@ -558,7 +562,7 @@ class Scheduler:
             if err.status != 409:
                 raise
             job = await self.api.get_job(rec.job_id)
-            if not lifecycle.started(job):
+            if not _start_known(job):
                 raise
         vol.fresh = False
         self._to(
@@ -690,6 +694,8 @@ class Scheduler:
             # We may have placed it just before a crash: find it rather than writing it twice.
             placed = self._find_placed(folder_path, name, out.digest, part)
             if placed is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    part.unlink()  # the second name of the placed file
                 self._placed(rec, out, placed)
                 return
             if part.exists() and downloader.matches(part, out.digest):
@@ -781,14 +787,28 @@ class Scheduler:
         log.info("%s [job %s]: wrote %s", rec.name, rec.job_id, dest.name)
 
     def _find_placed(self, folder_path: Path, name: str, digest: str, part: Path) -> Path | None:
-        if part.exists():
-            return None  # the part is still there: it was not placed
+        """The file this output was placed as before a crash, or None when it was not placed.
+
+        While the part is still there, only a hard link to it counts (placement links the part
+        to its name, then removes the part: killed in between, both names are one file).
+        Without a part, a free candidate name holding the recorded digest is ours."""
+        try:
+            part_st: os.stat_result | None = os.lstat(part)
+        except FileNotFoundError:
+            part_st = None
         taken = {p for p in self._own_outputs if os.path.dirname(p) == str(folder_path)}
         for i, cand in enumerate(paths.conflict_candidates(name)):
             p = folder_path / cand
-            if not p.exists() or i > 10_000:
+            try:
+                st = os.lstat(p)
+            except FileNotFoundError:
                 return None
-            if str(p) not in taken and downloader.matches(p, digest):
+            if i > 10_000:
+                return None
+            if part_st is not None:
+                if os.path.samestat(part_st, st):
+                    return p
+            elif str(p) not in taken and downloader.matches(p, digest):
                 return p
         return None
 
@@ -976,6 +996,8 @@ class Scheduler:
         if self.is_own_output(path):
             return
         ticket = path.with_name(path.name + ".job")
+        with contextlib.suppress(OSError):
+            folder.remove_temp(ticket)  # a run killed while writing this ticket left it
         for existing in (ticket, ticket.with_name(ticket.name + ".done")):
             if existing.exists():
                 return
@@ -983,19 +1005,27 @@ class Scheduler:
             return
         try:
             text = ticket_text_for_plain_file(path.name).encode()
-            tmp = path.with_name(f".{path.name}.job.tmp")
-            folder.atomic_write(tmp, text)
-            try:
-                os.link(tmp, ticket)  # never clobbers a ticket someone else just wrote
-            except FileExistsError:
-                pass
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
-        except (AgentError, OSError) as exc:
-            log.warning("could not write a ticket for %s: %s", path.name, exc)
+            # never clobbers a ticket someone else just wrote
+            if not folder.create_exclusive(ticket, text):
+                return
+        except AgentError as exc:
+            log.warning("could not write a ticket for %s: %s", path.name, exc.message)
             return
         log.info("%s: wrote %s for it", path.name, ticket.name)
+
+
+def _start_known(job: RemoteJob) -> bool:
+    """Whether the job has started; a status code that does not say (an unknown one) is asked
+    again later rather than read as "started" (it would then be polled forever unstarted) or
+    as "staged" (it would be started a second time)."""
+    known = lifecycle.start_known(job)
+    if known is None:
+        raise RetryableError(
+            f"the server reports the job {job.id} as {job.status_code!r}, which does not say "
+            "whether it has started; asking again",
+            title="unknown job status",
+        )
+    return known
 
 
 def _size(p: str) -> int | None:

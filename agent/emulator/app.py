@@ -91,6 +91,8 @@ async def _call(request: web.Request, handler: Handler) -> web.StreamResponse:
     except web.HTTPException as exc:  # router 404/405 and friends
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         return json_response({"message": exc.reason}, status=exc.status, headers=headers)
+    except ConnectionResetError:  # the client went away mid-request (a killed process): no bug
+        return json_response({"message": "Client connection lost"}, status=400)
     except Exception as exc:
         log.exception("emulator handler failed on %s %s", request.method, request.path)
         request.app[STATE_KEY].internal_errors.append(f"{request.method} {request.path}: {exc!r}")
