@@ -428,8 +428,8 @@ th, td { text-align:left; padding:8px 10px; border-bottom:1px solid var(--line);
 th { font-size:12px; text-transform:uppercase; letter-spacing:.04em; color:var(--muted);
      background:#fafbfd; }
 tr:last-child td { border-bottom:none; }
-.name { font-weight:600; word-break:break-all; }
-.folder, .small { font-size:12px; color:var(--muted); word-break:break-all; }
+.name { font-weight:600; overflow-wrap:anywhere; min-width:140px; }
+.folder, .small { font-size:12px; color:var(--muted); overflow-wrap:anywhere; }
 .phase { display:inline-block; padding:1px 8px; border-radius:10px; font-size:12px;
          background:#eef2fb; color:var(--acc); }
 .phase.done { background:#e6f4ec; color:var(--ok); }
@@ -438,7 +438,8 @@ tr:last-child td { border-bottom:none; }
 .waiting { display:block; font-size:12px; color:var(--warn); }
 progress { width:120px; height:10px; }
 .job { font-family:ui-monospace, monospace; font-size:12px; }
-.verdict { font-size:11px; padding:0 6px; border-radius:8px; margin-left:4px; }
+.verdict { font-size:11px; padding:0 6px; border-radius:8px; margin-left:4px;
+           white-space:nowrap; }
 .verdict.verified { background:#e6f4ec; color:var(--ok); }
 .verdict.unverified { background:#fff6e0; color:var(--warn); }
 .error { color:var(--bad); max-width:360px; }
@@ -552,11 +553,13 @@ function ticketRow(t, now) {
       "data-name": t.ticket}));
   }
   const folder = t.ticket.slice(0, t.ticket.length - t.name.length);
+  const short = folder.split(/[\\/]/).filter(Boolean).pop() || folder;
   return el("tr", {"data-ticket": t.name, "data-id": String(t.id), "data-phase": t.phase},
     el("td", {}, el("div", {class: "name", text: t.name}),
-      el("div", {class: "folder", text: folder})),
+      el("div", {class: "folder", text: "in " + short, title: folder})),
     phase, progress,
-    el("td", {class: "job", text: t.job_id || "—"}),
+    el("td", {class: "job", text: t.job_id ? t.job_id.slice(0, 8) + "…" : "—",
+      title: t.job_id || ""}),
     el("td", {class: "small",
       text: [t.server_status, t.server_info].filter(Boolean).join(" · ") || "—"}),
     outputs, error, actions);
