@@ -1,0 +1,1 @@
+"""The torture campaign and the invariant checker live beside their tests (importable here)."""
