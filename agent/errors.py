@@ -105,13 +105,19 @@ class PermanentError(AgentError):
 
 
 class TicketError(PermanentError):
+    """A ticket that cannot be used. ``final``: no bytes appended to it could make it valid (too
+    big, binary, an alias), so it is not worth re-reading while it may still be being written."""
+
     default_title = "invalid ticket"
 
-    def __init__(self, message: str, *, key: str | None = None, line: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, key: str | None = None, line: int | None = None, final: bool = False
+    ) -> None:
         where = _where(key, line)
         super().__init__(f"{where}{message}" if where else message)
         self.key = key
         self.line = line
+        self.final = final
 
 
 class ApiRejected(PermanentError):

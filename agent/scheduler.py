@@ -899,7 +899,7 @@ class Scheduler:
         except TicketError as err:
             first = self._parse_retry.setdefault(key, now)
             recent = (time.time() - st.st_mtime) < self.cfg.tickets.parse_grace_seconds
-            if recent and now - first < self.cfg.tickets.parse_grace_seconds:
+            if recent and not err.final and now - first < self.cfg.tickets.parse_grace_seconds:
                 await asyncio.sleep(min(1.0, self.cfg.tickets.parse_grace_seconds / 4))
                 self._spawn_side(self._ingest(path, fcfg))  # it may still be being written
                 return

@@ -88,11 +88,14 @@ _CONSTRUCTORS = yaml.constructor.SafeConstructor.yaml_constructors
 class FieldError(ValueError):
     """One problem at one key of a YAML document; the caller makes it a TicketError/ConfigError."""
 
-    def __init__(self, message: str, *, key: str | None = None, line: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, key: str | None = None, line: int | None = None, final: bool = False
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.key = key
         self.line = line
+        self.final = final  # no text appended could cure it (see TicketError.final)
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,7 @@ class _Loader(yaml.SafeLoader):
             raise FieldError(
                 "YAML aliases (*name) are not allowed — write the value out in full",
                 line=_event_line(self),
+                final=True,
             )
         self._depth += 1
         try:
@@ -145,6 +149,7 @@ class _Loader(yaml.SafeLoader):
                 raise FieldError(
                     f"nested more than {MAX_DEPTH} levels deep — flatten the structure",
                     line=_event_line(self),
+                    final=True,
                 )
             return super().compose_node(parent, index)
         finally:
@@ -182,6 +187,7 @@ def load_yaml(text: str) -> Node:
         raise FieldError(
             f"not a text file: it contains the control character U+{char:04X} "
             "— save it as plain UTF-8 text",
+            final=True,
         ) from exc
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -640,17 +646,20 @@ def parse_ticket(
     if len(data) > MAX_TICKET_BYTES:
         raise TicketError(
             f"the ticket is {len(data)} bytes; the limit is 64 KiB ({MAX_TICKET_BYTES} bytes) "
-            "— a ticket only names inputs and options, keep the data itself in separate files"
+            "— a ticket only names inputs and options, keep the data itself in separate files",
+            final=True,
         )
     if b"\x00" in data:
         raise TicketError(
-            "not a text file (it contains NUL bytes) — a ticket is a small UTF-8 YAML text file"
+            "not a text file (it contains NUL bytes) — a ticket is a small UTF-8 YAML text file",
+            final=True,
         )
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise TicketError(
-            f"not a text file (not UTF-8 at byte {exc.start}) — save the ticket as UTF-8 text"
+            f"not a text file (not UTF-8 at byte {exc.start}) — save the ticket as UTF-8 text",
+            final=exc.reason != "unexpected end of data",  # else a character cut by a write
         ) from exc
     text = text.removeprefix("\ufeff")
     fields = _Fields()
@@ -675,7 +684,7 @@ def parse_ticket(
         merged = merge_defaults(base, own)
         return _build(merged, fields, ticket_path, root, verify_default)
     except FieldError as exc:
-        raise TicketError(exc.message, key=exc.key, line=exc.line) from exc
+        raise TicketError(exc.message, key=exc.key, line=exc.line, final=exc.final) from exc
 
 
 def merge_defaults(defaults: Mapping[str, Any], ticket: Mapping[str, Any]) -> dict[str, Any]:

@@ -686,3 +686,26 @@ def test_defaults_handed_in_by_code_are_checked_like_yaml(tmp_path: Path) -> Non
     assert spec.download.password == "123"
     err = refused("input: x\ntarget: pdf", tmp_path, defaults={"options": {"when": object()}})
     assert err.key == "defaults.options.when" and "configuration" in err.message
+
+
+@pytest.mark.parametrize(
+    ("data", "final"),
+    [
+        (b"input: a.png\ntarget: jpg\n# " + b"x" * MAX_TICKET_BYTES, True),  # too big
+        (b"input: a.png\x00\ntarget: jpg\n", True),  # binary
+        ("input: caf\xe9.png\ntarget: jpg\n".encode("latin-1"), True),  # not UTF-8
+        (b"a: &a [1]\nb: *a\ninput: a.png\ntarget: jpg\n", True),  # an alias
+        (b"input: a.png\ntarget: jpg\x07\n", True),  # a control character
+        (b"input: caf\xc3", False),  # a character cut by a write in progress
+        (b"input: a.png\ntarg", False),  # YAML cut short
+        (b"input: a.png\n", False),  # target not written yet
+        (b"input: a.png\noptions: {quality: 4", False),  # flow mapping not closed yet
+    ],
+)
+def test_ticket_errors_say_whether_more_bytes_could_cure_them(
+    tmp_path: Path, data: bytes, final: bool
+) -> None:
+    """`final` errors are not re-read during the parse grace (they fail at once)."""
+    with pytest.raises(TicketError) as info:
+        parse(data, tmp_path)
+    assert info.value.final is final, info.value.message
