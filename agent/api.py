@@ -20,6 +20,7 @@ import email.utils
 import functools
 import json
 import logging
+import os
 import random
 import re
 import time
@@ -59,6 +60,21 @@ MAX_REDIRECTS = 10
 DOWNLOAD_CHUNK_SIZE = 1024 * 1024
 _MIN_CHUNK_SIZE = 256 * 1024
 _MAX_MESSAGE_CHARS = 500
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+# Values under keys like these in a request body are secrets (api-contract.md §5.5): an error
+# message that echoes one has it masked.
+_SECRET_KEY_PARTS = (
+    "token",
+    "password",
+    "passwd",
+    "secret",
+    "key",
+    "credential",
+    "passphrase",
+    "sas",
+    "sig",
+)
 
 _T = TypeVar("_T")
 Sleep = Callable[[float], Awaitable[None]]
@@ -342,7 +358,9 @@ class ApiClient:
 
         def form() -> tuple[aiohttp.FormData, Callable[[], None]]:
             try:
-                fh = path.open("rb")
+                # The path was resolved (and confined) when the ticket was read: a symlink
+                # there now was swapped in since, and is never followed.
+                fh = os.fdopen(os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC), "rb")
             except OSError as exc:
                 raise from_os_error(exc, path) from exc
             # Raw UTF-8 filename as browsers send it (aiohttp would percent-encode it, and the
@@ -536,7 +554,13 @@ class ApiClient:
                 body = b""
             finally:
                 resp.release()
-            error = self._error_for(resp, body, what="download", download=True)
+            error = self._error_for(
+                resp,
+                body,
+                what="download",
+                download=True,
+                secrets=[password or "", self._key or ""],
+            )
             self._raise_or_retry(error, resp)
         raise ApiUnavailable(f"the download was redirected more than {MAX_REDIRECTS} times")
 
@@ -617,7 +641,7 @@ class ApiClient:
         headers = self._headers(url, token, extra)
         route = route_label(method, path_or_url)
         idempotent = method in IDEMPOTENT_METHODS or bool(idempotency_key)
-        secrets = [s for s in (self._key, token) if s]
+        secrets = [s for s in (self._key, token, *_secret_values(json_body)) if s]
         timeout = (
             aiohttp.ClientTimeout(total=None, sock_connect=self._timeout, sock_read=self._timeout)
             if streaming
@@ -668,6 +692,19 @@ class ApiClient:
                 resp: aiohttp.ClientResponse = await make()
             except aiohttp.InvalidURL as exc:
                 raise ApiRejected("the request address is not a valid URL") from exc
+            except aiohttp.ClientSSLError as exc:
+                # Certificates are always checked (never ssl=False): say so, and why it failed.
+                why = getattr(exc, "certificate_error", None) or getattr(exc, "os_error", exc)
+                raise _RetryLater(
+                    ApiUnavailable(
+                        f"the TLS certificate of {getattr(exc, 'host', 'the server')} was not "
+                        f"accepted ({why}); the agent never turns certificate checks off: give "
+                        "the server a valid certificate or add its CA to the system's trust store",
+                        title="TLS certificate refused",
+                    ),
+                    transport=True,
+                    raw_after=None,
+                ) from exc
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 self._observe(route, None, started)
                 raise _RetryLater(
@@ -741,7 +778,8 @@ class ApiClient:
         message = message or (resp.reason or "").strip() or "no message"
         message = message[:_MAX_MESSAGE_CHARS]
         for secret in secrets:
-            message = message.replace(secret, "[REDACTED]")
+            if secret:
+                message = message.replace(secret, "[REDACTED]")
         request_id = resp.headers.get("X-Request-Id")
         suffix = f" (request id {request_id})" if request_id else ""
         text = f"{what}: HTTP {status} {message}{suffix}"
@@ -796,3 +834,21 @@ class ApiClient:
         if raw_after is not None and raw_after > 0:
             return min(raw_after, MAX_RETRY_AFTER)
         return min(8.0, 0.5 * 2.0**attempt) * (1 + 0.25 * self._rand())
+
+
+def _secret_values(body: Any) -> list[str]:
+    """String values under secret-looking keys anywhere in a JSON request body."""
+    found: list[str] = []
+    stack = [body]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, Mapping):
+            for k, v in item.items():
+                if isinstance(v, str) and len(v) >= 4:
+                    if any(part in str(k).lower() for part in _SECRET_KEY_PARTS):
+                        found.append(v)
+                else:
+                    stack.append(v)
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return found
