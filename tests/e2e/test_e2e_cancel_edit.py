@@ -1,0 +1,91 @@
+"""Deleting a ticket while its job runs cancels the job; editing a ticket makes a new request."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from e2e_harness import (
+    emulator_outputs,
+    md5,
+    names,
+    png_bytes,
+    sidecar,
+    spawn_agent,
+    stop_agent,
+    wait_for,
+    wait_for_log,
+    write_config,
+)
+
+from agent.emulator import RunningEmulator
+
+MakeEmulator = Callable[..., Awaitable[RunningEmulator]]
+
+
+async def _running_job(emu: RunningEmulator) -> str:
+    await wait_for(
+        lambda: any(j.status in ("queued", "processing") for j in emu.state.jobs.values()),
+        10,
+        "a job to run",
+    )
+    (job_id,) = [i for i, j in emu.state.jobs.items() if j.status in ("queued", "processing")]
+    return job_id
+
+
+async def test_deleting_a_ticket_while_its_job_runs_cancels_the_job_and_leaves_nothing(
+    tmp_path: Path, make_emulator: MakeEmulator
+) -> None:
+    emu = await make_emulator(processing_seconds=8)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "photo.png").write_bytes(png_bytes())
+    cfg = write_config(tmp_path / "c.yaml", emu.base_url, [inbox], tmp_path / "state.db")
+    log = tmp_path / "agent.log"
+    proc = spawn_agent(cfg, "run", log=log)
+    try:
+        await wait_for_log(log, "watching")
+        (inbox / "photo.job").write_text("input: photo.png\ntarget: jpg\n")
+        job_id = await _running_job(emu)
+        await wait_for(lambda: (inbox / "photo.status.yaml").exists(), 5, "the sidecar")
+        (inbox / "photo.job").unlink()
+        await wait_for(lambda: emu.state.jobs[job_id].status == "canceled", 10, "job canceled")
+        await wait_for(lambda: names(inbox) == {"photo.png"}, 5, "the sidecar to go")
+        await asyncio.sleep(1.0)  # and nothing comes back
+        assert proc.poll() is None
+    finally:
+        await stop_agent(proc)
+    assert names(inbox) == {"photo.png"}
+    assert len(emu.state.jobs) == 1 and emu.state.jobs[job_id].status == "canceled"
+    assert emu.state.snapshot()["downloads"] == []
+
+
+async def test_editing_a_ticket_while_its_job_runs_makes_a_new_request(
+    tmp_path: Path, make_emulator: MakeEmulator
+) -> None:
+    emu = await make_emulator(processing_seconds=3)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "photo.png").write_bytes(png_bytes())
+    cfg = write_config(tmp_path / "c.yaml", emu.base_url, [inbox], tmp_path / "state.db")
+    log = tmp_path / "agent.log"
+    proc = spawn_agent(cfg, "run", log=log)
+    try:
+        await wait_for_log(log, "watching")
+        (inbox / "photo.job").write_text("input: photo.png\ntarget: jpg\n")
+        first = await _running_job(emu)
+        (inbox / "photo.job").write_text("input: photo.png\ntarget: webp\n")
+        await wait_for(lambda: (inbox / "photo.job.done").exists(), 20, "photo.job.done")
+    finally:
+        await stop_agent(proc)
+
+    state = emu.state.snapshot()
+    assert len(state["jobs"]) == 2, state["jobs"]
+    old = next(j for j in state["jobs"] if j["id"] == first)
+    new = next(j for j in state["jobs"] if j["id"] != first)
+    assert old["status"] == "canceled" and old["targets"] == ["jpg"]
+    assert new["status"] == "completed" and new["targets"] == ["webp"] and new["starts"] == 1
+    assert sidecar(inbox, "photo")["job_id"] == new["id"]
+    assert md5(inbox / "photo.webp") == emulator_outputs(state)["photo.webp"]
+    assert names(inbox) == {"photo.png", "photo.webp", "photo.job.done", "photo.status.yaml"}
