@@ -125,6 +125,12 @@ class DashboardConfig:
 
 
 @dataclass(frozen=True)
+class NotificationsConfig:
+    enabled: bool = True  # desktop notifications when tickets end (done, failed)
+    batch_seconds: float = 2.0  # endings this close together make one notification
+
+
+@dataclass(frozen=True)
 class Config:
     api: ApiConfig = ApiConfig()
     folders: tuple[FolderConfig, ...] = ()
@@ -134,6 +140,7 @@ class Config:
     state: StateConfig = field(default_factory=StateConfig)
     log: LogConfig = field(default_factory=LogConfig)
     dashboard: DashboardConfig = DashboardConfig()
+    notifications: NotificationsConfig = NotificationsConfig()
     source: Path | None = None  # the configuration file read, if any
 
     def secrets(self) -> tuple[str, ...]:
@@ -338,6 +345,7 @@ class _Reader:
                 "state",
                 "log",
                 "dashboard",
+                "notifications",
             ),
         )
         version = top.get("version")
@@ -370,6 +378,9 @@ class _Reader:
             state=state,
             log=self.log(self.section(top, "log", _fields(LogConfig))),
             dashboard=self.dashboard(self.section(top, "dashboard", _fields(DashboardConfig))),
+            notifications=self.notifications(
+                self.section(top, "notifications", _fields(NotificationsConfig))
+            ),
             source=self.source,
         )
 
@@ -583,6 +594,18 @@ class _Reader:
             enabled=self.get(fields, "dashboard", "enabled", True, self.boolean),
             port=self.get(
                 fields, "dashboard", "port", 0, self.number(0, 65535, integer=True, example="8765")
+            ),
+        )
+
+    def notifications(self, fields: dict[str, Node]) -> NotificationsConfig:
+        return NotificationsConfig(
+            enabled=self.get(fields, "notifications", "enabled", True, self.boolean),
+            batch_seconds=self.get(
+                fields,
+                "notifications",
+                "batch_seconds",
+                2.0,
+                self.number(0, 60, example="2.0"),
             ),
         )
 

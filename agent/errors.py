@@ -137,6 +137,8 @@ class OutputUnavailable(PermanentError):
 
 
 def _where(key: str | None, line: int | None) -> str:
+    if key and not key.isprintable():  # a key from a ticket may hold control characters
+        key = key.encode("unicode_escape").decode("ascii")
     if key and line:
         return f"{key} (line {line}): "
     if key:
