@@ -529,7 +529,7 @@ class ApiClient:
             send_password = send_password and _origin(url) == origin
             hop_headers = dict(headers)
             if send_password and password is not None:
-                hop_headers[PASSWORD_HEADER] = password
+                hop_headers[PASSWORD_HEADER] = _header_value(password, "the download password")
             resp = await self._send(
                 functools.partial(
                     session.get, url, headers=hop_headers, allow_redirects=False, timeout=timeout
@@ -610,7 +610,7 @@ class ApiClient:
     ) -> dict[str, str]:
         headers = {"Accept": "application/json", "User-Agent": self._user_agent}
         if token is not None:
-            headers[TOKEN_HEADER] = token
+            headers[TOKEN_HEADER] = _header_value(token, "the job token")
         elif self._key is not None and _origin(url) == self._base_origin:
             headers[KEY_HEADER] = self._key
         if extra:
@@ -834,6 +834,14 @@ class ApiClient:
         if raw_after is not None and raw_after > 0:
             return min(raw_after, MAX_RETRY_AFTER)
         return min(8.0, 0.5 * 2.0**attempt) * (1 + 0.25 * self._rand())
+
+
+def _header_value(value: str, what: str) -> str:
+    """``value`` if it can go into an HTTP header; a control character (a job token the server
+    made up, say) would otherwise be refused deep inside aiohttp as header injection."""
+    if any(ch < " " or ch == "\x7f" for ch in value):
+        raise ApiRejected(f"{what} contains a control character and cannot be sent")
+    return value
 
 
 def _secret_values(body: Any) -> list[str]:

@@ -34,7 +34,8 @@ from hypothesis import strategies as st
 from agent import lifecycle, paths
 from agent.api import ApiClient
 from agent.config import Config, DownloadConfig, FolderConfig, LogConfig, StateConfig
-from agent.models import Phase, RemoteJob
+from agent.errors import ApiRejected
+from agent.models import Encoding, Phase, RemoteJob
 from agent.scheduler import Scheduler
 from agent.store import Store
 
@@ -476,3 +477,18 @@ def test_numbers_too_big_for_the_database_are_read_as_missing() -> None:
         store.record_outputs(tid, RemoteJob.from_dict({"output": [{"size": 2**64}]}).outputs)
     finally:
         store.close()
+
+
+async def test_a_job_token_with_a_control_character_fails_the_call_cleanly() -> None:
+    """Found by the fuzzer: a token of "\\x1f" from the server crashed deep inside aiohttp."""
+    api = ApiClient("http://127.0.0.1:9/v2", KEY, max_retries=0)
+    try:
+        with pytest.raises(ApiRejected, match="control character"):
+            await api.get_job("J1", token="tok\x1f")
+        with pytest.raises(ApiRejected, match="control character"):
+            async with api.open_download(
+                "http://127.0.0.1:9/x", password="pw\r\nX-Evil: 1", encoding=Encoding.BINARY
+            ):
+                pass
+    finally:
+        await api.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+import unicodedata
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -353,7 +354,9 @@ def _check(data: bytes, root: Path, ticket: Path, defaults: dict[str, Any] | Non
     try:
         spec = parse_ticket(data, ticket_path=ticket, root=root, defaults=defaults)
     except TicketError as err:
-        assert err.message and "\x00" not in err.message
+        assert err.message
+        # It goes to logs, terminals and sidecars: no control character may reach them.
+        assert not any(unicodedata.category(c) == "Cc" for c in err.message), err.message
         COUNTS["rejected"] += 1
     else:
         COUNTS["accepted"] += 1
@@ -394,3 +397,14 @@ def test_folder_defaults_never_break_the_parser(
 def test_fuzz_ticket_counts_are_reported(sandbox: tuple[Path, Path]) -> None:
     """Runs last in this module: prints how many tickets were judged (for the long-mode report)."""
     print(f"\nfuzzed tickets: {dict(COUNTS)}")
+
+
+def test_control_characters_in_a_key_are_escaped_in_the_message(
+    sandbox: tuple[Path, Path],
+) -> None:
+    """Found by the fuzzer: a key holding NUL or an ESC sequence reached the error text raw."""
+    root, ticket = sandbox
+    with pytest.raises(TicketError) as info:
+        parse_ticket(b'"\\x1b[2J\\0": 1\n', ticket_path=ticket, root=root)
+    assert "\x1b" not in info.value.message and "\x00" not in info.value.message
+    assert "\\x1b" in info.value.message
