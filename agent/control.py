@@ -1,5 +1,5 @@
 """How the CLI reaches a running agent: its local API (the dashboard server), found through the
-runtime file the agent writes next to its state database (``dashboard.json``, mode 0600: url,
+runtime file the agent writes next to its state database (``STATE.dashboard.json``, mode 0600: url,
 port, token, pid). Only loopback URLs are ever called, and the token never leaves this machine.
 """
 
@@ -14,15 +14,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-RUNTIME_FILE = "dashboard.json"
-
 
 class ControlError(Exception):
     """The running agent could not be reached or refused the request."""
 
 
 def runtime_path(state_path: Path) -> Path:
-    return state_path.parent / RUNTIME_FILE
+    """Named after the state file, so two agents with state files in one folder never mix."""
+    return state_path.with_name(f"{state_path.name}.dashboard.json")
 
 
 def _alive(pid: int) -> bool:

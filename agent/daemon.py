@@ -54,6 +54,16 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
+    """A rotating log whose every file, also the fresh one after a rollover, is created 0600:
+    log lines name the user's files and jobs."""
+
+    def _open(self) -> io.TextIOWrapper:
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+        fd = os.open(self.baseFilename, flags, 0o600)
+        return open(fd, self.mode, encoding=self.encoding, errors=self.errors)  # noqa: SIM115
+
+
 def configure_logging(
     cfg: Config, verbose: int = 0, quiet: int = 0, stderr: logging.Handler | None = None
 ) -> None:
@@ -74,8 +84,8 @@ def configure_logging(
         handlers.append(stderr)
         if cfg.log.file is not None:
             try:
-                cfg.log.file.parent.mkdir(parents=True, exist_ok=True)
-                rotating = logging.handlers.RotatingFileHandler(
+                cfg.log.file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                rotating = PrivateRotatingFileHandler(
                     cfg.log.file, maxBytes=5 << 20, backupCount=5, encoding="utf-8"
                 )
                 os.chmod(cfg.log.file, 0o600)

@@ -19,7 +19,7 @@ Security model (docs/dashboard.md):
   table with ``textContent`` only (file names are untrusted), and cannot be framed;
 * no access log, as the token may be in a URL.
 
-The URL, port, token and pid go to ``dashboard.json`` (mode 0600) beside the state database for
+The URL, port, token and pid go to ``STATE.dashboard.json`` (mode 0600) beside the state file for
 the CLI, and the file is removed on stop. This module must not write anything else, and must not
 bind anything but loopback.
 """
@@ -168,7 +168,7 @@ class Dashboard:
         os.replace(tmp, path)
 
     def _remove_runtime_file(self) -> None:
-        """Remove ``dashboard.json`` if it is still ours (a newer agent may have replaced it)."""
+        """Remove the runtime file if it is still ours (a newer agent may have replaced it)."""
         try:
             info = json.loads(self.runtime_file.read_text())
         except (OSError, ValueError):
@@ -216,7 +216,7 @@ class Dashboard:
             return _error(
                 401,
                 "the dashboard needs its token: open it from the tray menu, or read url and "
-                "token from dashboard.json beside the state database",
+                "token from STATE.dashboard.json beside the state database",
                 headers={"WWW-Authenticate": 'Bearer realm="convert-agent"'},
             )
         if not verdict:

@@ -25,7 +25,7 @@ async def test_cli_pause_resume_and_retry_go_through_the_local_api(
     inbox.mkdir()
     state = tmp_path / "state" / "state.db"
     cfg = write_config(tmp_path / "c.yaml", emu.base_url, [inbox], state)
-    runtime = state.parent / "dashboard.json"
+    runtime = state.with_name(state.name + ".dashboard.json")
     proc = spawn_agent(cfg, log=tmp_path / "agent.log")
     try:
         await wait_for(runtime.exists, 20, "dashboard.json")

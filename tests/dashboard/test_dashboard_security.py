@@ -236,7 +236,7 @@ async def test_runtime_file_is_private_and_removed_on_stop(
     async with running_agent(tmp_path, emu.base_url) as agent:
         d = dash(agent)
         path = runtime_path(agent.cfg.state.path)
-        assert path == tmp_path / "state" / "dashboard.json"
+        assert path.parent == tmp_path / "state" and path.name.endswith(".dashboard.json")
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
         info = json.loads(path.read_text())
         assert info == {"url": d.url, "port": d.port, "token": d.token, "pid": os.getpid()}
