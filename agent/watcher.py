@@ -96,7 +96,8 @@ class WatchEvent:
 
 
 def classify(path: Path, folder: FolderConfig) -> FileKind | None:
-    """``ticket`` for a ``*.job`` matching ``include``, ``plain`` for another match, else None.
+    """``ticket`` for a ``*.job`` matching ``include`` (or the ticket the agent writes for a plain
+    file that matches, ``NAME.EXT.job``), ``plain`` for another match, else None.
 
     Hidden files (and anything under a hidden folder), ``.part`` files, sidecars and
     ``.job.done`` / ``.job.failed`` never count. Globs match the name, ignoring case.
@@ -113,9 +114,15 @@ def classify(path: Path, folder: FolderConfig) -> FileKind | None:
         not folder.recursive or any(p.startswith(".") for p in rel.parts[:-1])
     ):
         return None
-    if not any(fnmatch.fnmatchcase(lower, pattern.lower()) for pattern in folder.include):
-        return None
-    return "ticket" if is_ticket_name(name) else "plain"
+
+    def included(n: str) -> bool:
+        return any(fnmatch.fnmatchcase(n, pattern.lower()) for pattern in folder.include)
+
+    if is_ticket_name(name):
+        # A rule folder's own ticket for a plain file it converts (`photo.png.job` where
+        # `*.png` is included) is a ticket even when `*.job` itself is not included.
+        return "ticket" if included(lower) or included(lower[: -len(".job")]) else None
+    return "plain" if included(lower) else None
 
 
 def _unescape_mount(field_: str) -> str:

@@ -268,6 +268,12 @@ def test_classify() -> None:
     assert classify(root / ".s" / "a.job", deep) is None
     assert classify(root / "s" / "x.png", deep) == "plain"
     assert classify(Path("/elsewhere/a.job"), flat) is None
+    rule = Folder(root, include=("*.png",))  # a rule folder without `*.job` in its include
+    assert classify(root / "x.png", rule) == "plain"
+    assert classify(root / "x.png.job", rule) == "ticket"  # the ticket written for x.png
+    assert classify(root / "X.PNG.JOB", rule) == "ticket"
+    assert classify(root / "x.job", rule) is None
+    assert classify(root / "x.png.job.done", rule) is None
 
 
 def test_filesystem_type_longest_mount_and_escapes() -> None:
