@@ -413,6 +413,29 @@ def rescan(ctx: click.Context, state: str | None, as_json: bool) -> None:
 
 
 @cli.command()
+@click.option("--state", type=click.Path(dir_okay=False), help="State database file.")
+@click.option("--open", "open_it", is_flag=True, help="Open it in the default browser.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def dashboard(ctx: click.Context, state: str | None, open_it: bool, as_json: bool) -> None:
+    """Print (or open) the running agent's dashboard address.
+
+    The address carries the per-run token once; the page swaps it for a cookie. Anyone who can
+    read it can control the agent, so it is printed only to you.
+    """
+    import webbrowser
+
+    cfg = _config(ctx, (), state)
+    ctl = _control(cfg)
+    if ctl is None:
+        _die("the agent is not running (start it with `convert-agent run`)", EXIT_NOT_FOUND)
+    url = f"{ctl.url}/?token={ctl.token}"
+    if open_it:
+        webbrowser.open(url)
+    _emit(as_json, {"url": url}, url)
+
+
+@cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def doctor(ctx: click.Context, as_json: bool) -> None:

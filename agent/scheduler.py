@@ -602,6 +602,9 @@ class Scheduler:
                 self.rand(),
             )
         if outcome is not JobOutcome.COMPLETED:
+            self.store.touch(
+                rec.id, self.clock(), remote_status=job.status_code, remote_info=job.status_info
+            )
             raise JobFailed(lifecycle.job_failure_message(job))
         if not job.outputs:
             raise OutputUnavailable(

@@ -212,3 +212,10 @@ def test_config_path_names_the_file(
     assert json.loads(res.output) == {"path": str(cfg), "exists": False, "from": "flag/env"}
     res = runner.invoke(cli, ["config", "path"])
     assert "xdg-config" in res.output and "does not exist yet" in res.output
+
+
+def test_dashboard_without_a_running_agent_exits_4(runner: CliRunner, tmp_path: Path) -> None:
+    state = tmp_path / "state.db"
+    make_state(state).close()
+    res = runner.invoke(cli, ["dashboard", "--state", str(state)])
+    assert res.exit_code == EXIT_NOT_FOUND and "not running" in res.output

@@ -59,6 +59,8 @@ async def test_cli_pause_resume_and_retry_go_through_the_local_api(
         await wait_for(ticket.with_name("broken.job.done").exists, 20, "the rerun")
         code, out = await run_agent(cfg, "rescan")
         assert code == 0 and "rescan requested" in out
+        code, out = await run_agent(cfg, "dashboard", "--json")
+        assert code == 0 and json.loads(out) == {"url": f"{info['url']}?token={info['token']}"}
     finally:
         assert await stop_agent(proc) == 0
     assert not runtime.exists()
