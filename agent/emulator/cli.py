@@ -74,6 +74,13 @@ def _fault(
     help="PATCH process:true on a started job: 200 no-op or 409.",
 )
 @click.option("--fault", "faults", multiple=True, callback=_fault, help=FAULT_HELP)
+@click.option(
+    "--synthetic-output-bytes",
+    default=0,
+    show_default=True,
+    type=int,
+    help="Replace every output by this many bytes of a fixed pattern (download benchmarks).",
+)
 def emulator_command(
     host: str,
     port: int,
@@ -89,6 +96,7 @@ def emulator_command(
     ignore_range: bool,
     patch_started: str,
     faults: tuple[FaultSpec, ...],
+    synthetic_output_bytes: int,
 ) -> None:
     """Serve a faithful api2convert REST API v2 emulator (control endpoints under /_emulator/)."""
     try:
@@ -105,6 +113,7 @@ def emulator_command(
             ignore_range=ignore_range,
             patch_started="conflict" if patch_started == "conflict" else "noop",
             faults=faults,
+            synthetic_output_bytes=synthetic_output_bytes,
         )
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc

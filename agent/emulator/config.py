@@ -177,6 +177,10 @@ class EmulatorConfig:
     remote_timeout: float = 30.0
     #: Faults active from startup.
     faults: tuple[FaultSpec, ...] = ()
+    #: When > 0, every output a conversion produces is replaced by this many bytes of a fixed
+    #: pseudo-random pattern (same for every job), so a benchmark can download a large output
+    #: without uploading one. 0 = real conversion outputs.
+    synthetic_output_bytes: int = 0
 
     def __post_init__(self) -> None:
         if self.api_key is not None and not self.api_key:
@@ -189,5 +193,7 @@ class EmulatorConfig:
                 raise ConfigError(f"{name} must be >= 0")
         if self.download_limit < 1:
             raise ConfigError("download_limit must be >= 1")
+        if self.synthetic_output_bytes < 0:
+            raise ConfigError("synthetic_output_bytes must be >= 0")
         if self.patch_started not in ("noop", "conflict"):
             raise ConfigError("patch_started must be 'noop' or 'conflict'")

@@ -193,6 +193,10 @@ class Processor:
                 output.filename = self.state.faults.hostile_name(job.seq + index, ext)
         if "no_outputs" in faults:
             outputs = []
+        if self.state.config.synthetic_output_bytes > 0:
+            data, md5 = self.state.synthetic_output()
+            for output in outputs:
+                output.data, output._md5 = data, (id(data), md5)
         cloud_only = all(c.output_target for c in job.conversions)
         if job.errors or (not outputs and not cloud_only and "no_outputs" not in faults):
             if not job.errors:

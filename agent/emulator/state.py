@@ -152,10 +152,14 @@ class OutputFile:
     downloads_counter: int = 0
     #: `enabled`, or a forced state: `disabled` (deleted), `expired`, `overuse`.
     forced_status: str = "enabled"
+    #: (id of `data`, its md5): hashed once, not on every job document (outputs may be 1 GiB).
+    _md5: tuple[int, str] | None = field(default=None, repr=False, compare=False)
 
     @property
     def checksum(self) -> str:
-        return hashlib.md5(self.data).hexdigest()
+        if self._md5 is None or self._md5[0] != id(self.data):
+            self._md5 = (id(self.data), hashlib.md5(self.data).hexdigest())
+        return self._md5[1]
 
     def status(self, now: datetime, config: EmulatorConfig) -> str:
         if self.forced_status != "enabled":
@@ -313,7 +317,17 @@ class EmulatorState:
         self.clock = EmuClock(config.clock_speed, config.start_time)
         self.faults = FaultPlan(config.faults, config.seed)
         self.corrupt_rng = random.Random(f"{config.seed}:corrupt")
+        self._synthetic: tuple[bytes, str] | None = None
         self.reset()
+
+    def synthetic_output(self) -> tuple[bytes, str]:
+        """The `synthetic_output_bytes` pattern and its md5, built once and shared by all jobs."""
+        size = self.config.synthetic_output_bytes
+        if self._synthetic is None or len(self._synthetic[0]) != size:
+            block = random.Random(f"{self.config.seed}:synthetic").randbytes(1 << 20)
+            data = (block * (size // len(block) + 1))[:size]
+            self._synthetic = (data, hashlib.md5(data).hexdigest())
+        return self._synthetic
 
     def reset(self) -> None:
         self.jobs: dict[str, Job] = {}
