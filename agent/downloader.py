@@ -34,6 +34,7 @@ from agent.errors import (
     AgentError,
     ApiUnavailable,
     ErrorKind,
+    LocalResourceError,
     OutputUnavailable,
     PermanentError,
     RetryableError,
@@ -271,6 +272,8 @@ async def fetch_to_part(
         offset = _existing_prefix(part) if resume else 0
         if expected_size is not None and offset > expected_size:
             offset = 0
+        if expected_size is not None and expected_size > offset:
+            _check_space(part, expected_size - offset)  # before the part is even created
         fd = await asyncio.to_thread(_open_part, part, keep=offset > 0)
     except OSError as exc:
         _remove_quietly(part)
@@ -318,6 +321,22 @@ async def fetch_to_part(
         os.close(fd)
         if not finished and not keep_part:
             _remove_quietly(part)
+
+
+def _check_space(part: Path, needed: int) -> None:
+    """Refuse before any byte is requested (a GET spends one of the output's downloads) when the
+    folder cannot hold the rest of the file; the scheduler waits and looks again."""
+    try:
+        st = os.statvfs(part.parent)
+    except (OSError, AttributeError):
+        return  # cannot tell (some network filesystems, Windows): ENOSPC remains the backstop
+    free = st.f_bavail * st.f_frsize
+    if free < needed:
+        raise LocalResourceError(
+            f"disk full on {part.parent}: the output needs {needed} more bytes and only {free} "
+            "are free — free some space and the ticket resumes by itself",
+            title="disk full",
+        )
 
 
 def _remove_quietly(part: Path) -> None:

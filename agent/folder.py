@@ -153,7 +153,9 @@ def file_ticket(ticket: Path, outcome: str, on_success: str) -> Path | None:
     if outcome == "done" and on_success == "delete":
         try:
             ticket.unlink()
-        except FileNotFoundError:
+        except FileNotFoundError as exc:
+            if not ticket.parent.is_dir():
+                raise from_os_error(exc, ticket.parent) from exc
             return None
         except OSError as exc:
             raise from_os_error(exc, ticket) from exc
@@ -162,7 +164,9 @@ def file_ticket(ticket: Path, outcome: str, on_success: str) -> Path | None:
     dest = ticket.with_name(f"{ticket.name}.{outcome}")
     try:
         os.replace(ticket, dest)
-    except FileNotFoundError:
+    except FileNotFoundError as exc:
+        if not ticket.parent.is_dir():  # the folder is gone (unmounted), not the ticket
+            raise from_os_error(exc, ticket.parent) from exc
         return dest if dest.exists() else None
     except OSError as exc:
         raise from_os_error(exc, ticket) from exc

@@ -71,6 +71,7 @@ AUTH_PROBE_SECONDS = 30.0
 QUOTA_PROBE_SECONDS = 300.0
 INPUT_WAIT_SECONDS = 600.0
 OUTPUT_INFO_MAX_AGE = 300.0  # re-read uri/status before a download started later than this
+LOCAL_RETRY_SECONDS = 10.0  # disk full, read-only, permission, folder gone: checked this often
 MAX_GETS_PER_OUTPUT = 8  # the service allows ~10 downloads; keep a margin for the user
 
 
@@ -294,6 +295,7 @@ class Scheduler:
                 self._schedule(tid, gate)
                 return
             try:
+                _folder_reachable(rec)
                 later = await self._step(rec)
                 self._step_succeeded(rec)
             except AgentError as err:
@@ -342,6 +344,8 @@ class Scheduler:
             self.quota_until = now + (err.retry_after or QUOTA_PROBE_SECONDS)
         attempts = rec.attempts + 1
         delay = lifecycle.retry_delay(attempts, err.retry_after, self.rand())
+        if isinstance(err, LocalResourceError):
+            delay = min(delay, LOCAL_RETRY_SECONDS)  # looking again costs nothing remote
         if vol.failing_since is None:
             vol.failing_since = now
             log.warning(
@@ -721,9 +725,13 @@ class Scheduler:
                 "the agent stops before the server's download limit. Retry the ticket to "
                 "convert again"
             )
-        self.store.update_output(out.id, gets=out.gets + 1)  # counted before it is spent
+        spent = [out.gets]
 
         def opener(offset: int, validator: str | None) -> Any:
+            # Counted before it is sent, and only when it is: a part that cannot be written
+            # (disk full, read-only, permission, folder gone) spends no download.
+            spent[0] += 1
+            self.store.update_output(out.id, gets=spent[0])
             return self.api.open_download(
                 out.uri,
                 password=spec.download.password,
@@ -1029,6 +1037,18 @@ def _start_known(job: RemoteJob) -> bool:
             title="unknown job status",
         )
     return known
+
+
+def _folder_reachable(rec: TicketRecord) -> None:
+    """A ticket whose folder is gone (an unmounted share, a folder renamed away) waits for it:
+    none of its steps may read that as "the input disappeared" or "the ticket was filed"."""
+    where = os.path.dirname(rec.path)
+    if not os.path.isdir(where):
+        raise LocalResourceError(
+            f"the folder {where} is not reachable: if it is a network share, mount it again "
+            "(or move the folder back) and the ticket resumes by itself",
+            title="folder unavailable",
+        )
 
 
 def _size(p: str) -> int | None:
