@@ -592,7 +592,7 @@ class Campaign:
             before,
             after,
             allowed=[
-                "state/state.db*",
+                "state/*",  # the agent's own folder: database, lock, runtime files
                 "agent.log",
                 "emulator.log",
                 "config.yaml",
