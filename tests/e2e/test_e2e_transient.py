@@ -56,11 +56,11 @@ def _all_done(inbox: Path, stems: list[str], state: dict[str, Any], out: str) ->
 FAULT_SETS: dict[str, tuple[FaultSpec, ...]] = {
     "5xx bursts": (
         FaultSpec("create", "error", count=3, param=503),
-        FaultSpec("upload", "error", count=3, param=500),
+        FaultSpec("upload", "error", count=2, param=500),
         FaultSpec("input", "error", count=2, param=502),
-        FaultSpec("start", "error", count=3, param=503),
-        FaultSpec("get", "error", count=5, param=500),
-        FaultSpec("download", "error", count=3, param=502),
+        FaultSpec("start", "error", count=2, param=503),
+        FaultSpec("get", "error", count=3, param=500),
+        FaultSpec("download", "error", count=2, param=502),
         FaultSpec("any", "html", rate=0.1, count=3),
     ),
     "dropped connections": (
@@ -150,7 +150,7 @@ async def test_the_server_down_for_a_few_seconds_delays_but_fails_nothing(
     tmp_path: Path, make_emulator: MakeEmulator
 ) -> None:
     emu = await make_emulator(processing_seconds=1.0)
-    await _outage_run(tmp_path, emu, 4.0)
+    await _outage_run(tmp_path, emu, 3.0)
 
 
 @pytest.mark.slow
