@@ -181,9 +181,21 @@ def _as_list(v: Any) -> list[Any]:
 def _as_str(v: Any) -> str:
     if v is None or isinstance(v, bool):
         return ""
-    if isinstance(v, (str, int, float)):
+    if isinstance(v, str):
+        # JSON may carry lone surrogates ("\ud800"), which no file system, database or log can
+        # take as UTF-8: they become "?" here, where the server's text enters.
+        return v.encode("utf-8", "replace").decode("utf-8") if _has_surrogate(v) else v
+    if isinstance(v, (int, float)):
         return str(v)
     return ""
+
+
+def _has_surrogate(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _as_int(v: Any) -> int | None:

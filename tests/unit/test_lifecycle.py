@@ -63,3 +63,13 @@ def test_output_problems_in_plain_words() -> None:
     assert "24 hours" in (lifecycle.output_problem("expired") or "")
     assert "too many times" in (lifecycle.output_problem("overuse") or "")
     assert "deleted" in (lifecycle.output_problem("disabled") or "")
+
+
+def test_lone_surrogates_from_the_server_become_storable_text() -> None:
+    from agent.models import RemoteJob
+
+    j = RemoteJob.from_dict(
+        {"id": "a", "output": [{"id": "o", "filename": "x\ud800y.png", "uri": "http://h/\udfff"}]}
+    )
+    assert j.outputs[0].filename == "x?y.png"
+    j.outputs[0].uri.encode("utf-8")  # would raise if a surrogate were left
