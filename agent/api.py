@@ -776,7 +776,8 @@ class ApiClient:
             if isinstance(parsed, dict) and isinstance(parsed.get("message"), str):
                 message = parsed["message"].strip()
         message = message or (resp.reason or "").strip() or "no message"
-        message = message[:_MAX_MESSAGE_CHARS]
+        # Lone surrogates (valid JSON) cannot be logged or stored: they become "?".
+        message = message[:_MAX_MESSAGE_CHARS].encode("utf-8", "replace").decode("utf-8")
         for secret in secrets:
             if secret:
                 message = message.replace(secret, "[REDACTED]")

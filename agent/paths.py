@@ -39,6 +39,15 @@ _WINDOWS_UNSAFE = str.maketrans({c: "_" for c in '<>:"|?*'})
 # Invisible characters that can make "cod.exe" look like "exe.doc", or break a line.
 _BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 _DROP_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
+_AGENT_SUFFIXES = (
+    ".job",
+    ".job.done",
+    ".job.failed",
+    ".job.canceled",
+    ".status.yaml",
+    ".part",
+    ".tmp",
+)
 
 TEMPLATE_FIELDS = ("stem", "name", "ext", "target", "index", "suffix")
 _TEMPLATE_TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
@@ -84,7 +93,10 @@ def _one_pass(text: str) -> str:
         return ""
     if text.split(".", 1)[0].rstrip(" ").upper() in _RESERVED:
         text = "_" + text
-    return _cap(text, MAX_NAME_BYTES)
+    text = _cap(text, MAX_NAME_BYTES - 1)
+    if text.lower().endswith(_AGENT_SUFFIXES):
+        text += "_"  # an output must never pass for a ticket, a sidecar or a temp file
+    return text
 
 
 def _cap(name: str, limit: int) -> str:

@@ -259,8 +259,8 @@ def _scalar_value(node: yaml.ScalarNode, line: int, path: str) -> Any:
     if tag in (_BOOL, _INT, _FLOAT):
         try:
             return _CONSTRUCTORS[tag](_CONSTRUCTOR, node)
-        except (ValueError, KeyError, OverflowError, yaml.YAMLError):
-            return raw  # e.g. an integer too long to convert: keep the text
+        except (ValueError, KeyError, IndexError, OverflowError, yaml.YAMLError):
+            return raw  # e.g. an integer too long to convert, or `!!int` on nothing: the text
     raise FieldError(_tag_message(tag), key=path or None, line=line)
 
 

@@ -169,8 +169,13 @@ async def test_disk_full_waits_without_spending_a_download_and_resumes(
         assert "resumes by itself" in rec["error"]["message"]
         assert rec["phase"] == "downloading"
         _no_temp_or_output(inbox, "big.bin")
-        sidecar = yaml.safe_load((inbox / "a.status.yaml").read_text())
-        assert sidecar["phase"] == "waiting" and "disk full" in sidecar["error"]
+        sidecar = inbox / "a.status.yaml"  # written just after the database
+
+        def sidecar_waits() -> bool:
+            view = yaml.safe_load(sidecar.read_text())
+            return bool(view["phase"] == "waiting" and "disk full" in view["error"])
+
+        await wait_for(sidecar_waits, 10, "the sidecar to say the disk is full")
         assert _downloads(emu) == 0  # nothing was spent on a file that could not be written
 
         filler.unlink()  # the user frees space

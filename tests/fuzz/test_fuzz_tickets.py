@@ -267,6 +267,8 @@ YAML_TRICKS = (
     b"input: !!set {a, b}\ntarget: pdf\n",
     b"input: !custom photo.png\ntarget: pdf\n",
     b"input: photo.png\ntarget: !!int 7\n",
+    b"$: !!int",  # found by the fuzzer: IndexError inside PyYAML's int constructor
+    b"a: !!float\nb: !!bool\nc: !!int ''\n",
     b"input: photo.png\ntarget: 2024-01-01\n",
     # structure
     b"? [a, b]\n: c\n",

@@ -35,6 +35,8 @@ def assert_safe(name: str) -> None:
     assert len(name.encode()) <= MAX_NAME_BYTES, repr(name)
     assert name.split(".", 1)[0].rstrip(" ").upper() not in RESERVED, repr(name)
     assert name == name.strip() and not name.endswith("."), repr(name)
+    agent_suffixes = (".job", ".job.done", ".job.failed", ".status.yaml", ".part", ".tmp")
+    assert not name.lower().endswith(agent_suffixes), repr(name)  # never a ticket or temp file
 
 
 def tree(root: Path, skip: Path) -> set[str]:
@@ -158,6 +160,14 @@ async def test_unicode_tricks_in_server_names_are_normalised(
         "\ud800.png",
         "a:b.png",
         'q"<>|?*.png',
+        "evil.job",
+        "EVIL.JOB",
+        "a.status.yaml",
+        ".x.png.abcdef12.part",
+        "x.tmp",
+        "t.job.done",
+        "t.job.failed",
+        "y" * 196 + ".job",
     ],
 )
 def test_safe_name_reduces_every_trick_to_one_plain_name(untrusted: str) -> None:
