@@ -1,6 +1,6 @@
 """Shared pieces of the fuzz tests: the example budget and JSON-ish strategies.
 
-``FUZZ_EXAMPLES`` sets how many examples each fuzz test draws (default 200, a few seconds);
+``FUZZ_EXAMPLES`` sets how many examples each fuzz test draws (default 100, a few seconds);
 ``FUZZ_EXAMPLES=10000 pytest tests/fuzz`` is the long mode.
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "200"))
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "100"))
 
 FUZZ = settings(
     max_examples=EXAMPLES,

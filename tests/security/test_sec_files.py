@@ -124,6 +124,9 @@ async def test_state_log_and_runtime_files_are_private_and_secrets_stay_in_the_d
 async def test_rotated_log_files_are_private_too(tmp_path: Path) -> None:
     logfile = tmp_path / "logs" / "agent.log"
     root = logging.getLogger()
+    saved = list(root.handlers)
+    # configure_logging adds nothing when an earlier test (an in-process CLI run) already did.
+    root.handlers = [h for h in saved if not getattr(h, "_convert_agent", False)]
     before = list(root.handlers)
     old_umask = os.umask(0o022)
     try:
@@ -141,6 +144,7 @@ async def test_rotated_log_files_are_private_too(tmp_path: Path) -> None:
             if h not in before:
                 root.removeHandler(h)
                 h.close()
+        root.handlers = saved
     assert mode(logfile.parent) == 0o700
     files = sorted(logfile.parent.iterdir())
     assert [p.name for p in files] == ["agent.log", "agent.log.1"]
