@@ -99,10 +99,23 @@ def cli(ctx: click.Context, config_path: str | None, verbose: int, quiet: int) -
     help="Watch this folder instead of the configured ones (repeatable).",
 )
 @click.option("--state", type=click.Path(dir_okay=False), help="State database file.")
+@click.option(
+    "--tray/--no-tray",
+    "want_tray",
+    default=None,
+    help="Show the tray icon, or not (default: when a display is available).",
+)
 @click.pass_context
-def run(ctx: click.Context, once: bool, folders: tuple[str, ...], state: str | None) -> None:
-    """Run the agent in the foreground."""
+def run(
+    ctx: click.Context,
+    once: bool,
+    folders: tuple[str, ...],
+    state: str | None,
+    want_tray: bool | None,
+) -> None:
+    """Run the agent in the foreground (with a tray icon on a desktop)."""
     from agent.daemon import Agent, configure_logging
+    from agent.tray import TrayUnavailable, run_with_tray, start_tray
 
     cfg = _config(ctx, folders, state)
     bars = None
@@ -117,8 +130,19 @@ def run(ctx: click.Context, once: bool, folders: tuple[str, ...], state: str | N
         f.path.mkdir(parents=True, exist_ok=True)
     try:
         agent = Agent(cfg, progress=bars)
+        notifications = None
+        if cfg.notifications.enabled:
+            from agent.notify import Notifications
+
+            notifications = Notifications(agent, batch_seconds=cfg.notifications.batch_seconds)
+        tray = start_tray(agent, want_tray, notifications)
         with bars or contextlib.nullcontext():
-            code = asyncio.run(agent.run(once=once))
+            if tray is not None:
+                code = run_with_tray(agent, tray, once=once)
+            else:
+                code = asyncio.run(agent.run(once=once))
+    except TrayUnavailable as err:
+        _die(f"cannot show the tray icon: {err}", EXIT_FAILED)
     except ConfigError as err:
         _die(err.message, EXIT_LOCKED if "already running" in err.message else EXIT_CONFIG)
     except KeyboardInterrupt:
@@ -477,6 +501,67 @@ def config_path(ctx: click.Context, as_json: bool) -> None:
     path = Path(given).expanduser().resolve() if given else default_config_path()
     data = {"path": str(path), "exists": path.is_file(), "from": "flag/env" if given else "default"}
     _emit(as_json, data, f"{path}{'' if data['exists'] else '  (does not exist yet)'}")
+
+
+@cli.group()
+def autostart() -> None:
+    """Start the agent when you log in (or stop doing so).
+
+    Linux: an XDG autostart entry (desktop sessions, with the tray) and a systemd user unit
+    (enable it by hand for machines without a desktop); macOS: a LaunchAgent; Windows: a
+    Startup-folder entry. A --config given here is passed on to the entry.
+    """
+
+
+def _autostart_entries(ctx: click.Context) -> list[Any]:
+    from agent.autostart import agent_command, platform_entries
+
+    given = (ctx.obj or {}).get("config")
+    return platform_entries(agent_command(Path(given) if given else None))
+
+
+def _autostart_report(changes: list[Any], as_json: bool, hint: str = "") -> None:
+    if as_json:
+        click.echo(json.dumps({"changes": [c.to_dict() for c in changes]}, indent=2))
+        return
+    for c in changes:
+        click.echo(f"{c.action:<9} {c.path}")
+    if hint:
+        click.echo(hint)
+
+
+@autostart.command(name="install")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def autostart_install(ctx: click.Context, as_json: bool) -> None:
+    """Write the login entry for this platform (running it again changes nothing)."""
+    from agent.autostart import UNIT_NAME, install
+
+    try:
+        changes = install(_autostart_entries(ctx))
+    except OSError as exc:
+        _die(f"cannot write the login entry: {exc}", EXIT_FAILED)
+    hint = ""
+    if any(c.path.name == UNIT_NAME for c in changes):
+        hint = (
+            "the agent starts at your next desktop login; without a desktop, use the systemd "
+            "unit instead: systemctl --user enable --now convert-agent"
+        )
+    _autostart_report(changes, as_json, hint)
+
+
+@autostart.command(name="remove")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def autostart_remove(ctx: click.Context, as_json: bool) -> None:
+    """Remove the login entry (a running agent keeps running)."""
+    from agent.autostart import remove
+
+    try:
+        changes = remove(_autostart_entries(ctx))
+    except OSError as exc:
+        _die(f"cannot remove the login entry: {exc}", EXIT_FAILED)
+    _autostart_report(changes, as_json)
 
 
 def _register_emulator() -> None:
