@@ -34,6 +34,10 @@ from agent.emulator.state import DownloadRecord, InputFile, Job, OutputFile, Upl
 
 UPLOAD_UUID_HEADERS = ("X-Oc-Upload-Uuid", "X-Api2convert-Upload-Uuid")
 _RANGE_RE = re.compile(r"^\s*(\d*)\s*-\s*(\d*)\s*$")
+#: Bodies larger than this are sent in pieces of STREAM_PIECE (a whole 1 GiB body handed to
+#: aiohttp at once is copied into the transport's buffer and sent about five times slower).
+STREAM_ABOVE = 8 << 20
+STREAM_PIECE = 1 << 20
 
 
 class RangeNotSatisfiable(Exception):
@@ -113,7 +117,7 @@ def _check_server(request: web.Request, job: Job) -> None:
 
 
 # -- download ---------------------------------------------------------------------------------
-async def download_file(request: web.Request) -> web.Response:
+async def download_file(request: web.Request) -> web.StreamResponse:
     state = state_of(request)
     config = state.config
     found = state.find_output(request.match_info["job_id"], request.match_info["output_id"])
@@ -150,7 +154,7 @@ async def download_file(request: web.Request) -> web.Response:
 
 def _file_response(
     request: web.Request, output: OutputFile, record: DownloadRecord, rng: random.Random | None
-) -> web.Response:
+) -> web.StreamResponse:
     config = state_of(request).config
     data, etag = output.data, f'"{output.checksum}"'
     content_type = output.content_type
@@ -188,7 +192,29 @@ def _file_response(
             status, body = 206, data[start : end + 1]
             headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
     record.status, record.bytes = status, len(body)
+    if len(body) > STREAM_ABOVE and request.method == "GET" and not request.get(FAULTS_KEY):
+        return _Streamed(body, status=status, headers=headers, content_type=content_type)
     return web.Response(body=body, status=status, headers=headers, content_type=content_type)
+
+
+class _Streamed(web.StreamResponse):
+    """A large body sent in pieces once aiohttp finishes the response (faulted downloads are
+    never streamed: their faults act on a whole `web.Response`)."""
+
+    def __init__(
+        self, body: bytes, *, status: int, headers: dict[str, str], content_type: str
+    ) -> None:
+        super().__init__(status=status, headers=headers)
+        self.content_type = content_type
+        self.content_length = len(body)
+        self._pieces: memoryview | None = memoryview(body)
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        view, self._pieces = self._pieces, None
+        if view is not None:
+            for start in range(0, len(view), STREAM_PIECE):
+                await self.write(view[start : start + STREAM_PIECE])
+        await super().write_eof(data)
 
 
 def _if_range_ok(request: web.Request, etag: str, last_modified: str) -> bool:

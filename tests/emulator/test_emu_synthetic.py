@@ -36,3 +36,17 @@ async def test_zero_keeps_real_conversions(make_client: MakeClient) -> None:
 def test_negative_size_is_refused() -> None:
     with pytest.raises(ConfigError, match="synthetic_output_bytes"):
         EmulatorConfig(synthetic_output_bytes=-1)
+
+
+async def test_a_large_output_is_streamed_whole_and_by_range(make_client: MakeClient) -> None:
+    from agent.emulator.files import STREAM_ABOVE
+
+    size = STREAM_ABOVE + 12345
+    client = await make_client(synthetic_output_bytes=size)
+    out = (await client.convert(png_bytes(), "a.png", "jpg"))["output"][0]
+    status, body, headers = await client.download(out["uri"])
+    assert status == 200 and int(headers["Content-Length"]) == size
+    assert hashlib.md5(body).hexdigest() == out["checksum"]
+    status, part, headers = await client.download(out["uri"], {"Range": "bytes=100-"})
+    assert status == 206 and part == body[100:]
+    assert headers["Content-Range"] == f"bytes 100-{size - 1}/{size}"
