@@ -141,6 +141,8 @@ def run(
                 code = run_with_tray(agent, tray, once=once)
             else:
                 code = asyncio.run(agent.run(once=once))
+        if notifications is not None:
+            notifications.close()  # what ended in the last moments
     except TrayUnavailable as err:
         _die(f"cannot show the tray icon: {err}", EXIT_FAILED)
     except ConfigError as err:

@@ -233,6 +233,15 @@ class Notifications:
         for msg in compose(items):
             loop.run_in_executor(None, self.deliver, msg)
 
+    def close(self) -> None:
+        """Send what is still collected now (the agent has stopped; its loop is gone)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        items = self.batcher.take(float("inf"))
+        for msg in compose(items):
+            self.deliver(msg)
+
     def deliver(self, msg: Message) -> None:
         """Show one message (blocking; runs in a worker thread)."""
         if self.balloon is not None:
