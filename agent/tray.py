@@ -233,6 +233,9 @@ def choose_backend(env: Mapping[str, str] | None = None) -> str | None:
 
 def _gtk_starts() -> bool:
     try:
+        glib: Any = importlib.import_module("gi.repository.GLib")
+        glib.set_prgname(APP)  # the windows' class and name, also under `python -m agent`
+        glib.set_application_name(APP)
         gtk: Any = importlib.import_module("gi.repository.Gtk")
         try:
             ok = gtk.init_check()
@@ -284,6 +287,8 @@ class Tray:
         except Exception as exc:  # e.g. Xlib cannot open the display
             raise TrayUnavailable(f"the tray icon cannot be created: {exc}") from exc
         self.backend = type(self.icon).__module__.rsplit("_", 1)[-1]
+        if self.backend == "xorg":
+            _listen_for_clicks(self.icon)
 
     # -- the menu
 
@@ -431,6 +436,17 @@ class Tray:
             except UnicodeError:  # the Xorg backend sets the window name in Latin-1
                 self.icon.title = title.encode("latin-1", "replace").decode("latin-1")
         self.icon.update_menu()
+
+
+def _listen_for_clicks(icon: Any) -> None:
+    """pystray's Xorg backend (0.19) handles button presses but never asks X for them; ask."""
+    try:
+        xlib_x = importlib.import_module("Xlib.X")
+        mask = xlib_x.ExposureMask | xlib_x.StructureNotifyMask | xlib_x.ButtonPressMask
+        icon._window.change_attributes(event_mask=mask)
+        icon._display.flush()
+    except Exception as exc:  # another pystray version: the icon still shows
+        log.debug("tray: cannot listen for clicks on the Xorg icon: %s", exc)
 
 
 def _replace_paused(s: Summary, paused: bool) -> Summary:
