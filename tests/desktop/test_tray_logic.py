@@ -1,0 +1,285 @@
+"""The tray without a display: what it shows (pure), its icons, its menu's actions through a fake
+pystray, and `run` choosing headless or refusing `--tray` when there is no display."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import sys
+import types
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from desktop_helpers import agent_env, write_config
+
+from agent.config import Config, FolderConfig, LogConfig
+from agent.emulator import RunningEmulator
+from agent.tray import (
+    Summary,
+    Tray,
+    TrayUnavailable,
+    choose_backend,
+    display_available,
+    draw_icon,
+    load_pystray,
+    start_tray,
+    summarize,
+)
+
+MakeEmulator = Callable[..., Awaitable[RunningEmulator]]
+NOW = dt.datetime(2026, 5, 4, 15, 0).timestamp()
+COUNTS = {"pending": 0, "creating": 0, "uploading": 0, "starting": 0, "processing": 0}
+
+
+def snap(**kw: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "paused": False,
+        "problem": None,
+        "quota_until": None,
+        "counts": {**COUNTS, "downloading": 0, "done": 0, "failed": 0, "canceled": 0},
+        "tickets": [],
+    }
+    base.update(kw)
+    return base
+
+
+def test_summary_counts_active_done_today_and_failed() -> None:
+    today, yesterday = NOW - 3600, NOW - 86400
+    s = summarize(
+        snap(
+            counts={**COUNTS, "uploading": 2, "processing": 1, "downloading": 1, "failed": 0},
+            tickets=[
+                {"phase": "done", "finished_at": today},
+                {"phase": "done", "finished_at": today},
+                {"phase": "done", "finished_at": yesterday},
+                {"phase": "processing", "finished_at": None},
+            ],
+        ),
+        NOW,
+    )
+    assert (s.state, s.active, s.done_today, s.failed) == ("working", 4, 2, 0)
+    assert s.tooltip() == "convert-agent: 4 active, 2 done today"
+
+
+def test_states_idle_attention_and_paused() -> None:
+    assert summarize(snap(), NOW).state == "idle"
+    failed = summarize(snap(counts={**COUNTS, "failed": 2}), NOW)
+    assert failed.state == "attention" and "2 failed" in failed.tooltip()
+    auth = summarize(
+        snap(problem={"title": "key refused", "message": "the API key is refused"}), NOW
+    )
+    assert auth.state == "attention" and auth.problem == "the API key is refused"
+    quota = summarize(snap(quota_until=NOW + 600), NOW)
+    assert quota.state == "attention" and "quota used up until" in (quota.problem or "")
+    assert summarize(snap(quota_until=NOW - 1), NOW).state == "idle"  # the wait is over
+    paused = summarize(snap(paused=True, counts={**COUNTS, "failed": 1}), NOW)
+    assert paused.state == "paused" and paused.attention  # drawn with a red dot
+    assert paused.tooltip().endswith("; paused")
+
+
+def test_each_state_has_its_own_icon() -> None:
+    images = {s: draw_icon(s).tobytes() for s in ("idle", "working", "attention", "paused")}
+    assert len(set(images.values())) == 4
+    img = draw_icon("paused", badge=True)
+    assert img.size == (64, 64) and img.mode == "RGBA"
+    assert img.tobytes() != images["paused"]
+    assert img.getpixel((0, 0))[3] == 0  # transparent corners: a disc, not a square
+
+
+def test_a_display_is_needed_on_linux_only() -> None:
+    assert not display_available({}, "linux")
+    assert display_available({"DISPLAY": ":0"}, "linux")
+    assert display_available({"WAYLAND_DISPLAY": "wayland-0"}, "linux")
+    assert display_available({}, "darwin") and display_available({}, "win32")
+    with pytest.raises(TrayUnavailable, match="no display"):
+        load_pystray({})
+
+
+def test_pystray_backend_from_the_environment_wins() -> None:
+    assert choose_backend({"PYSTRAY_BACKEND": "xorg", "DISPLAY": ":0"}) == "xorg"
+
+
+# --------------------------------------------------------------------------- the menu, faked
+
+
+class FakeItem:
+    def __init__(self, text: Any, action: Any, **kw: Any) -> None:
+        self._text, self.action, self.kw = text, action, kw
+
+    @property
+    def text(self) -> str:
+        return self._text(self) if callable(self._text) else str(self._text)
+
+    def flag(self, name: str, default: bool = True) -> bool:
+        v = self.kw.get(name, default)
+        return bool(v(self) if callable(v) else v)
+
+
+class FakeMenu:
+    SEPARATOR = FakeItem("-", None)
+
+    def __init__(self, *items: FakeItem) -> None:
+        self.items = items
+
+    def visible(self) -> list[FakeItem]:
+        return [i for i in self.items if i.flag("visible")]
+
+
+class FakeIcon:
+    HAS_NOTIFICATION = False
+    __module__ = "pystray._fake"
+
+    def __init__(self, name: str, icon: Any, title: str, menu: FakeMenu) -> None:
+        self.icon, self.title, self.menu = icon, title, menu
+        self.menu_updates = 0
+
+    def update_menu(self) -> None:
+        self.menu_updates += 1
+
+
+FAKE_PYSTRAY = types.SimpleNamespace(Icon=FakeIcon, Menu=FakeMenu, MenuItem=FakeItem)
+
+
+class FakeAgent:
+    def __init__(self, tmp: Path) -> None:
+        self.cfg = Config(
+            folders=(FolderConfig(tmp / "in"),), log=LogConfig(file=tmp / "agent.log")
+        )
+        self.calls: list[str] = []
+        self.dashboard: Any = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.listeners: list[Any] = []
+        self.stopped = False
+
+    async def pause(self) -> None:
+        self.calls.append("pause")
+
+    async def resume(self) -> None:
+        self.calls.append("resume")
+
+    async def retry(self, name: str | None = None) -> list[str]:
+        self.calls.append(f"retry {name}")
+        return []
+
+    def submit(self, coro: Any) -> Any:
+        assert self.loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def request_stop(self) -> None:
+        self.stopped = True
+
+
+def labels(menu: FakeMenu) -> list[str]:
+    return [i.text for i in menu.visible()]
+
+
+async def test_menu_lines_and_actions_go_through_the_facade(tmp_path: Path) -> None:
+    agent = FakeAgent(tmp_path)
+    opened: list[str] = []
+    tray = Tray(agent, FAKE_PYSTRAY, opener=opened.append)  # type: ignore[arg-type]
+    menu: FakeMenu = tray.icon.menu
+    assert labels(menu) == [
+        "Active: 0",
+        "Done today: 0",
+        "Failed: 0",
+        "-",
+        "Open folder",
+        "Pause intake",
+        "Retry failed",
+        "Open log",  # no dashboard yet: its item is hidden
+        "-",
+        "Quit",
+    ]
+    by = {i.text: i for i in menu.visible()}
+    assert not by["Retry failed"].flag("enabled") and not by["Active: 0"].flag("enabled")
+    assert by["Open folder"].flag("default", False)  # a click on the icon opens the folder
+
+    tray.summary = Summary("attention", 1, 3, 2, problem="the API key is refused", attention=True)
+    tray._show()
+    assert labels(menu)[:4] == [
+        "Active: 1",
+        "Done today: 3",
+        "Failed: 2",
+        "⚠ the API key is refused",
+    ]
+    assert (
+        tray.icon.title == "convert-agent: 1 active, 3 done today, 2 failed; the API key is refused"
+    )
+    assert tray.icon.menu_updates == 1
+
+    agent.loop = asyncio.get_running_loop()
+    by = {i.text: i for i in menu.visible()}
+    by["Pause intake"].action()
+    assert labels(menu)[6] == "Resume intake"  # answers at once, before the next snapshot
+    by["Retry failed"].action()
+    by["Open folder"].action()
+    by["Open log"].action()
+    await asyncio.sleep(0.05)
+    assert agent.calls == ["pause", "retry None"]
+    assert opened == [str(tmp_path / "in"), str(tmp_path / "agent.log")]
+    {i.text: i for i in menu.visible()}["Resume intake"].action()
+    await asyncio.sleep(0.05)
+    assert agent.calls[-1] == "resume"
+
+    agent.dashboard = types.SimpleNamespace(open_url="http://127.0.0.1:1/?token=t")
+    assert "Open dashboard" in labels(menu)
+    dash = {i.text: i for i in menu.visible()}["Open dashboard"]
+    assert dash.flag("default", False) and not by["Open folder"].flag("default", False)
+
+    {i.text: i for i in menu.visible()}["Quit"].action()
+    assert agent.stopped and tray.stopping
+
+
+def test_no_display_runs_headless_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    for k in ("DISPLAY", "WAYLAND_DISPLAY"):
+        monkeypatch.delenv(k, raising=False)
+    if sys.platform in ("darwin", "win32"):
+        pytest.skip("a desktop is always there")
+    agent: Any = FakeAgent(tmp_path)
+    caplog.set_level("INFO", logger="agent.tray")
+    assert start_tray(agent, None) is None
+    assert [r.getMessage() for r in caplog.records] == [
+        "running headless, without a tray icon: "
+        "no display (DISPLAY and WAYLAND_DISPLAY are not set)"
+    ]
+    assert start_tray(agent, False) is None
+    with pytest.raises(TrayUnavailable):
+        start_tray(agent, True)
+
+
+async def test_run_tray_without_a_display_is_an_error_and_auto_is_headless(
+    tmp_path: Path, make_emulator: MakeEmulator
+) -> None:
+    emu = await make_emulator()
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    cfg = write_config(tmp_path / "c.yaml", emu.base_url, inbox, tmp_path / "state.db")
+
+    async def run(*args: str) -> tuple[int | None, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "agent",
+            "--config",
+            str(cfg),
+            "run",
+            "--once",
+            *args,
+            env=agent_env(),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        out, _ = await asyncio.wait_for(proc.communicate(), 60)
+        return proc.returncode, out.decode()
+
+    code, out = await run("--tray")
+    assert code == 1 and "cannot show the tray icon: no display" in out
+    code, out = await run()
+    assert code == 0, out
+    assert out.count("running headless, without a tray icon") == 1
+    code, out = await run("--no-tray")
+    assert code == 0 and "headless" not in out
