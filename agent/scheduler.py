@@ -653,6 +653,8 @@ class Scheduler:
                 self._resubmit(rec, err)
                 return
         rec = self._recovered(rec)
+        if any(o.state not in ("done", "skipped") for o in self.store.outputs(rec.id)):
+            return  # a re-read listed an output not seen before: it is fetched by the next step
         self._to(rec, Phase.DONE, "done")
 
     def _may_resubmit(self, rec: TicketRecord, spec: TicketSpec) -> bool:

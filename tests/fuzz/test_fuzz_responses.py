@@ -492,3 +492,32 @@ async def test_a_job_token_with_a_control_character_fails_the_call_cleanly() -> 
                 pass
     finally:
         await api.close()
+
+
+def test_an_output_listed_only_by_a_later_read_is_downloaded_before_done(
+    harness: Harness,
+) -> None:
+    """Found by the long fuzz run: the job's second read named an output the first did not; the
+    ticket was marked done with that output never fetched."""
+    h = harness
+    base = h.server.base
+
+    def doc(n: int, status: str) -> bytes:
+        data = payload(n)
+        out = {
+            "id": f"out-{n}",
+            "uri": f"{base}/files/{n}",
+            "filename": f"x{n}.png",
+            "size": len(data),
+            "status": status,
+            "checksum": hashlib.md5(data).hexdigest(),
+        }
+        job = {"id": "J1", "status": {"code": "completed"}, "output": [out]}
+        return json.dumps(job).encode()
+
+    h.server.queue = [Response(200, doc(0, "weird")), Response(200, doc(1, "enabled"))]
+    folder = h.base / "later-output"
+    assert h.loop.run_until_complete(_drive(h, folder, conversion=False)) == "done"
+    assert (folder / "x0.png").read_bytes() == payload(0)
+    assert (folder / "x1.png").read_bytes() == payload(1)
+    shutil.rmtree(folder)
