@@ -572,10 +572,14 @@ class Watcher:
                     continue
                 if not folder.reachable:
                     continue
+                was_file = probe.path in self._seen
                 self._gone(probe.path)
-                for path in [p for p in self._seen if probe.path in p.parents]:
+                if was_file:
+                    continue  # a file has no tracked children: skip the scan of every path
+                inside = str(probe.path) + os.sep  # string prefix: `parents` is slow in bulk
+                for path in [p for p in self._seen if str(p).startswith(inside)]:
                     self._gone(path)
-                for path in [p for p in self._pending if probe.path in p.parents]:
+                for path in [p for p in self._pending if str(p).startswith(inside)]:
                     self._pending.pop(path, None)
             elif probe.state == "other":
                 self._pending.pop(probe.path, None)
