@@ -18,6 +18,7 @@ What happens to the part file on errors:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import errno
 import hashlib
@@ -50,6 +51,10 @@ _HEX = frozenset("0123456789abcdef")
 # Digest of files without a server checksum, so a restart can still recognise them.
 LOCAL_ALGORITHM = "sha256"
 WRITE_BUFFER = 1024 * 1024
+# Written data older than this is handed to the kernel's writeback as the download goes on
+# (POSIX_FADV_DONTNEED starts it and drops the pages once clean), so the final fsync has little
+# left to wait for and a 1 GiB download does not fill the page cache.
+WRITEBACK_EVERY = 32 * 1024 * 1024
 READ_BLOCK = 1024 * 1024
 # Hard links unsupported here (some SMB/FUSE mounts, Android storage): use the fallback.
 _NO_LINK = frozenset(
@@ -184,7 +189,12 @@ def _open_part(part: Path, *, keep: bool) -> int:
 
 
 class _Sink:
-    """A part file being written: buffered writes and hashing, run in a worker thread."""
+    """A part file being written: buffered writes and hashing, run in a worker thread.
+
+    While one buffer is hashed (in one thread) and written (in another: hashing is the slower
+    of the two, and both release the GIL) by ``write_async``, the loop keeps receiving the next;
+    ``wait`` joins the work in flight before anything else touches the file or the hash
+    (restart, a synchronous flush, close)."""
 
     def __init__(self, fd: int, algorithm: str) -> None:
         self.fd = fd
@@ -192,11 +202,66 @@ class _Sink:
         self.hash = hashlib.new(algorithm)
         self.size = 0
         self.buf = bytearray()
+        self.blocks: list[bytes] = []  # received, not yet handed to the writer
+        self.buffered = 0
+        self.written = 0  # bytes on disk (in the page cache)
+        self.kicked = 0  # bytes handed to writeback
+        self._inflight: list[concurrent.futures.Future[None]] = []
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+    def add(self, chunk: bytes) -> None:
+        self.blocks.append(chunk)
+        self.buffered += len(chunk)
+        self.size += len(chunk)
+
+    async def write_async(self) -> None:
+        """Hand the received blocks to the threads once the previous ones are done."""
+        for fut in self._inflight:
+            await asyncio.wrap_future(fut)
+        self._inflight = []
+        blocks, self.blocks, self.buffered = self.blocks, [], 0
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(2, "part-writer")
+        self._inflight = [
+            self._pool.submit(self._hash_blocks, blocks),
+            self._pool.submit(self._write_only, blocks),
+        ]
+
+    def wait(self) -> None:
+        """Join the work in flight (blocking; at most one buffer) and stop the threads."""
+        inflight, self._inflight = self._inflight, []
+        for fut in inflight:
+            fut.result()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def _write_blocks(self, blocks: list[bytes]) -> None:
+        self._hash_blocks(blocks)
+        self._write_only(blocks)
+
+    def _hash_blocks(self, blocks: list[bytes]) -> None:
+        for block in blocks:
+            self.hash.update(block)
+
+    def _write_only(self, blocks: list[bytes]) -> None:
+        for block in blocks:
+            self.write_all(block)
+            self.written += len(block)
+        if self.written - self.kicked >= WRITEBACK_EVERY and hasattr(os, "posix_fadvise"):
+            with contextlib.suppress(OSError):
+                os.posix_fadvise(
+                    self.fd, self.kicked, self.written - self.kicked, os.POSIX_FADV_DONTNEED
+                )
+            self.kicked = self.written
 
     def restart(self, offset: int) -> None:
         """Keep the first ``offset`` bytes (re-hashed from disk) and write from there."""
+        self.wait()
         self.hash = hashlib.new(self.algorithm)
         self.buf.clear()
+        self.blocks, self.buffered = [], 0
+        self.written = self.kicked = offset
         os.lseek(self.fd, 0, os.SEEK_SET)
         if offset:
             got = _hash_fd(self.fd, self.hash, offset)
@@ -213,11 +278,16 @@ class _Sink:
             view = view[n:]
 
     def flush(self) -> None:
+        self.wait()
         if self.buf:
             data = bytes(self.buf)
             self.buf.clear()
             self.write_all(data)
             self.hash.update(data)
+            self.written += len(data)
+        if self.blocks:
+            blocks, self.blocks, self.buffered = self.blocks, [], 0
+            self._write_blocks(blocks)
 
     def finish(self) -> str:
         self.flush()
@@ -318,6 +388,7 @@ async def fetch_to_part(
     except OSError as exc:
         raise from_os_error(exc, part) from exc
     finally:
+        sink.wait()
         os.close(fd)
         if not finished and not keep_part:
             _remove_quietly(part)
@@ -364,14 +435,16 @@ async def _stream_into(
             await asyncio.to_thread(sink.restart, 0)
         try:
             async for chunk in stream.chunks:
-                sink.buf += chunk
-                sink.size += len(chunk)
+                sink.add(chunk)
                 if on_progress is not None:
                     on_progress(sink.size, expected_size or stream.total)
-                if len(sink.buf) >= WRITE_BUFFER:
-                    await asyncio.to_thread(sink.flush)
+                if sink.buffered >= WRITE_BUFFER:
+                    await sink.write_async()  # overlaps hashing and writing with receiving
         except (RetryableError, asyncio.CancelledError):
             sink.flush()  # keep every byte received: the next attempt resumes after them
+            raise
+        except BaseException:
+            sink.wait()  # no write may still run when the caller closes the file
             raise
         new_validator = stream.validator
     digest = await asyncio.to_thread(sink.finish)
@@ -453,6 +526,11 @@ def _link_no_clobber(part: Path, dest: Path) -> bool:
     return True
 
 
+def fsync_folder(folder: Path) -> None:
+    """Make the names placed in ``folder`` durable (after ``place(..., sync_dir=False)``)."""
+    _fsync_dir(folder)
+
+
 def place(
     part: Path,
     folder: Path,
@@ -460,6 +538,7 @@ def place(
     policy: ConflictPolicy,
     *,
     candidates: Iterable[str] | None = None,
+    sync_dir: bool = True,
 ) -> Path | None:
     """Give the verified, fsynced ``part`` its final name in ``folder``; None when skipped.
 
@@ -467,7 +546,8 @@ def place(
     FAIL only ``name``; none of them ever replaces an existing file or symlink. OVERWRITE
     replaces ``name`` (a symlink there is replaced itself, its target is untouched). Every
     candidate must be a plain base name. On an OS error the part is kept, so the next attempt can
-    place it without downloading again; on skip and fail it is deleted.
+    place it without downloading again; on skip and fail it is deleted. ``sync_dir=False`` leaves
+    the folder's fsync to the caller (``fsync_folder``, e.g. in a worker thread).
     """
     names: Iterable[str]
     if policy == ConflictPolicy.RENAME:
@@ -479,13 +559,15 @@ def place(
         if policy == ConflictPolicy.OVERWRITE:
             _check_basename(name)
             os.replace(part, dest)
-            _fsync_dir(folder)
+            if sync_dir:
+                _fsync_dir(folder)
             return dest
         for candidate in names:
             _check_basename(candidate)
             dest = folder / candidate
             if _link_no_clobber(part, dest):
-                _fsync_dir(folder)
+                if sync_dir:
+                    _fsync_dir(folder)
                 return dest
             if policy == ConflictPolicy.SKIP:
                 _remove(part)

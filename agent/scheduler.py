@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import heapq
 import json
@@ -73,6 +74,11 @@ INPUT_WAIT_SECONDS = 600.0
 OUTPUT_INFO_MAX_AGE = 300.0  # re-read uri/status before a download started later than this
 LOCAL_RETRY_SECONDS = 10.0  # disk full, read-only, permission, folder gone: checked this often
 MAX_GETS_PER_OUTPUT = 8  # the service allows ~10 downloads; keep a margin for the user
+# Sidecars are progress views, rewritten as a ticket moves: the transitions within this long are
+# written as one file (the latest state), in worker threads, so a burst of tickets neither queues
+# thousands of fsyncs on the event loop nor waits for them one by one. The final sidecar is
+# written when the ticket is filed, after any older write of it has landed.
+SIDECAR_COALESCE_SECONDS = 0.1
 
 
 class ProgressListener(Protocol):
@@ -120,6 +126,9 @@ class Scheduler:
         self._pending_paths: set[str] = set()  # tickets seen but not yet recorded
         self._own_outputs: set[str] = set()
         self._side_tasks: set[asyncio.Task[None]] = set()
+        self._sidecars_due: set[int] = set()  # tickets whose sidecar is behind the store
+        self._sidecar_flush: asyncio.Task[None] | None = None
+        self._sidecar_io: dict[int, asyncio.Future[None]] = {}  # a write in a worker thread
         self._stopping = False
         self._slots = asyncio.Semaphore(max(2, cfg.api.max_concurrency * 2))
         self.paused = store.get_meta("paused") == "1"
@@ -227,6 +236,10 @@ class Scheduler:
         for t in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
+        if self._sidecar_io:  # writes still running in their threads end first
+            await asyncio.wait(list(self._sidecar_io.values()))
+        for item in self._due_sidecars():
+            self._write_sidecar(*item)
 
     # ------------------------------------------------------------------ timer & tasks
 
@@ -424,16 +437,65 @@ class Scheduler:
 
     def _changed(self, rec: TicketRecord) -> None:
         if not rec.filed:
-            self._write_sidecar(rec)
+            self._sidecars_due.add(rec.id)
+            if self._sidecar_flush is None and not self._stopping:
+                self._sidecar_flush = asyncio.create_task(self._flush_sidecars())
+                self._side_tasks.add(self._sidecar_flush)
+                self._sidecar_flush.add_done_callback(self._side_done)
         if self.on_change is not None:
             self.on_change(rec)
 
-    def _write_sidecar(self, rec: TicketRecord) -> None:
-        outputs = [o.public() for o in self.store.outputs(rec.id)]
+    async def _flush_sidecars(self) -> None:
+        """Write the sidecars that are behind until none is (see SIDECAR_COALESCE_SECONDS).
+
+        Each write runs in a worker thread; a ticket whose previous write has not landed yet
+        waits for the next round, so its sidecars land in order."""
+        loop = asyncio.get_running_loop()
         try:
-            folder.write_sidecar(Path(rec.path), folder.sidecar_view(rec.public(), outputs))
+            while self._sidecars_due and not self._stopping:
+                await asyncio.sleep(SIDECAR_COALESCE_SECONDS)
+                for item in self._due_sidecars():
+                    tid = item[0]
+                    fut = loop.run_in_executor(None, self._write_sidecar, *item)
+                    self._sidecar_io[tid] = fut
+                    fut.add_done_callback(functools.partial(self._sidecar_landed, tid))
+        finally:
+            self._sidecar_flush = None
+
+    def _sidecar_landed(self, tid: int, fut: asyncio.Future[None]) -> None:
+        if self._sidecar_io.get(tid) is fut:
+            del self._sidecar_io[tid]
+        if not fut.cancelled() and fut.exception() is not None:
+            log.error("internal error writing a status file: %r", fut.exception())
+
+    def _due_sidecars(self) -> list[tuple[int, str, Path, dict[str, Any]]]:
+        """What is due now, read on the loop (the store is not shared with threads)."""
+        busy = {tid for tid in self._sidecars_due if tid in self._sidecar_io}
+        due, self._sidecars_due = self._sidecars_due - busy, busy
+        out = []
+        for tid in sorted(due):
+            try:
+                rec = self.store.get(tid)
+            except KeyError:
+                continue
+            if rec.active and not rec.filed:  # a filed ticket's sidecar is written by _file
+                out.append((tid, rec.name, Path(rec.path), self._sidecar_view(rec)))
+        return out
+
+    @staticmethod
+    def _write_sidecar(
+        _tid: int, name: str, ticket: Path, view: dict[str, Any], sync_dir: bool = False
+    ) -> None:
+        """Write one sidecar (in a worker thread). A progress view lost to a power cut costs
+        nothing, so its folder is not fsynced; the final one's is (by ``file_ticket``)."""
+        try:
+            folder.write_sidecar(ticket, view, sync_dir=sync_dir)
         except AgentError as err:
-            log.warning("%s: could not write the status file: %s", rec.name, err.message)
+            log.warning("%s: could not write the status file: %s", name, err.message)
+
+    def _sidecar_view(self, rec: TicketRecord) -> dict[str, Any]:
+        outputs = [o.public() for o in self.store.outputs(rec.id)]
+        return folder.sidecar_view(rec.public(), outputs)
 
     async def _step(self, rec: TicketRecord) -> float | None:
         """Take one step; return when to come back (None = go on at once)."""
@@ -708,7 +770,7 @@ class Scheduler:
                 self._placed(rec, out, placed)
                 return
             if part.exists() and downloader.matches(part, out.digest):
-                self._place(rec, out, part, folder_path, name, policy)
+                await self._place(rec, out, part, folder_path, name, policy)
                 return
             self.store.update_output(out.id, state="pending", digest=None)
             out = dataclasses.replace(out, state="pending", digest=None)
@@ -776,9 +838,9 @@ class Scheduler:
         self.store.update_output(
             out.id, state="placing", digest=result.digest, verdict=result.verdict
         )
-        self._place(rec, out, part, folder_path, name, policy)
+        await self._place(rec, out, part, folder_path, name, policy)
 
-    def _place(
+    async def _place(
         self,
         rec: TicketRecord,
         out: OutputRecord,
@@ -787,11 +849,15 @@ class Scheduler:
         name: str,
         policy: Any,
     ) -> None:
-        dest = downloader.place(part, folder_path, name, policy)
+        # The link is made here, on the loop, so the watcher never sees the new name before it
+        # is known as ours; the folder's fsync (milliseconds) runs in a worker thread.
+        dest = downloader.place(part, folder_path, name, policy, sync_dir=False)
         if dest is None:
             self.store.update_output(out.id, state="skipped", dest_name=None)
             log.info("%s: %s exists already; skipped (on_conflict: skip)", rec.name, name)
             return
+        self._own_outputs.add(str(dest))
+        await asyncio.to_thread(downloader.fsync_folder, folder_path)
         self._placed(rec, out, dest)
 
     def _placed(self, rec: TicketRecord, out: OutputRecord, dest: Path) -> None:
@@ -830,20 +896,34 @@ class Scheduler:
     async def _file(self, rec: TicketRecord) -> None:
         ticket = Path(rec.path)
         outcome = "done" if rec.phase is Phase.DONE else "failed"
-        try:
+        cause = (rec.error or {}).get("cause") if rec.phase is Phase.CANCELED else None
+        # Read the store here, on the loop; the file work (fsyncs) runs in a worker thread.
+        parts = self._part_paths(rec)
+        view = self._sidecar_view(rec)
+
+        def disk() -> None:
+            for part in parts:
+                with contextlib.suppress(FileNotFoundError):
+                    part.unlink()
             if rec.phase is Phase.CANCELED:
-                self._cleanup_parts(rec)
-                cause = (rec.error or {}).get("cause")
                 if cause == "user":  # the file stays, renamed, so it is not taken up again
-                    self._write_sidecar(rec)
+                    self._write_sidecar(rec.id, rec.name, ticket, view)
                     folder.file_ticket(ticket, "canceled", "rename")
                 elif cause == "deleted":
                     folder.remove_sidecar(ticket)
                 # "edited": the new version of the ticket owns the file and the sidecar now
             else:
-                self._write_sidecar(rec)
-                self._cleanup_parts(rec)
+                # keep: file_ticket fsyncs no folder, so the sidecar's own write does
+                keep = outcome == "done" and self.cfg.tickets.on_success == "keep"
+                self._write_sidecar(rec.id, rec.name, ticket, view, keep)
                 folder.file_ticket(ticket, outcome, self.cfg.tickets.on_success)
+
+        self._sidecars_due.discard(rec.id)
+        try:
+            older = self._sidecar_io.get(rec.id)
+            if older is not None:  # an older view still being written lands first
+                await asyncio.wait([older])
+            await asyncio.to_thread(disk)
         except AgentError as err:
             log.warning("%s: could not file the ticket yet: %s", rec.name, err.message)
             self._schedule(rec.id, self.clock() + 30.0)
@@ -851,15 +931,20 @@ class Scheduler:
         self.store.update(rec.id, self.clock(), event="filed", filed=True)
 
     def _cleanup_parts(self, rec: TicketRecord) -> None:
-        outs = self.store.outputs(rec.id)
-        if not outs:
-            return
-        spec = TicketSpec.from_json(_loads(rec.spec))
-        d = Path(rec.path).parent
-        for out in outs:
-            part = d / paths.part_name(self._output_name(rec, spec, out, len(outs)), out.remote_id)
+        for part in self._part_paths(rec):
             with contextlib.suppress(FileNotFoundError):
                 part.unlink()
+
+    def _part_paths(self, rec: TicketRecord) -> list[Path]:
+        outs = self.store.outputs(rec.id)
+        if not outs:
+            return []
+        spec = TicketSpec.from_json(_loads(rec.spec))
+        d = Path(rec.path).parent
+        return [
+            d / paths.part_name(self._output_name(rec, spec, out, len(outs)), out.remote_id)
+            for out in outs
+        ]
 
     # ------------------------------------------------------------------ intake
 
