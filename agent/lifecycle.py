@@ -71,9 +71,15 @@ def retry_delay(attempts: int, retry_after: float | None, rand: float) -> float:
 
 
 def poll_delay(polls: int, min_interval: float, max_interval: float, rand: float) -> float:
-    """The SDK's schedule (×1.5 per poll from ``min_interval`` up to ``max_interval``) + jitter."""
+    """The SDK's schedule (×1.5 per poll from ``min_interval`` up to ``max_interval``) + jitter.
+
+    Unlike the SDK's, the delay never exceeds ``max_interval``: up to 25 % upward jitter on the
+    way up, 0–10 % downward jitter at the cap. So a finished job is noticed within
+    ``max_interval`` (5 s by default; the SDK may wait 6.25 s), while polls stay spread."""
     base = min(max_interval, min_interval * (1.5 ** max(0, min(polls, 60))))
-    return min(max_interval * 1.25, base * (1.0 + 0.25 * rand))
+    if base >= max_interval:
+        return max_interval * (1.0 - 0.1 * rand)
+    return min(max_interval, base * (1.0 + 0.25 * rand))
 
 
 def describe_messages(messages: Iterable[JobMessage]) -> str:
