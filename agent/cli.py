@@ -64,7 +64,22 @@ def _setup_logging(verbose: int, quiet: int) -> None:
     )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """Imports ``emulator`` (aiohttp's server, Pillow: a third of a second) only when that
+    command is run or listed, so ``status`` and friends start fast."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), "emulator"})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name == "emulator" and cmd_name not in self.commands:
+            from agent.emulator.cli import emulator_command
+
+            self.add_command(emulator_command, name="emulator")
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="convert-agent")
 @click.option(
     "--config",
@@ -566,12 +581,6 @@ def autostart_remove(ctx: click.Context, as_json: bool) -> None:
     _autostart_report(changes, as_json)
 
 
-def _register_emulator() -> None:
-    from agent.emulator.cli import emulator_command
-
-    cli.add_command(emulator_command, name="emulator")
-
-
 @cli.command()
 @click.option(
     "--dir",
@@ -592,9 +601,6 @@ def demo(ctx: click.Context, directory: str) -> None:
     except AgentError as err:
         _die(err.message, EXIT_FAILED)
     sys.exit(code)
-
-
-_register_emulator()
 
 
 def main() -> None:

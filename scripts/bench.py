@@ -707,19 +707,10 @@ def seed_state(state: Path, inbox: Path, n: int) -> None:
                 idem_prefix="bench",
                 now=now,
             )
-            store.record_outputs(
-                rec.id,
-                [
-                    RemoteOutput(
-                        id=f"o{i}",
-                        filename=f"old{i}.md",
-                        uri="http://127.0.0.1/x",
-                        size=1,
-                        checksum="",
-                        status="enabled",
-                    )
-                ],
+            remote = RemoteOutput.from_dict(
+                {"id": f"o{i}", "filename": f"old{i}.md", "uri": "http://127.0.0.1/x", "size": 2}
             )
+            store.record_outputs(rec.id, [remote])
             out = store.outputs(rec.id)[0]
             store.update_output(out.id, state="done", dest_name=f"old{i}.md")
             store.update(rec.id, now, event="done", phase=Phase.DONE, filed=True)
