@@ -60,13 +60,22 @@ def write_config(
     return path
 
 
+# The agent under test runs headless: no tray icon, no desktop notifications on a developer's
+# desktop, and no key or base URL from the developer's environment.
+_NOT_PASSED = ("API2CONVERT_", "DISPLAY", "WAYLAND_DISPLAY", "DBUS_SESSION_BUS_ADDRESS")
+
+
+def agent_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(_NOT_PASSED)}
+
+
 def agent_cmd(config: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "agent", "--config", str(config), *args]
 
 
 def spawn_agent(config: Path, *args: str, log: Path | None = None) -> subprocess.Popen[bytes]:
     """Start `convert-agent run` (or the given command) as a child process."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("API2CONVERT_")}
+    env = agent_env()
     if log is None:
         return subprocess.Popen(
             agent_cmd(config, *(args or ("run",))),
@@ -85,7 +94,7 @@ def spawn_agent(config: Path, *args: str, log: Path | None = None) -> subprocess
 
 async def run_agent(config: Path, *args: str, timeout: float = 120.0) -> tuple[int, str]:
     """Run the agent to completion (e.g. `run --once`) without blocking the test's loop."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("API2CONVERT_")}
+    env = agent_env()
     proc = await asyncio.create_subprocess_exec(
         *agent_cmd(config, *args),
         stdout=asyncio.subprocess.PIPE,
