@@ -307,6 +307,14 @@ class Store:
     def close(self) -> None:
         self.db.close()
 
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """Rows of a SELECT as dicts, straight from the connection: ``Database.query`` wraps
+        every read in a savepoint (a transaction of its own), a third of the cost of a
+        ticket's reads."""
+        cur = self.db.conn.execute(sql, params)
+        keys = [d[0] for d in cur.description]
+        return [dict(zip(keys, row, strict=True)) for row in cur]
+
     # ----------------------------------------------------------------- tickets
 
     def add_ticket(
@@ -386,13 +394,13 @@ class Store:
             self._history(ticket_id, now, Phase.PENDING, "resubmitted", message)
 
     def get(self, ticket_id: int) -> TicketRecord:
-        rows = list(self.db.query("SELECT * FROM tickets WHERE id = ?", [ticket_id]))
+        rows = list(self._query("SELECT * FROM tickets WHERE id = ?", [ticket_id]))
         if not rows:
             raise KeyError(ticket_id)
         return TicketRecord.from_row(rows[0])
 
     def active_for_path(self, path: str) -> TicketRecord | None:
-        rows = list(self.db.query("SELECT * FROM tickets WHERE path = ? AND active = 1", [path]))
+        rows = list(self._query("SELECT * FROM tickets WHERE path = ? AND active = 1", [path]))
         return TicketRecord.from_row(rows[0]) if rows else None
 
     def update(
@@ -447,7 +455,7 @@ class Store:
         """Active tickets with work left: not terminal, or terminal but not yet filed."""
         return [
             TicketRecord.from_row(r)
-            for r in self.db.query(
+            for r in self._query(
                 "SELECT * FROM tickets WHERE active = 1 AND (phase NOT IN (?, ?, ?) OR filed = 0)"
                 " ORDER BY id",
                 [str(Phase.DONE), str(Phase.FAILED), str(Phase.CANCELED)],
@@ -470,7 +478,7 @@ class Store:
         sql += " ORDER BY id"
         if limit:
             sql += f" LIMIT {int(limit)}"
-        return [TicketRecord.from_row(r) for r in self.db.query(sql, args)]
+        return [TicketRecord.from_row(r) for r in self._query(sql, args)]
 
     def find(self, name: str) -> list[TicketRecord]:
         """Active tickets whose path, file name or stem is ``name`` (for ``why``/``retry``)."""
@@ -484,13 +492,13 @@ class Store:
 
     def counts(self) -> dict[str, int]:
         res = {str(p): 0 for p in Phase}
-        for row in self.db.query(
+        for row in self._query(
             "SELECT phase, count(*) AS n FROM tickets WHERE active = 1 GROUP BY phase"
         ):
             res[row["phase"]] = row["n"]
         res["waiting"] = next(
             iter(
-                self.db.query(
+                self._query(
                     "SELECT count(*) AS n FROM tickets WHERE active = 1 AND wait_until IS NOT NULL"
                     " AND phase NOT IN (?, ?, ?)",
                     [str(Phase.DONE), str(Phase.FAILED), str(Phase.CANCELED)],
@@ -501,7 +509,7 @@ class Store:
 
     def history(self, ticket_id: int) -> list[dict[str, Any]]:
         return list(
-            self.db.query(
+            self._query(
                 "SELECT at, phase, event, message FROM history WHERE ticket_id = ? ORDER BY id",
                 [ticket_id],
             )
@@ -512,7 +520,7 @@ class Store:
     def inputs(self, ticket_id: int) -> list[InputRecord]:
         return [
             InputRecord.from_row(r)
-            for r in self.db.query(
+            for r in self._query(
                 "SELECT * FROM inputs WHERE ticket_id = ? ORDER BY idx", [ticket_id]
             )
         ]
@@ -550,7 +558,7 @@ class Store:
     def outputs(self, ticket_id: int) -> list[OutputRecord]:
         return [
             OutputRecord.from_row(r)
-            for r in self.db.query(
+            for r in self._query(
                 "SELECT * FROM outputs WHERE ticket_id = ? ORDER BY idx", [ticket_id]
             )
         ]
@@ -565,7 +573,7 @@ class Store:
         """Absolute paths of every output the agent placed under ``root`` (its own files)."""
         return {
             os.path.join(os.path.dirname(r["path"]), r["dest_name"])
-            for r in self.db.query(
+            for r in self._query(
                 """SELECT t.path, o.dest_name FROM outputs o JOIN tickets t ON t.id = o.ticket_id
                    WHERE t.root = ? AND o.dest_name IS NOT NULL""",
                 [root],
@@ -575,7 +583,7 @@ class Store:
     # ----------------------------------------------------------------- meta
 
     def get_meta(self, key: str, default: str | None = None) -> str | None:
-        rows = list(self.db.query("SELECT value FROM meta WHERE key = ?", [key]))
+        rows = list(self._query("SELECT value FROM meta WHERE key = ?", [key]))
         return rows[0]["value"] if rows else default
 
     def set_meta(self, key: str, value: str | None) -> None:
