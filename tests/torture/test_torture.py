@@ -21,8 +21,10 @@ def _assert_kills_everywhere(s: Summary, min_cycles: int) -> None:
     assert s.kills + s.sigterms >= min_cycles, s.text()
     assert s.kills >= min_cycles * 2 // 3, s.text()
     hit = PHASES & set(s.phases_at_kill)
-    # the timing of a kill is the one thing a seed cannot pin down: ask for most phases
-    assert len(hit) >= 4, f"kills landed only in {sorted(hit)}\n{s.text()}"
+    # the timing of a kill is the one thing a seed cannot pin down (creating and starting take
+    # milliseconds on a fast run): ask for the long phases and at least one short one
+    assert {"processing", "downloading"} <= hit or len(hit) >= 4, s.text()
+    assert len(hit) >= 3, f"kills landed only in {sorted(hit)}\n{s.text()}"
 
 
 @pytest.mark.slow
