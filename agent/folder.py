@@ -52,6 +52,16 @@ def temp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp")
 
 
+def _write_new(tmp: Path, data: bytes) -> None:
+    """Create ``tmp`` (never through a symlink), write ``data`` and fsync it."""
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def atomic_write(path: Path, data: bytes, *, sync_dir: bool = True) -> None:
     """Temp file → fsync → ``os.replace``, then fsync the folder (``sync_dir=False`` leaves that
     to a caller writing many files into one folder, which then calls ``fsync_dir`` once)."""
@@ -59,12 +69,7 @@ def atomic_write(path: Path, data: bytes, *, sync_dir: bool = True) -> None:
     try:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)  # left by a process killed mid-write (or planted): never followed
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _write_new(tmp, data)
         os.replace(tmp, path)
     except OSError as exc:
         with contextlib.suppress(OSError):
@@ -82,12 +87,7 @@ def create_exclusive(path: Path, data: bytes) -> bool:
     tmp = temp_path(path)
     try:
         remove_temp(path)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _write_new(tmp, data)
         try:
             os.link(tmp, path, follow_symlinks=False)
         except FileExistsError:
