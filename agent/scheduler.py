@@ -121,6 +121,7 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._rerun: set[int] = set()
+        self._retry_when_filed: set[int] = set()  # failed, asked to retry before being filed
         self._vol: dict[int, _Volatile] = {}
         self._parse_retry: dict[str, float] = {}  # ticket path → first failed parse
         self._pending_paths: set[str] = set()  # tickets seen but not yet recorded
@@ -200,6 +201,12 @@ class Scheduler:
         if rec.phase is Phase.FAILED and failed.exists() and not ticket.exists():
             os.replace(failed, ticket)
             self._spawn_side(self._ingest(ticket, self.folder_for(ticket)))
+            return rec
+        if rec.phase is Phase.FAILED and not rec.filed and ticket.exists():
+            # Failed a moment ago and still being renamed to NAME.job.failed: run it again as
+            # soon as that is done, so the sidecar and the history stay in order.
+            self._retry_when_filed.add(rec.id)
+            self._schedule(rec.id, 0.0)
             return rec
         if rec.wait_until is not None and not rec.phase.terminal:
             self.store.update(rec.id, self.clock(), event="retry", wait_until=None, attempts=0)
@@ -929,6 +936,9 @@ class Scheduler:
             self._schedule(rec.id, self.clock() + 30.0)
             return
         self.store.update(rec.id, self.clock(), event="filed", filed=True)
+        if rec.id in self._retry_when_filed:
+            self._retry_when_filed.discard(rec.id)
+            self.retry(self.store.get(rec.id))
 
     def _cleanup_parts(self, rec: TicketRecord) -> None:
         for part in self._part_paths(rec):

@@ -6,13 +6,16 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from dash_helpers import JSON_POST, Client, dash, drop_ticket, running_agent, wait_for
 
+from agent import folder
 from agent.emulator import FaultSpec, RunningEmulator
 
 MakeEmulator = Callable[..., Awaitable[RunningEmulator]]
@@ -114,6 +117,33 @@ async def test_retry_without_a_name_retries_every_failed_ticket(
         assert sorted(done["retried"]) == sorted([str(a), str(b)])
         await c.wait_phase("a.job", {"done"})
         await c.wait_phase("b.job", {"done"})
+
+
+async def test_retry_right_after_a_failure_waits_for_the_filing_then_reruns(
+    tmp_path: Path, make_emulator: MakeEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ticket that has just failed but is not yet renamed to NAME.job.failed is retried too:
+    the rerun starts once the filing is done (this was a race seen in CI)."""
+    gate = threading.Event()
+    real_file_ticket = folder.file_ticket
+
+    def held_file_ticket(ticket: Path, outcome: str, on_success: str) -> None:
+        gate.wait(20)
+        real_file_ticket(ticket, outcome, on_success)
+
+    monkeypatch.setattr(folder, "file_ticket", held_file_ticket)
+    emu = await make_emulator(faults=(FaultSpec("job", "fail", count=1),))
+    async with running_agent(tmp_path, emu.base_url) as agent, aiohttp.ClientSession() as s:
+        c = Client(s, dash(agent))
+        ticket = drop_ticket(tmp_path / "inbox", "quick")
+        await c.wait_phase("quick.job", {"failed"})
+        assert ticket.exists()  # the rename is held
+        assert await c.post("/api/retry") == {"retried": [str(ticket)]}
+        gate.set()
+        await wait_for(lambda: ticket.with_name("quick.job.done").exists(), 20, "the rerun")
+        assert not ticket.with_name("quick.job.failed").exists()
+        assert (await c.ticket("quick.job"))["phase"] == "done"
+        assert emu.state.create_requests == 2
 
 
 async def test_cancel_stops_a_running_ticket_and_its_job(
