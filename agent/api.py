@@ -57,6 +57,9 @@ IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRAC
 MAX_BODY_BYTES = 16 * 1024 * 1024
 MAX_RETRY_AFTER = 120.0
 MAX_REDIRECTS = 10
+# A download's read buffer: the transport pauses above twice this, so the body keeps flowing
+# while the hashing and writing threads catch up (the session default of 64 KiB would pause and
+# resume the socket every ~128 KiB).
 DOWNLOAD_CHUNK_SIZE = 1024 * 1024
 _MIN_CHUNK_SIZE = 256 * 1024
 _MAX_MESSAGE_CHARS = 500
@@ -451,6 +454,9 @@ class ApiClient:
           good once a hop leaves the uri's origin.
         - Opening is retried like a GET (429/5xx/network); reading the body is never retried:
           a dropped connection raises ApiUnavailable from ``chunks``.
+        - ``chunks`` yields the body as the socket delivered it (each piece its own ``bytes``,
+          never joined into bigger ones: that would copy every byte); ``chunk_size`` is the read
+          buffer, above twice which the socket stops being read until the caller catches up.
         """
         parts = urlsplit(uri)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -461,14 +467,16 @@ class ApiClient:
         offset = max(0, offset)
         chunk_size = max(_MIN_CHUNK_SIZE, chunk_size)
 
-        resp, offset, total = await self._open_stream(uri, password, offset, validator, base64)
+        resp, offset, total = await self._open_stream(
+            uri, password, offset, validator, base64, chunk_size
+        )
         try:
             stream = DownloadStream(
                 status=resp.status,
                 offset=offset,
                 total=total,
                 validator=_strong_validator(resp.headers),
-                chunks=self._body_chunks(resp, chunk_size, base64, total, offset),
+                chunks=self._body_chunks(resp, base64, total, offset),
             )
             yield stream
         finally:
@@ -481,9 +489,10 @@ class ApiClient:
         offset: int,
         validator: str | None,
         base64: bool,
+        bufsize: int,
     ) -> tuple[aiohttp.ClientResponse, int, int | None]:
         resp = await self._retrying(
-            lambda: self._follow(uri, password, offset, validator), idempotent=True
+            lambda: self._follow(uri, password, offset, validator, bufsize), idempotent=True
         )
         if offset > 0 and resp.status == 206:
             rng = _parse_content_range(resp.headers.get("Content-Range"))
@@ -494,7 +503,7 @@ class ApiClient:
             resp.close()
             offset = 0
             resp = await self._retrying(
-                lambda: self._follow(uri, password, 0, None), idempotent=True
+                lambda: self._follow(uri, password, 0, None, bufsize), idempotent=True
             )
         if resp.status == 206:
             rng = _parse_content_range(resp.headers.get("Content-Range"))
@@ -506,7 +515,7 @@ class ApiClient:
         return resp, 0, total
 
     async def _follow(
-        self, uri: str, password: str | None, offset: int, validator: str | None
+        self, uri: str, password: str | None, offset: int, validator: str | None, bufsize: int
     ) -> aiohttp.ClientResponse:
         """One attempt: GET with manual redirects; returns a 200/206/416 response (open)."""
         session = self._get_session()
@@ -532,7 +541,12 @@ class ApiClient:
                 hop_headers[PASSWORD_HEADER] = _header_value(password, "the download password")
             resp = await self._send(
                 functools.partial(
-                    session.get, url, headers=hop_headers, allow_redirects=False, timeout=timeout
+                    session.get,
+                    url,
+                    headers=hop_headers,
+                    allow_redirects=False,
+                    timeout=timeout,
+                    read_bufsize=bufsize,
                 ),
                 "GET download",
             )
@@ -567,7 +581,6 @@ class ApiClient:
     async def _body_chunks(
         self,
         resp: aiohttp.ClientResponse,
-        chunk_size: int,
         base64: bool,
         total: int | None,
         offset: int,
@@ -576,7 +589,11 @@ class ApiClient:
         expected = None if total is None or base64 else total - offset
         received = 0
         try:
-            async for chunk in resp.content.iter_chunked(chunk_size):
+            # Chunks as the transport delivered them (~256 KiB): iter_chunked/readany would
+            # join what is buffered into new bytes, a copy of every byte for nothing.
+            async for chunk, _end in resp.content.iter_chunks():
+                if not chunk:
+                    continue
                 received += len(chunk)
                 data = decoder.feed(chunk) if decoder else chunk
                 if data:

@@ -18,6 +18,7 @@ What happens to the part file on errors:
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import errno
@@ -56,6 +57,21 @@ WRITE_BUFFER = 1024 * 1024
 # left to wait for and a 1 GiB download does not fill the page cache.
 WRITEBACK_EVERY = 32 * 1024 * 1024
 READ_BLOCK = 1024 * 1024
+# Received bytes handed to the hashing and writing threads and not yet through both: the loop
+# waits above this (it bounds memory; a few MiB keep both threads busy between wake-ups).
+IN_FLIGHT = 8 * 1024 * 1024
+_WRITEV = getattr(os, "writev", None)
+
+
+def _iov_max() -> int:
+    try:
+        n = os.sysconf("SC_IOV_MAX")
+    except (AttributeError, ValueError, OSError):
+        return 16
+    return min(n, 1024) if n > 0 else 16
+
+
+_IOV_MAX = _iov_max()
 # Hard links unsupported here (some SMB/FUSE mounts, Android storage): use the fallback.
 _NO_LINK = frozenset(
     {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.ENOSYS, errno.EMLINK}
@@ -189,25 +205,33 @@ def _open_part(part: Path, *, keep: bool) -> int:
 
 
 class _Sink:
-    """A part file being written: buffered writes and hashing, run in a worker thread.
+    """A part file being written: hashing and writing run in two worker threads.
 
-    While one buffer is hashed (in one thread) and written (in another: hashing is the slower
-    of the two, and both release the GIL) by ``write_async``, the loop keeps receiving the next;
-    ``wait`` joins the work in flight before anything else touches the file or the hash
-    (restart, a synchronous flush, close)."""
+    ``write_async`` hands the received blocks (a list of the stream's own ``bytes``, never
+    joined or copied) to a hashing thread and a writing thread, one FIFO queue each, and
+    returns at once while less than ``IN_FLIGHT`` bytes wait in them; the loop keeps receiving
+    meanwhile. Hashing (the slower part) and ``writev`` both release the GIL, so on two cores
+    receive, hash and write overlap. After a failed write no later block is written. ``wait``
+    joins all the work handed off before anything else touches the file or the hash (restart,
+    a synchronous flush, close)."""
 
     def __init__(self, fd: int, algorithm: str) -> None:
         self.fd = fd
         self.algorithm = algorithm
         self.hash = hashlib.new(algorithm)
         self.size = 0
-        self.buf = bytearray()
-        self.blocks: list[bytes] = []  # received, not yet handed to the writer
+        self.blocks: list[bytes] = []  # received, not yet handed to the threads
         self.buffered = 0
         self.written = 0  # bytes on disk (in the page cache)
         self.kicked = 0  # bytes handed to writeback
-        self._inflight: list[concurrent.futures.Future[None]] = []
-        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        # Batches handed off and not yet known to be done: (hash future, write future, bytes).
+        self._inflight: collections.deque[
+            tuple[concurrent.futures.Future[None], concurrent.futures.Future[None], int]
+        ] = collections.deque()
+        self._inflight_bytes = 0
+        self._hasher: concurrent.futures.ThreadPoolExecutor | None = None
+        self._writer: concurrent.futures.ThreadPoolExecutor | None = None
+        self._write_error: BaseException | None = None
 
     def add(self, chunk: bytes) -> None:
         self.blocks.append(chunk)
@@ -215,39 +239,65 @@ class _Sink:
         self.size += len(chunk)
 
     async def write_async(self) -> None:
-        """Hand the received blocks to the threads once the previous ones are done."""
-        for fut in self._inflight:
-            await asyncio.wrap_future(fut)
-        self._inflight = []
+        """Hand the received blocks to the threads; wait only while too much is in flight."""
         blocks, self.blocks, self.buffered = self.blocks, [], 0
-        if self._pool is None:
-            self._pool = concurrent.futures.ThreadPoolExecutor(2, "part-writer")
-        self._inflight = [
-            self._pool.submit(self._hash_blocks, blocks),
-            self._pool.submit(self._write_only, blocks),
-        ]
+        if not blocks:
+            return
+        if self._hasher is None or self._writer is None:
+            # One worker each: a single-thread executor runs its queue in order.
+            self._hasher = concurrent.futures.ThreadPoolExecutor(1, "part-hash")
+            self._writer = concurrent.futures.ThreadPoolExecutor(1, "part-write")
+        n = sum(map(len, blocks))
+        self._inflight.append(
+            (
+                self._hasher.submit(self._hash_blocks, blocks),
+                self._writer.submit(self._write_only, blocks),
+                n,
+            )
+        )
+        self._inflight_bytes += n
+        while self._inflight:
+            hashed, written, n = self._inflight[0]
+            if self._inflight_bytes > IN_FLIGHT:
+                # Shielded: a cancelled download must not cancel a queued write (a gap).
+                await asyncio.shield(asyncio.wrap_future(hashed))
+                await asyncio.shield(asyncio.wrap_future(written))
+            elif not (hashed.done() and written.done()):
+                break
+            hashed.result()
+            written.result()  # a write error surfaces here, while the download goes on
+            self._inflight.popleft()
+            self._inflight_bytes -= n
 
     def wait(self) -> None:
-        """Join the work in flight (blocking; at most one buffer) and stop the threads."""
-        inflight, self._inflight = self._inflight, []
-        for fut in inflight:
-            fut.result()
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        """Join all the work handed off (blocking; at most ``IN_FLIGHT`` bytes) and stop the
+        threads; raises the first error any of it had."""
+        for pool in (self._hasher, self._writer):
+            if pool is not None:
+                pool.shutdown(wait=True)
+        self._hasher = self._writer = None
+        inflight, self._inflight, self._inflight_bytes = self._inflight, collections.deque(), 0
+        for hashed, written, _n in inflight:
+            hashed.result()
+            written.result()
 
     def _write_blocks(self, blocks: list[bytes]) -> None:
         self._hash_blocks(blocks)
         self._write_only(blocks)
 
     def _hash_blocks(self, blocks: list[bytes]) -> None:
+        update = self.hash.update
         for block in blocks:
-            self.hash.update(block)
+            update(block)
 
     def _write_only(self, blocks: list[bytes]) -> None:
-        for block in blocks:
-            self.write_all(block)
-            self.written += len(block)
+        if self._write_error is not None:
+            raise self._write_error  # never write after a gap: the offsets would be wrong
+        try:
+            self.write_many(blocks)
+        except BaseException as exc:
+            self._write_error = exc
+            raise
         if self.written - self.kicked >= WRITEBACK_EVERY and hasattr(os, "posix_fadvise"):
             with contextlib.suppress(OSError):
                 os.posix_fadvise(
@@ -259,8 +309,8 @@ class _Sink:
         """Keep the first ``offset`` bytes (re-hashed from disk) and write from there."""
         self.wait()
         self.hash = hashlib.new(self.algorithm)
-        self.buf.clear()
         self.blocks, self.buffered = [], 0
+        self._write_error = None
         self.written = self.kicked = offset
         os.lseek(self.fd, 0, os.SEEK_SET)
         if offset:
@@ -271,7 +321,26 @@ class _Sink:
         os.lseek(self.fd, offset, os.SEEK_SET)
         self.size = offset
 
-    def write_all(self, data: bytes | bytearray) -> None:
+    def write_many(self, blocks: list[bytes]) -> None:
+        """Write ``blocks`` in order: one ``writev`` where there is one, else block by block."""
+        if _WRITEV is None or len(blocks) < 2:
+            for block in blocks:
+                self.write_all(block)
+                self.written += len(block)
+            return
+        for start in range(0, len(blocks), _IOV_MAX):
+            group = blocks[start : start + _IOV_MAX]
+            done = _WRITEV(self.fd, group)
+            self.written += done
+            for block in group:  # a short writev: the rest, block by block
+                if done >= len(block):
+                    done -= len(block)
+                    continue
+                self.write_all(memoryview(block)[done:])
+                self.written += len(block) - done
+                done = 0
+
+    def write_all(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
         while view:
             n = os.write(self.fd, view)
@@ -279,12 +348,6 @@ class _Sink:
 
     def flush(self) -> None:
         self.wait()
-        if self.buf:
-            data = bytes(self.buf)
-            self.buf.clear()
-            self.write_all(data)
-            self.hash.update(data)
-            self.written += len(data)
         if self.blocks:
             blocks, self.blocks, self.buffered = self.blocks, [], 0
             self._write_blocks(blocks)
@@ -436,10 +499,12 @@ async def _stream_into(
         try:
             async for chunk in stream.chunks:
                 sink.add(chunk)
-                if on_progress is not None:
-                    on_progress(sink.size, expected_size or stream.total)
                 if sink.buffered >= WRITE_BUFFER:
+                    if on_progress is not None:  # once a buffer, not for every small chunk
+                        on_progress(sink.size, expected_size or stream.total)
                     await sink.write_async()  # overlaps hashing and writing with receiving
+            if on_progress is not None:
+                on_progress(sink.size, expected_size or stream.total)
         except (RetryableError, asyncio.CancelledError):
             sink.flush()  # keep every byte received: the next attempt resumes after them
             raise

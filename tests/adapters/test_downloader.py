@@ -179,14 +179,85 @@ async def test_symlink_at_part_path_is_not_followed(tmp_path: Path) -> None:
 async def test_disk_full_is_local_resource_error_and_part_removed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def full(self: object, data: bytes) -> None:
+    def full(self: object, blocks: list[bytes]) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(downloader._Sink, "write_all", full)
+    monkeypatch.setattr(downloader._Sink, "write_many", full)
     part = tmp_path / ".p.part"
     with pytest.raises(LocalResourceError, match="disk full"):
         await fetch(Opener(), part)
     assert not part.exists()
+
+
+@pytest.mark.parametrize("in_flight", [1, 64 * 1024 * 1024])
+async def test_hand_off_depth_does_not_change_bytes_or_digest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, in_flight: int
+) -> None:
+    # Small buffers: many batches; 1 byte in flight waits for each, 64 MiB never waits.
+    monkeypatch.setattr(downloader, "WRITE_BUFFER", 150_000)
+    monkeypatch.setattr(downloader, "IN_FLIGHT", in_flight)
+    seen: list[int] = []
+    part = tmp_path / ".p.part"
+    result = await fetch(Opener(), part, on_progress=lambda done, total: seen.append(done))
+    assert result.verdict == "verified" and part.read_bytes() == DATA
+    assert seen == sorted(seen) and seen[-1] == len(DATA) and len(seen) > 5
+
+
+@pytest.mark.parametrize("in_flight", [1, 64 * 1024 * 1024])
+async def test_cut_off_with_batches_in_flight_keeps_exactly_the_received_prefix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, in_flight: int
+) -> None:
+    monkeypatch.setattr(downloader, "WRITE_BUFFER", 150_000)
+    monkeypatch.setattr(downloader, "IN_FLIGHT", in_flight)
+    part = tmp_path / ".p.part"
+    with pytest.raises(ApiUnavailable):
+        await fetch(Opener(die_after=2_345_678), part, resume=True)
+    assert part.read_bytes() == DATA[:2_345_678]
+    result = await fetch(Opener(), part, resume=True)
+    assert result.verdict == "verified" and part.read_bytes() == DATA
+
+
+async def test_nothing_is_written_after_a_failed_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(downloader, "WRITE_BUFFER", 150_000)
+    monkeypatch.setattr(downloader, "IN_FLIGHT", 64 * 1024 * 1024)  # all batches queued at once
+    real = downloader._Sink.write_many
+    calls: list[int] = []
+
+    def second_fails(self: downloader._Sink, blocks: list[bytes]) -> None:
+        calls.append(len(blocks))
+        if len(calls) == 2:
+            raise OSError(errno.EIO, "Input/output error")
+        real(self, blocks)
+
+    monkeypatch.setattr(downloader._Sink, "write_many", second_fails)
+    part = tmp_path / ".p.part"
+    with pytest.raises(LocalResourceError):
+        await fetch(Opener(), part)
+    assert len(calls) == 2  # the batches queued behind the failure never reached the file
+    assert not part.exists()
+
+
+async def test_short_writev_is_completed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def short_writev(fd: int, blocks: list[bytes]) -> int:
+        # Writes at most 70_001 bytes per call, ending in the middle of a block.
+        want = b"".join(blocks)[:70_001]
+        return os.write(fd, want)
+
+    monkeypatch.setattr(downloader, "_WRITEV", short_writev)
+    part = tmp_path / ".p.part"
+    result = await fetch(Opener(), part)
+    assert result.verdict == "verified" and part.read_bytes() == DATA
+
+
+async def test_without_writev_blocks_are_written_one_by_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(downloader, "_WRITEV", None)  # Windows
+    part = tmp_path / ".p.part"
+    result = await fetch(Opener(), part)
+    assert result.verdict == "verified" and part.read_bytes() == DATA
 
 
 async def test_permanent_refusal_removes_part(tmp_path: Path) -> None:
