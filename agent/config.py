@@ -98,6 +98,7 @@ class PollingConfig:
     max_interval: float = 5.0
     reconcile_interval: float = 30.0
     fs_poll_interval: float = 2.0
+    sweep: bool = True  # many jobs in flight: read their status from GET /jobs pages
 
 
 @dataclass(frozen=True)
@@ -556,6 +557,7 @@ class _Reader:
             fs_poll_interval=self.get(
                 fields, "polling", "fs_poll_interval", 2.0, self.number(0.05, 3600, example="2")
             ),
+            sweep=self.get(fields, "polling", "sweep", True, self.boolean),
         )
         if config.max_interval < config.min_interval:
             node = fields.get("max_interval") or fields.get("min_interval")

@@ -60,6 +60,7 @@ from agent.models import (
     VerifyMode,
 )
 from agent.store import OutputRecord, Store, TicketRecord
+from agent.sweep import Sweeper, Watched
 from agent.ticket import parse_ticket, ticket_text_for_plain_file
 from agent.watcher import WatchEvent
 
@@ -139,6 +140,17 @@ class Scheduler:
         self.seen_this_run: set[int] = set()
         self.progress: ProgressListener | None = None  # a terminal's progress bars, if any
         self.metrics: Metrics | None = None  # /metrics counters (verdicts, bytes, poll latency)
+        self.sweeper: Sweeper | None = None  # job-list polling when many jobs are in flight
+        if cfg.polling.sweep:
+            self.sweeper = Sweeper(
+                api,
+                interval=max(cfg.polling.min_interval, cfg.polling.max_interval / 2),
+                clock=clock,
+                watched=self._watched,
+                wake=self._schedule,
+                blocked=lambda: self._stopping or self.auth_problem is not None,
+            )
+        self._sweep_task: asyncio.Task[None] | None = None
         for root in {str(f.path) for f in cfg.folders}:
             self._own_outputs |= store.output_names(root)
 
@@ -220,6 +232,8 @@ class Scheduler:
 
     async def run(self) -> None:
         """The timer loop: start due tickets, at most a bounded number at a time."""
+        if self.sweeper is not None and self._sweep_task is None:
+            self._sweep_task = asyncio.create_task(self.sweeper.run())
         while not self._stopping:
             now = self.clock()
             while self._heap and self._heap[0][0] <= now:
@@ -238,6 +252,8 @@ class Scheduler:
         self._stopping = True
         self._wake.set()
         tasks = [*self._tasks.values(), *self._side_tasks]
+        if self._sweep_task is not None:
+            tasks.append(self._sweep_task)
         for t in tasks:
             t.cancel()
         for t in tasks:
@@ -646,15 +662,31 @@ class Scheduler:
             remote_info=job.status_info,
         )
 
+    def _watched(self) -> list[Watched]:
+        """The tickets whose jobs are being polled (for the job-list sweep)."""
+        return [
+            Watched(r.id, r.job_id, (r.remote_status or "", r.remote_info or ""))
+            for r in self.store.tickets(phases=[Phase.PROCESSING])
+            if r.job_id
+        ]
+
     async def _poll(self, rec: TicketRecord, spec: TicketSpec) -> float | None:
         assert rec.job_id is not None
-        token = rec.job_token if spec.kind is TicketKind.ADOPTION else None
-        asked = time.monotonic()
-        job = await self.api.get_job(rec.job_id, token=token)
-        if self.metrics is not None:
-            self.metrics.poll_latency(time.monotonic() - asked)
+        sweep = self.sweeper
+        job = sweep.take(rec.id) if sweep is not None else None
+        if job is None or job.id != rec.job_id:
+            covered = sweep.covered_until(rec.id) if sweep is not None else None
+            if covered is not None and self.clock() < covered:
+                return covered  # the sweep watches this job; it wakes the ticket on news
+            token = rec.job_token if spec.kind is TicketKind.ADOPTION else None
+            asked = time.monotonic()
+            job = await self.api.get_job(rec.job_id, token=token)
+            if self.metrics is not None:
+                self.metrics.poll_latency(time.monotonic() - asked)
         rec = self._recovered(rec)
         outcome = lifecycle.job_outcome(job)
+        if outcome is not JobOutcome.RUNNING and sweep is not None:
+            sweep.forget(rec.id)
         if outcome is JobOutcome.RUNNING:
             vol = self._vol_of(rec.id)
             if job.status_code != rec.remote_status or job.status_info != rec.remote_info:
@@ -668,6 +700,9 @@ class Scheduler:
                 )
                 self._changed(rec)
             vol.polls += 1
+            later = sweep.cover(rec.id) if sweep is not None else None
+            if later is not None:
+                return later
             return self.clock() + lifecycle.poll_delay(
                 vol.polls,
                 self.cfg.polling.min_interval,
