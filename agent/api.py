@@ -323,17 +323,27 @@ class ApiClient:
 
     async def list_jobs(self, status: str | None = None, page: int = 1) -> list[RemoteJob]:
         """``GET /jobs``; a 204 (no jobs) is an empty list."""
+        jobs, _ = await self.list_page(page, status=status)
+        return jobs
+
+    async def list_page(
+        self, page: int, *, status: str | None = None
+    ) -> tuple[list[RemoteJob], int | None]:
+        """One page of ``GET /jobs`` (50 jobs) and the total from ``X-Count`` (None if absent)."""
         params = {"page": str(page)}
         if status:
             params["status"] = status
         answer = await self._call("GET", "/jobs", params=params, ok=(200, 204))
+        raw_count = answer.headers.get("X-Count", "")
+        count = int(raw_count) if raw_count.strip().isdigit() else None
         if answer.status == 204 or answer.body is None:
-            return []
+            return [], count
         body = answer.body
         items = list(body.values()) if isinstance(body, dict) else body
         if not isinstance(items, list):
             raise ApiUnavailable("GET /jobs answered with something that is not a list of jobs")
-        return [RemoteJob.from_dict(i) for i in items if isinstance(i, dict)]
+        jobs = [RemoteJob.from_dict(i) for i in items if isinstance(i, dict)]
+        return [j for j in jobs if j.id], count
 
     async def server_time(self) -> float | None:
         """``GET /statuses`` (public, no key): proves the base URL answers as the API, and returns
