@@ -127,9 +127,9 @@ async def test_retry_right_after_a_failure_waits_for_the_filing_then_reruns(
     gate = threading.Event()
     real_file_ticket = folder.file_ticket
 
-    def held_file_ticket(ticket: Path, outcome: str, on_success: str) -> None:
+    def held_file_ticket(*args: Any, **kwargs: Any) -> None:
         gate.wait(20)
-        real_file_ticket(ticket, outcome, on_success)
+        real_file_ticket(*args, **kwargs)
 
     monkeypatch.setattr(folder, "file_ticket", held_file_ticket)
     emu = await make_emulator(faults=(FaultSpec("job", "fail", count=1),))

@@ -28,15 +28,19 @@ def _mangler(mangle: Mangle) -> Any:
         resp = await handler(request)
         if (
             request.method == "GET"
-            and request.path.startswith("/v2/jobs/")
+            and request.path.startswith("/v2/jobs")
             and isinstance(resp, web.Response)
             and resp.content_type == "application/json"
             and resp.body is not None
         ):
             doc = json.loads(bytes(resp.body))  # type: ignore[arg-type]
-            if isinstance(doc, dict) and "output" in doc:
-                mangle(doc)
-                return web.json_response(doc, status=resp.status)
+            docs = doc if isinstance(doc, list) else [doc]  # the job list too (sweeps)
+            jobs = [d for d in docs if isinstance(d, dict) and "output" in d]
+            if jobs:
+                for job in jobs:
+                    mangle(job)
+                count = {k: v for k, v in resp.headers.items() if k.lower() == "x-count"}
+                return web.json_response(doc, status=resp.status, headers=count)
         return resp
 
     return middleware
@@ -45,7 +49,7 @@ def _mangler(mangle: Mangle) -> Any:
 @pytest.fixture
 async def make_emulator() -> AsyncIterator[MakeEmulator]:
     """``await make_emulator(mangle=fn, **EmulatorConfig fields)``: ``fn`` may rewrite every job
-    document the API serves (GET /v2/jobs/{id}) before it leaves."""
+    document the API serves (GET /v2/jobs/{id} and the job list) before it leaves."""
     started: list[RunningEmulator] = []
 
     async def make(mangle: Mangle | None = None, **config: Any) -> RunningEmulator:
