@@ -52,24 +52,30 @@ def temp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp")
 
 
-def _write_new(tmp: Path, data: bytes) -> None:
-    """Create ``tmp`` (never through a symlink), write ``data`` and fsync it."""
+def _write_new(tmp: Path, data: bytes, *, durable: bool = True) -> None:
+    """Create ``tmp`` (never through a symlink), write ``data`` and fsync it (unless not
+    ``durable``)."""
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
     try:
         os.write(fd, data)
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     finally:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes, *, sync_dir: bool = True) -> None:
+def atomic_write(path: Path, data: bytes, *, sync_dir: bool = True, durable: bool = True) -> None:
     """Temp file → fsync → ``os.replace``, then fsync the folder (``sync_dir=False`` leaves that
-    to a caller writing many files into one folder, which then calls ``fsync_dir`` once)."""
+    to a caller writing many files into one folder, which then calls ``fsync_dir`` once).
+
+    ``durable=False`` skips the file's fsync too: the replace stays atomic for every reader and
+    for a killed process (the page cache survives it), but a power cut may leave the file empty
+    or old. Only for files rewritten later anyway (a sidecar's progress views)."""
     tmp = temp_path(path)
     try:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)  # left by a process killed mid-write (or planted): never followed
-        _write_new(tmp, data)
+        _write_new(tmp, data, durable=durable)
         os.replace(tmp, path)
     except OSError as exc:
         with contextlib.suppress(OSError):
@@ -118,10 +124,13 @@ def _iso(ts: float | None) -> str | None:
 _Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
-def write_sidecar(ticket: Path, view: Mapping[str, Any], *, sync_dir: bool = True) -> None:
-    """Write ``NAME.status.yaml`` from the public view of a ticket (see ``sidecar_view``)."""
+def write_sidecar(
+    ticket: Path, view: Mapping[str, Any], *, sync_dir: bool = True, durable: bool = True
+) -> None:
+    """Write ``NAME.status.yaml`` from the public view of a ticket (see ``sidecar_view``);
+    ``sync_dir`` and ``durable`` as for ``atomic_write``."""
     text = yaml.dump(dict(view), Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100)
-    atomic_write(sidecar_path(ticket), text.encode(), sync_dir=sync_dir)
+    atomic_write(sidecar_path(ticket), text.encode(), sync_dir=sync_dir, durable=durable)
 
 
 def sidecar_view(ticket: Mapping[str, Any], outputs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -149,11 +158,14 @@ def sidecar_view(ticket: Mapping[str, Any], outputs: Sequence[Mapping[str, Any]]
     return view
 
 
-def file_ticket(ticket: Path, outcome: str, on_success: str) -> Path | None:
+def file_ticket(
+    ticket: Path, outcome: str, on_success: str, *, sync_dir: bool = True
+) -> Path | None:
     """Move the ticket out of the inbox: ``.job.done``/``.job.failed``, kept, or deleted.
 
     Idempotent: when the ticket is already gone (an earlier run filed it before it was killed),
-    nothing happens. Returns where the ticket now is, or None.
+    nothing happens. Returns where the ticket now is, or None. ``sync_dir=False`` leaves the
+    folder's fsync to a caller filing many tickets of one folder (it calls ``fsync_dir`` once).
     """
     if outcome == "done" and on_success == "keep":
         return ticket if ticket.exists() else None
@@ -166,7 +178,8 @@ def file_ticket(ticket: Path, outcome: str, on_success: str) -> Path | None:
             return None
         except OSError as exc:
             raise from_os_error(exc, ticket) from exc
-        fsync_dir(ticket.parent)
+        if sync_dir:
+            fsync_dir(ticket.parent)
         return None
     dest = ticket.with_name(f"{ticket.name}.{outcome}")
     try:
@@ -177,7 +190,8 @@ def file_ticket(ticket: Path, outcome: str, on_success: str) -> Path | None:
         return dest if dest.exists() else None
     except OSError as exc:
         raise from_os_error(exc, ticket) from exc
-    fsync_dir(ticket.parent)
+    if sync_dir:
+        fsync_dir(ticket.parent)
     return dest
 
 

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import errno
 import fnmatch
+import functools
 import logging
 import os
 import stat
@@ -32,7 +33,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserver
@@ -69,6 +80,20 @@ NETWORK_FILESYSTEMS = frozenset(
         "virtiofs",
     }
 )
+# What native (inotify) watches ask the kernel for: names appearing, going and being renamed,
+# and a write finishing (IN_CLOSE_WRITE). Not every write() (IN_MODIFY), opens, reads or
+# attribute changes: a burst of tickets makes tens of those per ticket, each parsed in Python,
+# for nothing the settle gate needs (a file it waits for is stat'ed again until it is stable,
+# and the reconcile scan catches what no event reported).
+NATIVE_EVENTS: list[type[FileSystemEvent]] = [
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileMovedEvent,
+    FileClosedEvent,
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+]
 _WATCH_LIMIT_ERRNOS = frozenset({errno.ENOSPC, errno.EMFILE, errno.ENFILE, errno.ENOMEM})
 
 
@@ -421,7 +446,13 @@ class Watcher:
             observer = self._observer("native")
             try:
                 folder.watch = await asyncio.to_thread(
-                    observer.schedule, folder.handler, str(path), recursive=folder.config.recursive
+                    functools.partial(
+                        observer.schedule,
+                        folder.handler,
+                        str(path),
+                        recursive=folder.config.recursive,
+                        event_filter=NATIVE_EVENTS,
+                    )
                 )
             except OSError as exc:
                 if exc.errno in (errno.ENOENT, errno.ENOTDIR):

@@ -1,5 +1,6 @@
 """Sidecars and ticket filing: atomic, idempotent, secret-free."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -77,3 +78,20 @@ def test_unwritable_folder_becomes_a_waiting_error(tmp_path: Path) -> None:
     missing = tmp_path / "gone" / "a.job"
     with pytest.raises(LocalResourceError, match="not reachable"):
         folder.atomic_write(missing, b"x")
+
+
+def test_progress_sidecars_and_batched_filing_skip_fsyncs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[int] = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real(fd))[1])
+    ticket = tmp_path / "a.job"
+    ticket.write_text("input: a.png\n")
+    folder.write_sidecar(ticket, folder.sidecar_view(view(), []), sync_dir=False, durable=False)
+    assert synced == [] and folder.sidecar_path(ticket).exists()
+    assert not folder.temp_path(folder.sidecar_path(ticket)).exists()
+    folder.write_sidecar(ticket, folder.sidecar_view(view(), []), sync_dir=False)
+    assert len(synced) == 1  # the file, not its folder
+    assert folder.file_ticket(ticket, "done", "rename", sync_dir=False) == tmp_path / "a.job.done"
+    assert len(synced) == 1
