@@ -80,6 +80,10 @@ MAX_GETS_PER_OUTPUT = 8  # the service allows ~10 downloads; keep a margin for t
 # thousands of fsyncs on the event loop nor waits for them one by one. The final sidecar is
 # written when the ticket is filed, after any older write of it has landed.
 SIDECAR_COALESCE_SECONDS = 0.1
+# A ticket's progress view is rewritten at most this often (its first one and the final one are
+# not held back): in a burst a ticket moves through all its steps in well under a second, and
+# each write is a file, a rename and four watcher events.
+SIDECAR_MIN_INTERVAL = 1.0
 
 
 class ProgressListener(Protocol):
@@ -98,6 +102,84 @@ class _Volatile:
     input_stats: dict[str, tuple[int, int]] | None = None
     failing_since: float | None = None  # first transient failure of the current streak
     outputs_seen_at: float | None = None  # when the outputs' uri/status were last read
+
+
+_DiskItem = tuple[Callable[[], Any] | None, Path | None, bool, asyncio.Future[Any]]
+
+
+class _DiskBatch:
+    """Small file operations of many tickets (sidecars, filing, a folder's fsync after placing
+    an output), run together in one worker-thread job instead of a thread hand-off each; every
+    folder they asked to sync is fsynced once, after all of them, before any of them is answered.
+
+    ``run`` returns a future for one operation: its result or exception, set only once its
+    folder's fsync is done, so "persist, then act" callers still act after the disk is durable.
+    Operations run in the order they were submitted; one job runs at a time (what arrives while
+    it runs is the next job)."""
+
+    def __init__(self) -> None:
+        self._items: list[_DiskItem] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def run(
+        self, fn: Callable[[], Any] | None, *, sync: Path | None = None, strict: bool = False
+    ) -> asyncio.Future[Any]:
+        """Queue ``fn`` (None: only the fsync of ``sync``). With ``strict`` a failed fsync of
+        ``sync`` is this operation's error; otherwise it is ignored (``folder.fsync_dir``)."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._items.append((fn, sync, strict, fut))
+        if self._task is None:
+            self._task = loop.create_task(self._loop())
+        return fut
+
+    async def drain(self) -> None:
+        while self._task is not None:
+            await asyncio.wait([self._task])
+
+    async def _loop(self) -> None:
+        try:
+            while self._items:
+                await asyncio.sleep(0)  # let the callbacks of this loop turn add theirs
+                items, self._items = self._items, []
+                try:
+                    outcome = await asyncio.to_thread(self._work, items)
+                except asyncio.CancelledError:  # the loop is closing
+                    for *_, fut in items:
+                        fut.cancel()
+                    raise
+                for (*_, fut), (ok, value) in zip(items, outcome, strict=True):
+                    if fut.done():
+                        continue
+                    if ok:
+                        fut.set_result(value)
+                    else:
+                        fut.set_exception(value)
+        finally:
+            self._task = None
+
+    @staticmethod
+    def _work(items: list[_DiskItem]) -> list[tuple[bool, Any]]:
+        results: list[tuple[bool, Any]] = []
+        folders: dict[Path, OSError | None] = {}
+        for fn, sync, _, _ in items:
+            try:
+                results.append((True, fn() if fn is not None else None))
+            except Exception as exc:
+                results.append((False, exc))
+                continue
+            if sync is not None:
+                folders[sync] = None
+        for path in folders:
+            try:
+                downloader.fsync_folder(path)
+            except OSError as exc:
+                folders[path] = exc
+        for i, (_, sync, strict, _) in enumerate(items):
+            err = folders.get(sync) if sync is not None and strict else None
+            if err is not None and results[i][0]:
+                results[i] = (False, err)
+        return results
 
 
 class Scheduler:
@@ -131,6 +213,14 @@ class Scheduler:
         self._sidecars_due: set[int] = set()  # tickets whose sidecar is behind the store
         self._sidecar_flush: asyncio.Task[None] | None = None
         self._sidecar_io: dict[int, asyncio.Future[None]] = {}  # a write in a worker thread
+        self._sidecar_written: dict[int, float] = {}  # monotonic time of the last progress view
+        self._disk = _DiskBatch()  # small file work of many tickets, one worker job at a time
+        # Group commit: transitions join one transaction, committed once per loop turn; an act
+        # that depends on one waits for that commit first (``_persisted``).
+        self._commit_due = False
+        self._commit_waiters: list[asyncio.Future[None]] = []
+        store.group_commit = True
+        store.on_dirty = self._commit_soon
         self._stopping = False
         self._slots = asyncio.Semaphore(max(2, cfg.api.max_concurrency * 2))
         self.paused = store.get_meta("paused") == "1"
@@ -261,7 +351,9 @@ class Scheduler:
                 await t
         if self._sidecar_io:  # writes still running in their threads end first
             await asyncio.wait(list(self._sidecar_io.values()))
-        for item in self._due_sidecars():
+        await self._disk.drain()
+        self._commit_now()
+        for item in self._due_sidecars(held_back=True):
             self._write_sidecar(*item)
 
     # ------------------------------------------------------------------ timer & tasks
@@ -294,6 +386,50 @@ class Scheduler:
         if v is None:
             v = self._vol[tid] = _Volatile()
         return v
+
+    # ------------------------------------------------------------------ group commit
+
+    def _commit_soon(self) -> None:
+        """A write waits in the open transaction: commit it (with whatever else this loop turn
+        writes) as soon as the callbacks running now are done."""
+        if self._commit_due:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a synchronous caller): nothing to group with
+            self.store.commit()
+            return
+        self._commit_due = True
+        loop.call_soon(self._commit_now)
+
+    def _commit_now(self) -> Exception | None:
+        """Commit now; every act waiting for it learns the outcome. Returns the error."""
+        self._commit_due = False
+        waiters, self._commit_waiters = self._commit_waiters, []
+        err: Exception | None = None
+        try:
+            self.store.commit()
+        except Exception as exc:  # e.g. disk full: the writes are rolled back, not half-kept
+            err = exc
+            log.error("could not save the state: %s; the last steps are taken again", exc)
+        for fut in waiters:
+            if fut.done():
+                continue
+            if err is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(err)
+        return err
+
+    async def _persisted(self) -> None:
+        """Return once every transition written so far is committed: called before each act
+        (a request that changes the remote job, a file placed, a ticket filed)."""
+        if not self.store.dirty:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._commit_waiters.append(fut)
+        self._commit_soon()
+        await fut
 
     async def _drive(self, tid: int) -> None:
         try:
@@ -471,15 +607,18 @@ class Scheduler:
     async def _flush_sidecars(self) -> None:
         """Write the sidecars that are behind until none is (see SIDECAR_COALESCE_SECONDS).
 
-        Each write runs in a worker thread; a ticket whose previous write has not landed yet
-        waits for the next round, so its sidecars land in order."""
-        loop = asyncio.get_running_loop()
+        A round's writes go to the disk batch (one worker-thread job); a ticket whose previous
+        write has not landed yet waits for the next round, so its sidecars land in order."""
         try:
             while self._sidecars_due and not self._stopping:
                 await asyncio.sleep(SIDECAR_COALESCE_SECONDS)
-                for item in self._due_sidecars():
+                self._commit_now()  # a view never shows a state a crash could take back
+                items = self._due_sidecars()
+                if not items:
+                    continue
+                futs = [self._disk.run(functools.partial(self._write_sidecar, *i)) for i in items]
+                for item, fut in zip(items, futs, strict=True):
                     tid = item[0]
-                    fut = loop.run_in_executor(None, self._write_sidecar, *item)
                     self._sidecar_io[tid] = fut
                     fut.add_done_callback(functools.partial(self._sidecar_landed, tid))
         finally:
@@ -491,9 +630,19 @@ class Scheduler:
         if not fut.cancelled() and fut.exception() is not None:
             log.error("internal error writing a status file: %r", fut.exception())
 
-    def _due_sidecars(self) -> list[tuple[int, str, Path, dict[str, Any]]]:
-        """What is due now, read on the loop (the store is not shared with threads)."""
-        busy = {tid for tid in self._sidecars_due if tid in self._sidecar_io}
+    def _due_sidecars(
+        self, *, held_back: bool = False
+    ) -> list[tuple[int, str, Path, dict[str, Any]]]:
+        """What is due now, read on the loop (the store is not shared with threads); with
+        ``held_back`` also the views SIDECAR_MIN_INTERVAL holds back (at stop)."""
+        now = time.monotonic()
+        recent = now - (0.0 if held_back else SIDECAR_MIN_INTERVAL)
+        written = self._sidecar_written
+        busy = {
+            tid
+            for tid in self._sidecars_due
+            if tid in self._sidecar_io or written.get(tid, recent) > recent
+        }
         due, self._sidecars_due = self._sidecars_due - busy, busy
         out = []
         for tid in sorted(due):
@@ -502,17 +651,25 @@ class Scheduler:
             except KeyError:
                 continue
             if rec.active and not rec.filed:  # a filed ticket's sidecar is written by _file
+                written[tid] = now
                 out.append((tid, rec.name, Path(rec.path), self._sidecar_view(rec)))
         return out
 
     @staticmethod
     def _write_sidecar(
-        _tid: int, name: str, ticket: Path, view: dict[str, Any], sync_dir: bool = False
+        _tid: int,
+        name: str,
+        ticket: Path,
+        view: dict[str, Any],
+        sync_dir: bool = False,
+        durable: bool = False,
     ) -> None:
-        """Write one sidecar (in a worker thread). A progress view lost to a power cut costs
-        nothing, so its folder is not fsynced; the final one's is (by ``file_ticket``)."""
+        """Write one sidecar (in a worker thread). A progress view is rewritten by the ticket's
+        next transition and lost to a power cut at no cost, so neither it nor its folder is
+        fsynced; the final one is ``durable`` (its folder is fsynced after the ticket's filing,
+        or here with ``sync_dir``)."""
         try:
-            folder.write_sidecar(ticket, view, sync_dir=sync_dir)
+            folder.write_sidecar(ticket, view, sync_dir=sync_dir, durable=durable)
         except AgentError as err:
             log.warning("%s: could not write the status file: %s", name, err.message)
 
@@ -526,6 +683,7 @@ class Scheduler:
         if rec.phase is Phase.PENDING:
             return self._pending(rec, spec)
         if rec.phase is Phase.CREATING:
+            await self._persisted()  # the idempotency key and "creating" first
             job = await self.api.create_job(
                 [c.to_api() for c in spec.conversions], idempotency_key=rec.idem_key
             )
@@ -610,6 +768,7 @@ class Scheduler:
             pending = [i for i in self.store.inputs(rec.id) if not i.sent]
         root = Path(rec.root)
         for inp in pending:
+            await self._persisted()
             if inp.kind == InputKind.URL:
                 r = await self.api.add_remote_input(rec.job_id, inp.value)
             else:
@@ -645,6 +804,7 @@ class Scheduler:
             if _start_known(job):
                 self._to(rec, Phase.PROCESSING, "started", remote_status=job.status_code)
                 return
+        await self._persisted()  # start_sent first
         try:
             job = await self.api.start_job(rec.job_id)
         except ApiRejected as err:
@@ -838,6 +998,9 @@ class Scheduler:
             # (disk full, read-only, permission, folder gone) spends no download.
             spent[0] += 1
             self.store.update_output(out.id, gets=spent[0])
+            err = self._commit_now()  # counted before it is sent (a synchronous caller)
+            if err is not None:
+                raise err
             return self.api.open_download(
                 out.uri,
                 password=spec.download.password,
@@ -893,13 +1056,14 @@ class Scheduler:
     ) -> None:
         # The link is made here, on the loop, so the watcher never sees the new name before it
         # is known as ours; the folder's fsync (milliseconds) runs in a worker thread.
+        await self._persisted()  # the digest first: a crash after the link finds the file
         dest = downloader.place(part, folder_path, name, policy, sync_dir=False)
         if dest is None:
             self.store.update_output(out.id, state="skipped", dest_name=None)
             log.info("%s: %s exists already; skipped (on_conflict: skip)", rec.name, name)
             return
         self._own_outputs.add(str(dest))
-        await asyncio.to_thread(downloader.fsync_folder, folder_path)
+        await self._disk.run(None, sync=folder_path, strict=True)
         self._placed(rec, out, dest)
 
     def _placed(self, rec: TicketRecord, out: OutputRecord, dest: Path) -> None:
@@ -949,23 +1113,24 @@ class Scheduler:
                     part.unlink()
             if rec.phase is Phase.CANCELED:
                 if cause == "user":  # the file stays, renamed, so it is not taken up again
-                    self._write_sidecar(rec.id, rec.name, ticket, view)
-                    folder.file_ticket(ticket, "canceled", "rename")
+                    self._write_sidecar(rec.id, rec.name, ticket, view, durable=True)
+                    folder.file_ticket(ticket, "canceled", "rename", sync_dir=False)
                 elif cause == "deleted":
                     folder.remove_sidecar(ticket)
                 # "edited": the new version of the ticket owns the file and the sidecar now
             else:
-                # keep: file_ticket fsyncs no folder, so the sidecar's own write does
-                keep = outcome == "done" and self.cfg.tickets.on_success == "keep"
-                self._write_sidecar(rec.id, rec.name, ticket, view, keep)
-                folder.file_ticket(ticket, outcome, self.cfg.tickets.on_success)
+                self._write_sidecar(rec.id, rec.name, ticket, view, durable=True)
+                folder.file_ticket(ticket, outcome, self.cfg.tickets.on_success, sync_dir=False)
 
         self._sidecars_due.discard(rec.id)
+        self._sidecar_written.pop(rec.id, None)
         try:
             older = self._sidecar_io.get(rec.id)
             if older is not None:  # an older view still being written lands first
                 await asyncio.wait([older])
-            await asyncio.to_thread(disk)
+            await self._persisted()  # the outcome first
+            # The folder (sidecar, rename) is fsynced once for every ticket of the batch.
+            await self._disk.run(disk, sync=ticket.parent)
         except AgentError as err:
             log.warning("%s: could not file the ticket yet: %s", rec.name, err.message)
             self._schedule(rec.id, self.clock() + 30.0)
@@ -1117,6 +1282,7 @@ class Scheduler:
             and rec.kind == TicketKind.CONVERSION
         ):
             try:
+                await self._persisted()
                 await self.api.cancel_job(rec.job_id)
             except AgentError as err:
                 log.warning("%s: could not cancel job %s: %s", rec.name, rec.job_id, err.message)

@@ -2,8 +2,9 @@
 
 Every ticket, the remote job it owns, its inputs and outputs, and a history row for every
 transition live here, so that a restart resumes exactly where the last process stopped. The
-scheduler records a step *before* it takes it; each ``update`` is one transaction together with its
-history row.
+scheduler records a step *before* it takes it; each ``update`` writes its history row with it, all
+or nothing. With ``group_commit`` the writes of many tickets share one transaction, and the
+scheduler commits it before it acts on any of them (docs/DESIGN.md).
 
 The database runs in WAL mode (readers such as ``convert-agent status`` never block the writer)
 with ``synchronous=NORMAL``: every committed transition survives a killed process; after a power
@@ -16,13 +17,14 @@ It must not know about HTTP or folders: it stores strings and numbers.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import hashlib
 import json
 import os
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -153,7 +155,7 @@ class TicketRecord:
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> TicketRecord:
-        d = {f.name: row[f.name] for f in fields(cls)}
+        d = {name: row[name] for name in _TICKET_FIELDS}
         d["phase"] = Phase(d["phase"])
         d["error"] = json.loads(d["error"]) if d["error"] else None
         for k in ("active", "filed", "start_sent"):
@@ -179,6 +181,9 @@ class TicketRecord:
             "updated_at": self.updated_at,
             "finished_at": self.finished_at,
         }
+
+
+_TICKET_FIELDS = tuple(f.name for f in fields(TicketRecord))
 
 
 @dataclass(frozen=True)
@@ -266,9 +271,83 @@ class StateLock:
 
 
 class Store:
+    """The state file. Reads of a live ticket come from a cache of the records this (only)
+    writer holds, kept in step with every write.
+
+    With ``group_commit`` (the scheduler turns it on) writes are not committed one by one: they
+    join one open transaction until ``commit()``, which the caller runs before it acts on any of
+    them (see the scheduler's ``_persisted``). A killed process loses only writes nothing was
+    done about yet. Multi-statement writes stay all-or-nothing (a savepoint each)."""
+
     def __init__(self, db: Database, *, readonly: bool = False) -> None:
         self.db = db
         self.readonly = readonly
+        self.group_commit = False
+        self.on_dirty: Callable[[], None] | None = None  # a group write is waiting for commit()
+        # Live records by id, for the writer only (another process may write a read-only
+        # store's file). Filed tickets leave it; anything else read once stays in step.
+        self._live: dict[int, TicketRecord] = {}
+
+    # ----------------------------------------------------------------- transactions
+
+    @property
+    def dirty(self) -> bool:
+        """Whether writes wait for ``commit()``."""
+        return self.db.conn.in_transaction
+
+    def commit(self) -> None:
+        """Commit the writes made since the last commit (group commit). On failure they are
+        rolled back and the cache forgotten, so nothing unwritten is ever read back."""
+        conn = self.db.conn
+        if not conn.in_transaction:
+            return
+        try:
+            conn.execute("COMMIT")
+        except BaseException:
+            self._live.clear()
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[None]:
+        """One write's statements, all or nothing: its own transaction, or a savepoint in the
+        open one (group commit). A failed write leaves the cache to be read again."""
+        conn = self.db.conn
+        if not self.group_commit:
+            try:
+                with self.db.atomic():
+                    yield
+            except BaseException:
+                self._live.clear()
+                raise
+            return
+        if not conn.in_transaction:
+            conn.execute("BEGIN")
+        conn.execute("SAVEPOINT w")  # one fixed name: nested writes never overlap
+        try:
+            yield
+        except BaseException:
+            self._live.clear()
+            if conn.in_transaction:
+                conn.execute("ROLLBACK TO w")
+                conn.execute("RELEASE w")
+            raise
+        conn.execute("RELEASE w")
+        if self.on_dirty is not None:
+            self.on_dirty()
+
+    def _exec(self, sql: str, params: Sequence[Any]) -> None:
+        """One write statement: committed at once, or part of the open group."""
+        conn = self.db.conn
+        if self.group_commit:
+            if not conn.in_transaction:
+                conn.execute("BEGIN")
+            conn.execute(sql, params)
+            if self.on_dirty is not None:
+                self.on_dirty()
+        else:
+            self.db.execute(sql, params)
 
     # ----------------------------------------------------------------- opening
 
@@ -305,6 +384,8 @@ class Store:
         return cls(db, readonly=True)
 
     def close(self) -> None:
+        if not self.readonly:
+            self.commit()
         self.db.close()
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
@@ -337,8 +418,11 @@ class Store:
         ``inputs`` are (kind, value, absolute path or None). The idempotency key is derived from
         the ticket (prefix, path, content hash and record id), so a retry is a new request.
         """
-        with self.db.atomic():
-            self.db.execute("UPDATE tickets SET active = 0 WHERE path = ? AND active = 1", [path])
+        with self._tx():
+            for (old,) in self.db.conn.execute(
+                "UPDATE tickets SET active = 0 WHERE path = ? AND active = 1 RETURNING id", [path]
+            ).fetchall():
+                self._live.pop(old, None)
             cur = self.db.execute(
                 """INSERT INTO tickets (path, root, sha256, kind, spec, phase, idem_key, error,
                        created_at, updated_at, finished_at, filed)
@@ -366,13 +450,14 @@ class Store:
                     [tid, idx, ikind, value, abs_path, f"{key[:24]}-{idx}"],
                 )
             self._history(tid, now, phase, "accepted" if not error else "rejected", message)
-        return self.get(tid)
+            return self.get(tid)
 
     def reset_for_resubmit(self, ticket_id: int, now: float, *, message: str) -> None:
         """Start a ticket over with a new job: a new idempotency key, inputs unsent, outputs
         forgotten (none were written), back to pending. The old job is left to expire."""
-        with self.db.atomic():
+        with self._tx():
             rec = self.get(ticket_id)
+            self._live.pop(ticket_id, None)
             key = hashlib.sha256(f"{rec.idem_key}\0resubmit".encode()).hexdigest()[:40]
             self.db.execute("DELETE FROM outputs WHERE ticket_id = ?", [ticket_id])
             self.db.execute(
@@ -394,10 +479,16 @@ class Store:
             self._history(ticket_id, now, Phase.PENDING, "resubmitted", message)
 
     def get(self, ticket_id: int) -> TicketRecord:
+        rec = self._live.get(ticket_id)
+        if rec is not None:
+            return rec
         rows = list(self._query("SELECT * FROM tickets WHERE id = ?", [ticket_id]))
         if not rows:
             raise KeyError(ticket_id)
-        return TicketRecord.from_row(rows[0])
+        rec = TicketRecord.from_row(rows[0])
+        if not self.readonly and not rec.filed:
+            self._live[ticket_id] = rec
+        return rec
 
     def active_for_path(self, path: str) -> TicketRecord | None:
         rows = list(self._query("SELECT * FROM tickets WHERE path = ? AND active = 1", [path]))
@@ -425,11 +516,12 @@ class Store:
                 cols[k] = int(bool(cols[k]))
         cols["updated_at"] = now
         assignments = ", ".join(f"{k} = ?" for k in cols)
-        with self.db.atomic():
-            self.db.execute(
+        with self._tx():
+            rec = self.get(ticket_id)
+            self.db.conn.execute(
                 f"UPDATE tickets SET {assignments} WHERE id = ?", [*cols.values(), ticket_id]
             )
-            rec = self.get(ticket_id)
+            rec = self._cached(rec, cols)
             self._history(ticket_id, now, rec.phase, event, message)
         return rec
 
@@ -439,14 +531,36 @@ class Store:
             changes["error"] = json.dumps(changes["error"]) if changes["error"] else None
         changes["updated_at"] = now
         assignments = ", ".join(f"{k} = ?" for k in changes)
-        self.db.execute(
-            f"UPDATE tickets SET {assignments} WHERE id = ?", [*changes.values(), ticket_id]
-        )
+        with self._tx():
+            rec = self._live.get(ticket_id)
+            self.db.conn.execute(
+                f"UPDATE tickets SET {assignments} WHERE id = ?", [*changes.values(), ticket_id]
+            )
+            if rec is not None:
+                self._cached(rec, changes)
+
+    def _cached(self, rec: TicketRecord, cols: Mapping[str, Any]) -> TicketRecord:
+        """``rec`` with the column values just written (as stored), kept in the cache unless
+        it is filed now."""
+        d = dict(cols)
+        if "phase" in d:
+            d["phase"] = Phase(d["phase"])
+        if "error" in d:
+            d["error"] = json.loads(d["error"]) if d["error"] else None
+        for k in ("active", "filed", "start_sent"):
+            if k in d:
+                d[k] = bool(d[k])
+        new = dataclasses.replace(rec, **d)
+        if new.filed:
+            self._live.pop(rec.id, None)
+        else:
+            self._live[rec.id] = new
+        return new
 
     def _history(
         self, ticket_id: int, now: float, phase: Phase, event: str, message: str | None
     ) -> None:
-        self.db.execute(
+        self.db.conn.execute(
             "INSERT INTO history (ticket_id, at, phase, event, message) VALUES (?, ?, ?, ?, ?)",
             [ticket_id, now, str(phase), event, message],
         )
@@ -526,13 +640,11 @@ class Store:
         ]
 
     def mark_input_sent(self, input_id: int, remote_id: str | None) -> None:
-        self.db.execute(
-            "UPDATE inputs SET sent = 1, remote_id = ? WHERE id = ?", [remote_id, input_id]
-        )
+        self._exec("UPDATE inputs SET sent = 1, remote_id = ? WHERE id = ?", [remote_id, input_id])
 
     def record_outputs(self, ticket_id: int, outputs: Sequence[RemoteOutput]) -> None:
         """Insert outputs not seen before, refresh uri/status/checksum of the others."""
-        with self.db.atomic():
+        with self._tx():
             for idx, o in enumerate(outputs):
                 self.db.execute(
                     """INSERT INTO outputs (ticket_id, idx, remote_id, filename, uri, size,
@@ -565,9 +677,7 @@ class Store:
 
     def update_output(self, output_id: int, **changes: Any) -> None:
         assignments = ", ".join(f"{k} = ?" for k in changes)
-        self.db.execute(
-            f"UPDATE outputs SET {assignments} WHERE id = ?", [*changes.values(), output_id]
-        )
+        self._exec(f"UPDATE outputs SET {assignments} WHERE id = ?", [*changes.values(), output_id])
 
     def output_names(self, root: str) -> set[str]:
         """Absolute paths of every output the agent placed under ``root`` (its own files)."""
@@ -587,6 +697,8 @@ class Store:
         return rows[0]["value"] if rows else default
 
     def set_meta(self, key: str, value: str | None) -> None:
+        """Committed at once (with any writes waiting for a group commit)."""
+        self.commit()
         if value is None:
             self.db.execute("DELETE FROM meta WHERE key = ?", [key])
         else:

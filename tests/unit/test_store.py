@@ -103,3 +103,57 @@ def test_public_view_has_no_secrets() -> None:
     rec = store.update(tid, 2.0, event="created", job_id="j1", job_token="sekrittoken")
     assert "sekrittoken" not in json.dumps(rec.public())
     assert "sekrittoken" not in repr(rec)
+
+
+def test_cached_records_follow_every_write() -> None:
+    store = Store.open(":memory:")
+    tid = add(store)
+    assert store.get(tid) is store.get(tid)  # a live record is read once
+    store.update(tid, 2.0, event="created", phase=Phase.UPLOADING, job_id="j1", error={"m": 1})
+    store.touch(tid, 3.0, remote_status="processing", error=None)
+    rec = store.get(tid)
+    fresh = Store(store.db, readonly=True)  # no cache: straight from the database
+    assert rec == fresh.get(tid)
+    assert rec.phase is Phase.UPLOADING and rec.error is None and rec.updated_at == 3.0
+    store.update(tid, 4.0, event="started", start_sent=True)
+    assert store.get(tid).start_sent is True and store.get(tid) == fresh.get(tid)
+    second = add(store, sha="s2")  # retires the cached first record
+    assert store.get(tid).active is False and store.get(second).active is True
+    store.reset_for_resubmit(second, 5.0, message="again")
+    assert store.get(second) == fresh.get(second)
+    store.update(second, 6.0, event="filed", phase=Phase.DONE, filed=True)
+    assert store.get(second).filed and store.get(second) == fresh.get(second)
+
+
+def test_group_commit_keeps_writes_from_other_readers_until_commit(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    store = Store.open(path)
+    store.group_commit = True
+    dirtied: list[int] = []
+    store.on_dirty = lambda: dirtied.append(1)
+    tid = add(store)
+    store.update(tid, 2.0, event="created", phase=Phase.UPLOADING, job_id="j1")
+    store.mark_input_sent(store.inputs(tid)[0].id, "r1")
+    assert store.dirty and dirtied
+    reader = Store.open_readonly(path)
+    assert reader.tickets() == []  # nothing committed yet: a killed process did nothing of it
+    store.commit()
+    assert not store.dirty
+    assert reader.get(tid).phase is Phase.UPLOADING
+    assert reader.inputs(tid)[0].sent
+    assert [h["event"] for h in reader.history(tid)] == ["accepted", "created"]
+    store.update(tid, 3.0, event="x", phase=Phase.STARTING)
+    store.close()  # commits what is left
+    assert reader.get(tid).phase is Phase.STARTING
+    reader.close()
+
+
+def test_a_failed_grouped_write_leaves_no_part_of_it_and_the_rest_intact() -> None:
+    store = Store.open(":memory:")
+    store.group_commit = True
+    tid = add(store)
+    with pytest.raises(Exception, match="no such column"):
+        store.update(tid, 2.0, event="created", phase=Phase.UPLOADING, nonsense=1)
+    store.commit()
+    assert store.get(tid).phase is Phase.PENDING
+    assert [h["event"] for h in store.history(tid)] == ["accepted"]

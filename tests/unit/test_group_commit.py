@@ -1,0 +1,130 @@
+"""Group commit in the scheduler: transitions written in one loop turn share one commit, and an
+act waits until its transition is committed (persist the transition, then act)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.api import ApiClient
+from agent.config import Config, FolderConfig, LogConfig, StateConfig
+from agent.models import Phase
+from agent.scheduler import Scheduler, _DiskBatch
+from agent.store import Store
+
+
+def make(tmp_path: Path) -> tuple[Scheduler, Store, Path]:
+    db = tmp_path / "state.db"
+    cfg = Config(
+        folders=(FolderConfig(path=tmp_path),),
+        state=StateConfig(path=db),
+        log=LogConfig(file=None),
+    )
+    store = Store.open(db)
+    api = ApiClient("http://127.0.0.1:9/v2", "k")
+    return Scheduler(cfg, store, api), store, db
+
+
+def add(store: Store, name: str) -> int:
+    return store.add_ticket(
+        path=f"/in/{name}.job",
+        root="/in",
+        sha256="s",
+        kind="conversion",
+        spec={},
+        inputs=[],
+        idem_prefix="p",
+        now=1.0,
+    ).id
+
+
+def committed_phase(db: Path, tid: int) -> str | None:
+    with sqlite3.connect(db) as other:
+        row = other.execute("SELECT phase FROM tickets WHERE id = ?", [tid]).fetchone()
+    return row[0] if row else None
+
+
+async def test_acts_wait_for_one_shared_commit(tmp_path: Path, monkeypatch: Any) -> None:
+    sched, store, db = make(tmp_path)
+    a, b = add(store, "a"), add(store, "b")
+    await sched._persisted()
+    commits: list[int] = []
+    real = store.commit
+    monkeypatch.setattr(store, "commit", lambda: (commits.append(1), real())[1])
+    seen: dict[int, str | None] = {}
+
+    async def step(tid: int) -> None:
+        store.update(tid, 2.0, event="creating", phase=Phase.CREATING)
+        assert committed_phase(db, tid) == "pending"  # not yet: nothing acted on it
+        await sched._persisted()
+        seen[tid] = committed_phase(db, tid)  # the "act": its transition is on disk
+
+    await asyncio.gather(step(a), step(b))
+    assert seen == {a: "creating", b: "creating"}
+    assert len([c for c in commits if c]) == 1  # one transaction for both
+    await sched._persisted()  # nothing left: returns at once
+    await sched.api.close()
+    store.close()
+
+
+async def test_writes_without_an_act_are_committed_soon(tmp_path: Path) -> None:
+    sched, store, db = make(tmp_path)
+    tid = add(store, "a")
+    store.update(tid, 2.0, event="waiting", phase=Phase.PROCESSING)
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert not store.dirty and committed_phase(db, tid) == "processing"
+    await sched.api.close()
+    store.close()
+
+
+async def test_a_failed_commit_fails_the_acts_waiting_for_it(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    sched, store, _ = make(tmp_path)
+    tid = add(store, "a")
+    await sched._persisted()
+    store.update(tid, 2.0, event="creating", phase=Phase.CREATING)
+
+    def broken() -> None:
+        store.db.conn.execute("ROLLBACK")
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(store, "commit", broken)
+    with pytest.raises(sqlite3.OperationalError):
+        await sched._persisted()
+    monkeypatch.undo()
+    assert Store(store.db, readonly=True).get(tid).phase is Phase.PENDING
+    await sched.api.close()
+    store.close()
+
+
+async def test_disk_batch_runs_in_order_and_syncs_each_folder_once(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    from agent import downloader
+
+    synced: list[Path] = []
+    monkeypatch.setattr(downloader, "fsync_folder", synced.append)
+    batch = _DiskBatch()
+    order: list[int] = []
+
+    def boom() -> None:
+        raise OSError("no space left")
+
+    futs = [
+        batch.run(lambda: order.append(1), sync=tmp_path),
+        batch.run(boom, sync=tmp_path / "other"),
+        batch.run(lambda: order.append(3) or "three", sync=tmp_path),
+        batch.run(None, sync=tmp_path, strict=True),
+    ]
+    results = await asyncio.gather(*futs, return_exceptions=True)
+    assert order == [1, 3]
+    assert results[0] is None and results[2] == "three" and results[3] is None
+    assert isinstance(results[1], OSError)
+    assert synced == [tmp_path]  # once, and not for the operation that failed
+    await batch.drain()
