@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import itertools
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -258,6 +259,26 @@ async def test_without_writev_blocks_are_written_one_by_one(
     part = tmp_path / ".p.part"
     result = await fetch(Opener(), part)
     assert result.verdict == "verified" and part.read_bytes() == DATA
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="no posix_fadvise here")
+async def test_written_ranges_are_handed_to_writeback_then_dropped_a_round_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(downloader, "WRITE_BUFFER", 150_000)
+    monkeypatch.setattr(downloader, "WRITEBACK_EVERY", 500_000)
+    calls: list[tuple[int, int]] = []
+    monkeypatch.setattr(
+        downloader.os, "posix_fadvise", lambda fd, off, n, advice: calls.append((off, n))
+    )
+    part = tmp_path / ".p.part"
+    result = await fetch(Opener(), part)
+    assert result.verdict == "verified" and part.read_bytes() == DATA
+    kicks = [calls[0], *calls[1::2]]  # each round: the new range, then the one before it
+    drops = calls[2::2]
+    assert len(kicks) >= 4 and drops == kicks[: len(drops)] and len(drops) == len(kicks) - 1
+    assert kicks[0][0] == 0 and all(a + n == b for (a, n), (b, _) in itertools.pairwise(kicks))
+    assert all(n >= 500_000 for _, n in kicks)
 
 
 async def test_permanent_refusal_removes_part(tmp_path: Path) -> None:
