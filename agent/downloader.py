@@ -51,7 +51,9 @@ _ALGORITHMS = {32: "md5", 40: "sha1", 64: "sha256"}
 _HEX = frozenset("0123456789abcdef")
 # Digest of files without a server checksum, so a restart can still recognise them.
 LOCAL_ALGORITHM = "sha256"
-WRITE_BUFFER = 1024 * 1024
+# Received bytes are handed to the hashing and writing threads this many at a time: each hand-off
+# costs the loop a few wake-ups, and 4 MiB instead of 1 MiB took ~0.2 s of CPU off 1 GiB.
+WRITE_BUFFER = 4 * 1024 * 1024
 # Every this many bytes written, the new ones are handed to the kernel's writeback
 # (POSIX_FADV_DONTNEED starts it) and the ones handed over the time before, clean by now, are
 # dropped from the page cache. The final fsync has little left to wait for, a 1 GiB download
@@ -60,8 +62,8 @@ WRITE_BUFFER = 1024 * 1024
 WRITEBACK_EVERY = 32 * 1024 * 1024
 READ_BLOCK = 1024 * 1024
 # Received bytes handed to the hashing and writing threads and not yet through both: the loop
-# waits above this (it bounds memory; a few MiB keep both threads busy between wake-ups).
-IN_FLIGHT = 8 * 1024 * 1024
+# waits above this (it bounds memory; a few buffers keep both threads busy between wake-ups).
+IN_FLIGHT = 16 * 1024 * 1024
 _WRITEV = getattr(os, "writev", None)
 
 
