@@ -80,10 +80,13 @@ MAX_GETS_PER_OUTPUT = 8  # the service allows ~10 downloads; keep a margin for t
 # thousands of fsyncs on the event loop nor waits for them one by one. The final sidecar is
 # written when the ticket is filed, after any older write of it has landed.
 SIDECAR_COALESCE_SECONDS = 0.1
-# A ticket's progress view is rewritten at most this often (its first one and the final one are
-# not held back): in a burst a ticket moves through all its steps in well under a second, and
-# each write is a file, a rename and four watcher events.
-SIDECAR_MIN_INTERVAL = 1.0
+# A progress view is written once its ticket has not changed for SIDECAR_QUIET_SECONDS, or when
+# the view on disk has been behind for SIDECAR_MAX_BEHIND_SECONDS: a ticket running through its
+# steps in a burst (each in tens of milliseconds) gets no views for states it leaves at once,
+# each of which would be a file, a rename and four watcher events. The final view is written
+# when the ticket is filed.
+SIDECAR_QUIET_SECONDS = 0.25
+SIDECAR_MAX_BEHIND_SECONDS = 1.0
 
 
 class ProgressListener(Protocol):
@@ -102,6 +105,8 @@ class _Volatile:
     input_stats: dict[str, tuple[int, int]] | None = None
     failing_since: float | None = None  # first transient failure of the current streak
     outputs_seen_at: float | None = None  # when the outputs' uri/status were last read
+    spec_json: str | None = None  # the stored spec that ``spec`` was parsed from
+    spec: TicketSpec | None = None
 
 
 _DiskItem = tuple[Callable[[], Any] | None, Path | None, bool, asyncio.Future[Any]]
@@ -213,7 +218,8 @@ class Scheduler:
         self._sidecars_due: set[int] = set()  # tickets whose sidecar is behind the store
         self._sidecar_flush: asyncio.Task[None] | None = None
         self._sidecar_io: dict[int, asyncio.Future[None]] = {}  # a write in a worker thread
-        self._sidecar_written: dict[int, float] = {}  # monotonic time of the last progress view
+        # Monotonic times of a due view's first and latest unwritten change.
+        self._sidecar_changed: dict[int, tuple[float, float]] = {}
         self._disk = _DiskBatch()  # small file work of many tickets, one worker job at a time
         # Group commit: transitions join one transaction, committed once per loop turn; an act
         # that depends on one waits for that commit first (``_persisted``).
@@ -222,7 +228,7 @@ class Scheduler:
         store.group_commit = True
         store.on_dirty = self._commit_soon
         self._stopping = False
-        self._slots = asyncio.Semaphore(max(2, cfg.api.max_concurrency * 2))
+        self._slots = asyncio.Semaphore(max(2, cfg.api.max_concurrency * 4))
         self.paused = store.get_meta("paused") == "1"
         self.auth_problem: AgentError | None = None
         self._auth_probe_at = 0.0
@@ -386,6 +392,17 @@ class Scheduler:
         if v is None:
             v = self._vol[tid] = _Volatile()
         return v
+
+    def _spec_of(self, rec: TicketRecord, *, keep: bool = True) -> TicketSpec:
+        """The ticket's parsed spec, parsed once rather than at every step (kept with what the
+        ticket holds in memory; ``keep=False`` for a ticket that is finishing)."""
+        vol = self._vol_of(rec.id) if keep else self._vol.get(rec.id)
+        if vol is not None and vol.spec is not None and vol.spec_json == rec.spec:
+            return vol.spec
+        spec = TicketSpec.from_json(_loads(rec.spec))
+        if vol is not None:
+            vol.spec, vol.spec_json = spec, rec.spec
+        return spec
 
     # ------------------------------------------------------------------ group commit
 
@@ -597,6 +614,8 @@ class Scheduler:
     def _changed(self, rec: TicketRecord) -> None:
         if not rec.filed:
             self._sidecars_due.add(rec.id)
+            t = time.monotonic()
+            self._sidecar_changed[rec.id] = (self._sidecar_changed.get(rec.id, (t, t))[0], t)
             if self._sidecar_flush is None and not self._stopping:
                 self._sidecar_flush = asyncio.create_task(self._flush_sidecars())
                 self._side_tasks.add(self._sidecar_flush)
@@ -636,22 +655,25 @@ class Scheduler:
         """What is due now, read on the loop (the store is not shared with threads); with
         ``held_back`` also the views SIDECAR_MIN_INTERVAL holds back (at stop)."""
         now = time.monotonic()
-        recent = now - (0.0 if held_back else SIDECAR_MIN_INTERVAL)
-        written = self._sidecar_written
+        quiet = now - (0.0 if held_back else SIDECAR_QUIET_SECONDS)
+        behind = now - (0.0 if held_back else SIDECAR_MAX_BEHIND_SECONDS)
+        changed = self._sidecar_changed
+        idle = (0.0, 0.0)
         busy = {
             tid
             for tid in self._sidecars_due
-            if tid in self._sidecar_io or written.get(tid, recent) > recent
+            if tid in self._sidecar_io
+            or (changed.get(tid, idle)[1] > quiet and changed.get(tid, idle)[0] > behind)
         }
         due, self._sidecars_due = self._sidecars_due - busy, busy
         out = []
         for tid in sorted(due):
+            changed.pop(tid, None)
             try:
                 rec = self.store.get(tid)
             except KeyError:
                 continue
             if rec.active and not rec.filed:  # a filed ticket's sidecar is written by _file
-                written[tid] = now
                 out.append((tid, rec.name, Path(rec.path), self._sidecar_view(rec)))
         return out
 
@@ -679,7 +701,7 @@ class Scheduler:
 
     async def _step(self, rec: TicketRecord) -> float | None:
         """Take one step; return when to come back (None = go on at once)."""
-        spec = TicketSpec.from_json(_loads(rec.spec))
+        spec = self._spec_of(rec)
         if rec.phase is Phase.PENDING:
             return self._pending(rec, spec)
         if rec.phase is Phase.CREATING:
@@ -778,13 +800,14 @@ class Scheduler:
                     raise TicketError(
                         f"input {inp.value} now points outside the watched folder; refused"
                     )
-                if not p.exists():
+                try:
+                    size: int | None = os.stat(p).st_size  # one stat: it exists, its size
+                except (FileNotFoundError, NotADirectoryError):
                     raise TicketError(
                         f"input {inp.value} disappeared before it was uploaded: put it back "
                         "and retry the ticket"
-                    )
+                    ) from None
                 key = f"up:{inp.id}"
-                size = _size(str(p))
                 self._progress(key, f"↑ {p.name}", 0, size)
                 try:
                     r = await self.api.upload_file(
@@ -1123,7 +1146,7 @@ class Scheduler:
                 folder.file_ticket(ticket, outcome, self.cfg.tickets.on_success, sync_dir=False)
 
         self._sidecars_due.discard(rec.id)
-        self._sidecar_written.pop(rec.id, None)
+        self._sidecar_changed.pop(rec.id, None)
         try:
             older = self._sidecar_io.get(rec.id)
             if older is not None:  # an older view still being written lands first
@@ -1149,7 +1172,7 @@ class Scheduler:
         outs = self.store.outputs(rec.id)
         if not outs:
             return []
-        spec = TicketSpec.from_json(_loads(rec.spec))
+        spec = self._spec_of(rec, keep=False)
         d = Path(rec.path).parent
         return [
             d / paths.part_name(self._output_name(rec, spec, out, len(outs)), out.remote_id)

@@ -1,5 +1,6 @@
-"""Group commit in the scheduler: transitions written in one loop turn share one commit, and an
-act waits until its transition is committed (persist the transition, then act)."""
+"""The scheduler's batching: group commit (transitions written in one loop turn share one commit,
+and an act waits until its transition is committed: persist the transition, then act), the disk
+batch, and progress sidecars held back while their ticket is still moving."""
 
 from __future__ import annotations
 
@@ -128,3 +129,34 @@ async def test_disk_batch_runs_in_order_and_syncs_each_folder_once(
     assert isinstance(results[1], OSError)
     assert synced == [tmp_path]  # once, and not for the operation that failed
     await batch.drain()
+
+
+async def test_progress_views_wait_until_the_ticket_is_quiet_or_long_behind(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    from agent import scheduler as mod
+
+    sched, store, _ = make(tmp_path)
+    now = [100.0]
+    monkeypatch.setattr(mod.time, "monotonic", lambda: now[0])
+    tid = add(store, "a")
+    sched._changed(store.get(tid))
+    assert sched._due_sidecars() == []  # it just changed
+    now[0] += mod.SIDECAR_QUIET_SECONDS
+    assert [i[0] for i in sched._due_sidecars()] == [tid]  # quiet long enough
+    first = now[0] + 0.1
+    for _ in range(20):  # changes every 0.1 s: held back, but not much over a second
+        now[0] += 0.1
+        store.update(tid, 2.0, event="status", message="still going")
+        sched._changed(store.get(tid))
+        if sched._due_sidecars():
+            break
+    assert mod.SIDECAR_MAX_BEHIND_SECONDS <= now[0] - first < mod.SIDECAR_MAX_BEHIND_SECONDS + 0.2
+    store.update(tid, 3.0, event="status", message="again")
+    sched._changed(store.get(tid))
+    assert [i[0] for i in sched._due_sidecars(held_back=True)] == [tid]  # at stop: all of them
+    monkeypatch.undo()
+    if sched._sidecar_flush is not None:
+        sched._sidecar_flush.cancel()
+    await sched.api.close()
+    store.close()
