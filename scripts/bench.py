@@ -411,8 +411,10 @@ def drop(folder: Path, stage: Path, n: int, prefix: str) -> float:
 # =========================================================================== 1. throughput
 
 
-def run_agent_batch(work: Path, emu: Emulator, n: int, name: str) -> float:
-    """Tickets/s for ``n`` tickets dropped at once into a running agent's folder."""
+def run_agent_batch(work: Path, emu: Emulator, n: int, name: str) -> tuple[float, float]:
+    """Tickets/s for ``n`` tickets dropped at once into a running agent's folder, and the
+    agent's CPU milliseconds per ticket meanwhile (all its threads: a shared, noisy machine
+    changes the rate more than the CPU it takes)."""
     d = work / name
     inbox, stage = d / "inbox", d / "stage"
     make_tickets(inbox, stage, n, "t")
@@ -420,14 +422,16 @@ def run_agent_batch(work: Path, emu: Emulator, n: int, name: str) -> float:
     agent = Agent(cfg, d / "agent.log")
     try:
         agent.wait_ready()
+        cpu0 = cpu_seconds(agent.pid)
         t0 = drop(inbox, stage, n, "t")
         end = wait_until(
             lambda: count_suffix(inbox, ".job.done", ".job.failed") >= n, 600, f"{n} tickets"
         )
+        cpu_ms = (cpu_seconds(agent.pid) - cpu0) * 1000 / n
         failed = count_suffix(inbox, ".job.failed")
         if failed:
             raise RuntimeError(f"{failed} tickets failed; see {agent.log}")
-        return n / (end - t0)
+        return n / (end - t0), cpu_ms
     finally:
         agent.stop()
         shutil.rmtree(d, ignore_errors=True)
@@ -467,7 +471,7 @@ def bench_throughput(work: Path, q: bool, reps: int) -> tuple[list[Row], dict[st
         ("b 2 s conversions", 2.0, 200 if q else 1000, 24 if q else 80, None, 5.0),
     ]
     for label, processing, n, sdk_n, floor, factor in plans:
-        agent_rates, sdk_rates = [], []
+        agent_rates, sdk_rates, agent_cpu = [], [], []
         for rep in range(reps):
             emu = Emulator(work, processing)
             try:
@@ -476,14 +480,16 @@ def bench_throughput(work: Path, q: bool, reps: int) -> tuple[list[Row], dict[st
                     order.reverse()
                 for who, r in order:
                     if who == "agent":
-                        agent_rates.append(run_agent_batch(work, emu, n, f"tp-agent-{r}"))
+                        rate, cpu_ms = run_agent_batch(work, emu, n, f"tp-agent-{r}")
+                        agent_rates.append(rate)
+                        agent_cpu.append(cpu_ms)
                     else:
                         sdk_rates.append(run_sdk_batch(work, emu, sdk_n, f"tp-sdk-{r}"))
             finally:
                 emu.stop()
             log(
-                f"  throughput {label} rep {rep + 1}: agent {agent_rates[-1]:.1f}/s, "
-                f"SDK {sdk_rates[-1]:.2f}/s"
+                f"  throughput {label} rep {rep + 1}: agent {agent_rates[-1]:.1f}/s "
+                f"({agent_cpu[-1]:.1f} ms CPU/ticket), SDK {sdk_rates[-1]:.2f}/s"
             )
         rat = paired_ratios(agent_rates, sdk_rates)
         met = rat["median"] is not None and rat["median"] >= factor
@@ -497,6 +503,7 @@ def bench_throughput(work: Path, q: bool, reps: int) -> tuple[list[Row], dict[st
             "processing_seconds": processing,
             "agent_per_s": agent_rates,
             "sdk_per_s": sdk_rates,
+            "agent_cpu_ms_per_ticket": agent_cpu,
         }
         rows.append(
             Row(
@@ -509,6 +516,9 @@ def bench_throughput(work: Path, q: bool, reps: int) -> tuple[list[Row], dict[st
                 target,
                 met,
             )
+        )
+        rows.append(
+            Row("1 throughput", f"{label[0]} agent CPU per ticket", summarize(agent_cpu), "ms")
         )
     return rows, raw
 
