@@ -1030,6 +1030,7 @@ class Scheduler:
                 encoding=spec.download.encoding,
                 offset=offset,
                 validator=validator,
+                chunk_size=self.cfg.download.chunk_size,
             )
 
         try:
