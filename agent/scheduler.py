@@ -853,12 +853,21 @@ class Scheduler:
             if r.job_id
         ]
 
+    def _polled_alone(self, tid: int, sweep_interval: float) -> bool:
+        """A young job is polled on its own while its schedule polls more often than the sweeps
+        (a quick conversion is noticed as soon as without them); then the sweeps take it over."""
+        polls = self._vol_of(tid).polls
+        p = self.cfg.polling
+        return lifecycle.poll_delay(polls, p.min_interval, p.max_interval, 0.0) < sweep_interval
+
     async def _poll(self, rec: TicketRecord, spec: TicketSpec) -> float | None:
         assert rec.job_id is not None
         sweep = self.sweeper
         job = sweep.take(rec.id) if sweep is not None else None
         if job is None or job.id != rec.job_id:
-            covered = sweep.covered_until(rec.id) if sweep is not None else None
+            covered = None
+            if sweep is not None and not self._polled_alone(rec.id, sweep.interval):
+                covered = sweep.covered_until(rec.id)
             if covered is not None and self.clock() < covered:
                 return covered  # the sweep watches this job; it wakes the ticket on news
             token = rec.job_token if spec.kind is TicketKind.ADOPTION else None
@@ -883,9 +892,10 @@ class Scheduler:
                 )
                 self._changed(rec)
             vol.polls += 1
-            later = sweep.cover(rec.id) if sweep is not None else None
-            if later is not None:
-                return later
+            if sweep is not None and not self._polled_alone(rec.id, sweep.interval):
+                later = sweep.cover(rec.id)
+                if later is not None:
+                    return later
             return self.clock() + lifecycle.poll_delay(
                 vol.polls,
                 self.cfg.polling.min_interval,
