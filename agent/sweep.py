@@ -6,6 +6,8 @@ every ``interval`` seconds (half of ``polling.max_interval``, at least ``min_int
 finished job is noticed sooner than per-job polling at its cap would), and tells the scheduler
 which of its jobs changed. A job the sweep has seen is *covered*: its own poll is pushed far out
 (``COVER_SECONDS``) and it costs no request of its own until the sweep sees it finish or change.
+The scheduler still polls a young job on its own while its schedule is more frequent than the
+sweeps, so quick conversions are noticed as soon as without them.
 
 The sweep is an optimisation, never a source of truth the agent depends on:
 
