@@ -1226,6 +1226,9 @@ class Scheduler:
             if active.phase is Phase.DONE and self.cfg.tickets.on_success == "keep":
                 self._parse_retry.pop(key, None)
                 return
+        if active is None and self._follow_rename(path, fcfg, sha):
+            self._parse_retry.pop(key, None)
+            return
         if active is not None and not active.phase.terminal:
             await self._cancel(
                 active, "the ticket was edited; the new version replaces it", "edited"
@@ -1280,6 +1283,29 @@ class Scheduler:
         self._changed(rec)
         self._schedule(rec.id, 0.0)
 
+    def _follow_rename(self, path: Path, fcfg: FolderConfig, sha: str) -> bool:
+        """A running ticket renamed within its folder (same bytes, old name gone) is followed:
+        the record takes the new name and its job goes on; nothing is created twice."""
+        for rec in self.store.same_content_elsewhere(str(fcfg.path), sha, str(path)):
+            old = Path(rec.path)
+            if rec.phase.terminal or old.parent != path.parent or old.exists():
+                continue
+            rec = self.store.update(
+                rec.id,
+                self.clock(),
+                event="renamed",
+                message=f"the ticket was renamed from {old.name} to {path.name}",
+                path=str(path),
+            )
+            folder.remove_sidecar(old)
+            log.info("%s [job %s]: renamed from %s; it goes on", path.name, rec.job_id, old.name)
+            self.seen_this_run.add(rec.id)
+            self._changed(rec)
+            if rec.id not in self._tasks:
+                self._schedule(rec.id, 0.0)
+            return True
+        return False
+
     def _instance(self) -> str:
         inst = self.store.get_meta("instance")
         if inst is None:
@@ -1295,6 +1321,8 @@ class Scheduler:
         if path.exists():
             return  # it came back (an editor saving by rename): the ticket event handles it
         rec = self.store.get(rec.id)
+        if rec.path != str(path):
+            return  # renamed: the record follows the new name (_follow_rename)
         if rec.active and not rec.phase.terminal:
             await self._cancel(rec, "the ticket file was deleted", "deleted")
 

@@ -513,6 +513,15 @@ class Store:
             self._live[ticket_id] = rec
         return rec
 
+    def same_content_elsewhere(self, root: str, sha256: str, path: str) -> list[TicketRecord]:
+        """Active tickets under ``root`` with these bytes at another path (was it renamed?)."""
+        rows = self._query(
+            "SELECT id FROM tickets WHERE active = 1 AND root = ? AND sha256 = ? AND path != ?"
+            " ORDER BY id",
+            [root, sha256, path],
+        )
+        return [self.get(r["id"]) for r in rows]
+
     def active_for_path(self, path: str) -> TicketRecord | None:
         rows = list(self._query("SELECT * FROM tickets WHERE path = ? AND active = 1", [path]))
         return TicketRecord.from_row(rows[0]) if rows else None

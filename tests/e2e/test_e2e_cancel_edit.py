@@ -89,3 +89,33 @@ async def test_editing_a_ticket_while_its_job_runs_makes_a_new_request(
     assert sidecar(inbox, "photo")["job_id"] == new["id"]
     assert md5(inbox / "photo.webp") == emulator_outputs(state)["photo.webp"]
     assert names(inbox) == {"photo.png", "photo.webp", "photo.job.done", "photo.status.yaml"}
+
+
+async def test_renaming_a_ticket_while_its_job_runs_follows_it_without_a_second_job(
+    tmp_path: Path, make_emulator: MakeEmulator
+) -> None:
+    emu = await make_emulator(processing_seconds=4)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "photo.png").write_bytes(png_bytes())
+    cfg = write_config(tmp_path / "c.yaml", emu.base_url, [inbox], tmp_path / "state.db")
+    log = tmp_path / "agent.log"
+    proc = spawn_agent(cfg, "run", log=log)
+    try:
+        await wait_for_log(log, "watching")
+        (inbox / "photo.job").write_text("input: photo.png\ntarget: jpg\n")
+        job_id = await _running_job(emu)
+        await wait_for(lambda: (inbox / "photo.status.yaml").exists(), 5, "the sidecar")
+        (inbox / "photo.job").rename(inbox / "holiday.job")
+        await wait_for(lambda: (inbox / "holiday.job.done").exists(), 20, "holiday.job.done")
+        await asyncio.sleep(1.0)  # past the deletion grace (0.5 s): nothing is canceled
+    finally:
+        await stop_agent(proc)
+    assert len(emu.state.jobs) == 1 and emu.state.jobs[job_id].status == "completed"
+    produced = emulator_outputs(emu.state.snapshot())
+    assert names(inbox) == {"photo.png", "holiday.job.done", "holiday.status.yaml", *produced}
+    for filename, checksum in produced.items():
+        assert md5(inbox / filename) == checksum
+    side = sidecar(inbox, "holiday")
+    assert side["phase"] == "done" and side["job_id"] == job_id, side
+    assert "renamed from photo.job" in log.read_text()
