@@ -933,6 +933,11 @@ class Scheduler:
             self.store.record_outputs(rec.id, job.outputs)
         self._vol_of(rec.id).outputs_seen_at = self.clock()
 
+    def _record_validator(self, out: OutputRecord, validator: str | None) -> None:
+        """Keep the download's ETag/Last-Modified, so a resume after a restart sends If-Range."""
+        if validator != out.validator:
+            self.store.update_output(out.id, validator=validator)
+
     async def _download(self, rec: TicketRecord, spec: TicketSpec) -> None:
         outs = self.store.outputs(rec.id)
         count = len(outs)
@@ -1053,6 +1058,8 @@ class Scheduler:
                 expected_size=out.size,
                 verify=spec.download.verify,
                 resume=True,
+                validator=out.validator,
+                on_validator=functools.partial(self._record_validator, out),
                 on_progress=lambda done, total: self._progress(key, f"↓ {name}", done, total),
             )
         except downloader.ChecksumMismatch as err:

@@ -222,6 +222,7 @@ class OutputRecord:
     verdict: str | None
     gets: int
     mismatches: int
+    validator: str | None = None  # ETag/Last-Modified of the last download: If-Range on resume
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> OutputRecord:
@@ -270,12 +271,17 @@ class StateLock:
             self._fd = None
 
 
+def m002_output_validator(db: Database) -> None:
+    # The download's validator, kept so a resume after a restart still sends If-Range.
+    db.execute("ALTER TABLE outputs ADD COLUMN validator TEXT")
+
+
 def _migrations() -> Any:
     """The schema's migrations, in order (sqlite-utils' Migrations, imported here)."""
     from sqlite_utils.migrations import Migrations
 
     m = Migrations("convert-agent")
-    for step in (m001_initial,):
+    for step in (m001_initial, m002_output_validator):
         m()(step)
     return m
 

@@ -132,6 +132,7 @@ async def download_file(request: web.Request) -> web.StreamResponse:
         output.downloads_counter = max(output.downloads_counter, config.download_limit)
     status = output.status(state.clock.now(), config)
     record = DownloadRecord(job.id, output.id, 0, request.headers.get("Range"), None, 0, False)
+    record.if_range = request.headers.get("If-Range")
     record.fault = next((k for k in faults if k in ("corrupt", "truncate", "slow")), None)
     state.downloads.append(record)
     refusals = {

@@ -292,6 +292,7 @@ class DownloadRecord:
     bytes: int
     counted: bool
     fault: str | None = None
+    if_range: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)

@@ -157,3 +157,28 @@ def test_a_failed_grouped_write_leaves_no_part_of_it_and_the_rest_intact() -> No
     store.commit()
     assert store.get(tid).phase is Phase.PENDING
     assert [h["event"] for h in store.history(tid)] == ["accepted"]
+
+
+def test_a_state_file_from_before_the_validator_column_is_migrated(tmp_path: Path) -> None:
+    import sqlite3
+
+    from sqlite_utils import Database
+    from sqlite_utils.migrations import Migrations
+
+    from agent.store import m001_initial
+
+    db_path = tmp_path / "old.db"
+    first = Migrations("convert-agent")  # the schema as the first release wrote it
+    first()(m001_initial)
+    old = Database(sqlite3.connect(db_path))
+    first.apply(old)
+    old.close()
+    store = Store.open(db_path)
+    cols = {r[1] for r in store.db.conn.execute("PRAGMA table_info(outputs)")}
+    assert "validator" in cols
+    tid = add(store)
+    store.record_outputs(tid, [RemoteOutput.from_dict({"id": "o1", "uri": "u", "filename": "a"})])
+    (out,) = store.outputs(tid)
+    store.update_output(out.id, validator='"etag-1"')
+    assert store.outputs(tid)[0].validator == '"etag-1"'
+    store.close()
