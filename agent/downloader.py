@@ -580,6 +580,28 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+PLACEHOLDER_MODE = 0o000
+
+
+def complete_placeholder(part: Path, dest: Path) -> bool:
+    """After a crash: when ``dest`` is the empty placeholder of a placement without hard links
+    (a plain file, size 0, no permission bits) and ``part`` is still there, finish that
+    placement (``part`` becomes ``dest``) and say so; otherwise change nothing."""
+    try:
+        st = os.lstat(dest)
+        if not (stat.S_ISREG(st.st_mode) and st.st_size == 0):
+            return False
+        if stat.S_IMODE(st.st_mode) != PLACEHOLDER_MODE or not part.exists():
+            return False
+        os.replace(part, dest)
+        _fsync_dir(dest.parent)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise from_os_error(exc, dest) from exc
+    return True
+
+
 def _link_no_clobber(part: Path, dest: Path) -> bool:
     """Make ``dest`` the part's content unless ``dest`` exists; False when it exists."""
     try:
@@ -590,8 +612,14 @@ def _link_no_clobber(part: Path, dest: Path) -> bool:
         if exc.errno not in _NO_LINK:
             raise
         # No hard links here: claim the name with an exclusive placeholder, then replace it.
+        # The placeholder is empty with no permission bits: if the process dies before the
+        # replace, the next start knows it as ours and finishes the job (complete_placeholder).
         try:
-            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o666)
+            fd = os.open(
+                dest,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC,
+                PLACEHOLDER_MODE,
+            )
         except FileExistsError:
             return False
         os.close(fd)

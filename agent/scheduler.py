@@ -1116,7 +1116,8 @@ class Scheduler:
         """The file this output was placed as before a crash, or None when it was not placed.
 
         While the part is still there, only a hard link to it counts (placement links the part
-        to its name, then removes the part: killed in between, both names are one file).
+        to its name, then removes the part: killed in between, both names are one file), or,
+        where there are no hard links, our empty placeholder, which the part then replaces.
         Without a part, a free candidate name holding the recorded digest is ours."""
         try:
             part_st: os.stat_result | None = os.lstat(part)
@@ -1134,6 +1135,8 @@ class Scheduler:
             if part_st is not None:
                 if os.path.samestat(part_st, st):
                     return p
+                if downloader.complete_placeholder(part, p):
+                    return p  # killed between claiming the name and moving the part onto it
             elif str(p) not in taken and downloader.matches(p, digest):
                 return p
         return None

@@ -388,6 +388,43 @@ def test_place_without_hard_links_falls_back_without_clobbering(
     assert (tmp_path / "out.txt").read_bytes() == b"user's" and not part.exists()
 
 
+class _Killed(BaseException):
+    """Stands for the process being killed: nothing below it runs, no handler sees it."""
+
+
+def test_a_placement_killed_without_hard_links_is_finished_by_the_next_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_link(*args: object, **kw: object) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    def killed(*args: object, **kw: object) -> None:
+        raise _Killed
+
+    monkeypatch.setattr(downloader.os, "link", no_link)
+    part = make_part(tmp_path, b"the output")
+    with monkeypatch.context() as m:
+        m.setattr(downloader.os, "replace", killed)
+        with pytest.raises(_Killed):
+            place(part, tmp_path, "out.txt", ConflictPolicy.RENAME)
+    placeholder = tmp_path / "out.txt"
+    assert placeholder.stat().st_size == 0 and part.exists()  # what a kill there leaves
+    assert downloader.complete_placeholder(part, placeholder)
+    assert placeholder.read_bytes() == b"the output" and not part.exists()
+
+
+def test_an_empty_file_of_the_user_is_not_taken_for_a_placeholder(tmp_path: Path) -> None:
+    part = make_part(tmp_path, b"the output")
+    mine = tmp_path / "out.txt"
+    mine.write_bytes(b"")
+    assert not downloader.complete_placeholder(part, mine)
+    assert mine.read_bytes() == b"" and part.read_bytes() == b"the output"
+    mine.chmod(0)  # even one with no permission bits, once the part is gone
+    part.unlink()
+    assert not downloader.complete_placeholder(part, mine)
+    assert mine.exists()
+
+
 def test_place_os_error_keeps_part(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def denied(*args: object, **kw: object) -> None:
         raise OSError(errno.EACCES, "Permission denied")
