@@ -90,3 +90,35 @@ async def test_sigterm_mid_download_stops_within_5s_and_the_next_start_resumes(
             o["checksum"] for j in state["jobs"] for o in j["outputs"]
         }
     assert invariants(inbox, state) == []
+
+
+def _catches_sigterm(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    caught = next(int(line.split()[1], 16) for line in status.splitlines() if line[:7] == "SigCgt:")
+    return bool(caught & (1 << (signal.SIGTERM - 1)))
+
+
+async def test_sigterm_while_the_agent_is_still_starting_exits_cleanly(
+    tmp_path: Path, make_emulator: MakeEmulator
+) -> None:
+    """A service manager may stop the agent while it still imports its modules (~0.5 s): the
+    first thing it does is take SIGTERM, so that ends it with 0, not killed by the signal."""
+    emu = await make_emulator()
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    cfg = write_config(tmp_path / "c.yaml", emu.base_url, [inbox], tmp_path / "s.db")
+    log = tmp_path / "agent.log"
+    proc = spawn_agent(cfg, log=log)
+    try:
+        await wait_for(lambda: _catches_sigterm(proc.pid), 10, "the SIGTERM handler")
+        assert "watching" not in log.read_text()  # still starting
+        proc.send_signal(signal.SIGTERM)
+        await wait_for(lambda: proc.poll() is not None, 5.0, "the agent to stop")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    assert proc.returncode == 0, log.read_text()[-2000:]
