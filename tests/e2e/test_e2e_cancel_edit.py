@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -34,21 +35,34 @@ async def _running_job(emu: RunningEmulator) -> str:
     return job_id
 
 
-async def test_deleting_a_ticket_while_its_job_runs_cancels_the_job_and_leaves_nothing(
-    tmp_path: Path, make_emulator: MakeEmulator
-) -> None:
-    emu = await make_emulator(processing_seconds=8)
+def _start_agent(
+    tmp_path: Path, emu: RunningEmulator
+) -> tuple[Path, Path, subprocess.Popen[bytes]]:
+    """An inbox with photo.png and a running agent watching it: (inbox, log, process)."""
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     (inbox / "photo.png").write_bytes(png_bytes())
     cfg = write_config(tmp_path / "c.yaml", emu.base_url, [inbox], tmp_path / "state.db")
     log = tmp_path / "agent.log"
-    proc = spawn_agent(cfg, "run", log=log)
+    return inbox, log, spawn_agent(cfg, "run", log=log)
+
+
+async def _photo_job_running(inbox: Path, log: Path, emu: RunningEmulator) -> str:
+    """Drop photo.job (png → jpg) and wait until its job runs and its sidecar exists."""
+    await wait_for_log(log, "watching")
+    (inbox / "photo.job").write_text("input: photo.png\ntarget: jpg\n")
+    job_id = await _running_job(emu)
+    await wait_for(lambda: (inbox / "photo.status.yaml").exists(), 5, "the sidecar")
+    return job_id
+
+
+async def test_deleting_a_ticket_while_its_job_runs_cancels_the_job_and_leaves_nothing(
+    tmp_path: Path, make_emulator: MakeEmulator
+) -> None:
+    emu = await make_emulator(processing_seconds=8)
+    inbox, log, proc = _start_agent(tmp_path, emu)
     try:
-        await wait_for_log(log, "watching")
-        (inbox / "photo.job").write_text("input: photo.png\ntarget: jpg\n")
-        job_id = await _running_job(emu)
-        await wait_for(lambda: (inbox / "photo.status.yaml").exists(), 5, "the sidecar")
+        job_id = await _photo_job_running(inbox, log, emu)
         (inbox / "photo.job").unlink()
         await wait_for(lambda: emu.state.jobs[job_id].status == "canceled", 10, "job canceled")
         await wait_for(lambda: names(inbox) == {"photo.png"}, 5, "the sidecar to go")
@@ -95,17 +109,9 @@ async def test_renaming_a_ticket_while_its_job_runs_follows_it_without_a_second_
     tmp_path: Path, make_emulator: MakeEmulator
 ) -> None:
     emu = await make_emulator(processing_seconds=4)
-    inbox = tmp_path / "inbox"
-    inbox.mkdir()
-    (inbox / "photo.png").write_bytes(png_bytes())
-    cfg = write_config(tmp_path / "c.yaml", emu.base_url, [inbox], tmp_path / "state.db")
-    log = tmp_path / "agent.log"
-    proc = spawn_agent(cfg, "run", log=log)
+    inbox, log, proc = _start_agent(tmp_path, emu)
     try:
-        await wait_for_log(log, "watching")
-        (inbox / "photo.job").write_text("input: photo.png\ntarget: jpg\n")
-        job_id = await _running_job(emu)
-        await wait_for(lambda: (inbox / "photo.status.yaml").exists(), 5, "the sidecar")
+        job_id = await _photo_job_running(inbox, log, emu)
         (inbox / "photo.job").rename(inbox / "holiday.job")
         await wait_for(lambda: (inbox / "holiday.job.done").exists(), 20, "holiday.job.done")
         await asyncio.sleep(1.0)  # past the deletion grace (0.5 s): nothing is canceled
