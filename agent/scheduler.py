@@ -653,7 +653,7 @@ class Scheduler:
         self, *, held_back: bool = False
     ) -> list[tuple[int, str, Path, dict[str, Any]]]:
         """What is due now, read on the loop (the store is not shared with threads); with
-        ``held_back`` also the views SIDECAR_MIN_INTERVAL holds back (at stop)."""
+        ``held_back`` also the views held back until their ticket is quiet (at stop)."""
         now = time.monotonic()
         quiet = now - (0.0 if held_back else SIDECAR_QUIET_SECONDS)
         behind = now - (0.0 if held_back else SIDECAR_MAX_BEHIND_SECONDS)
@@ -683,15 +683,13 @@ class Scheduler:
         name: str,
         ticket: Path,
         view: dict[str, Any],
-        sync_dir: bool = False,
         durable: bool = False,
     ) -> None:
         """Write one sidecar (in a worker thread). A progress view is rewritten by the ticket's
         next transition and lost to a power cut at no cost, so neither it nor its folder is
-        fsynced; the final one is ``durable`` (its folder is fsynced after the ticket's filing,
-        or here with ``sync_dir``)."""
+        fsynced; the final one is ``durable`` (its folder is fsynced after the ticket's filing)."""
         try:
-            folder.write_sidecar(ticket, view, sync_dir=sync_dir, durable=durable)
+            folder.write_sidecar(ticket, view, sync_dir=False, durable=durable)
         except AgentError as err:
             log.warning("%s: could not write the status file: %s", name, err.message)
 
@@ -1307,7 +1305,9 @@ class Scheduler:
                 message=f"the ticket was renamed from {old.name} to {path.name}",
                 path=str(path),
             )
-            folder.remove_sidecar(old)
+            # Through the disk batch: after any view of the old name already queued there.
+            gone = self._disk.run(functools.partial(folder.remove_sidecar, old))
+            gone.add_done_callback(functools.partial(self._sidecar_landed, rec.id))
             log.info("%s [job %s]: renamed from %s; it goes on", path.name, rec.job_id, old.name)
             self.seen_this_run.add(rec.id)
             self._changed(rec)

@@ -155,12 +155,7 @@ class TicketRecord:
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> TicketRecord:
-        d = {name: row[name] for name in _TICKET_FIELDS}
-        d["phase"] = Phase(d["phase"])
-        d["error"] = json.loads(d["error"]) if d["error"] else None
-        for k in ("active", "filed", "start_sent"):
-            d[k] = bool(d[k])
-        return cls(**d)
+        return cls(**_decode_columns({name: row[name] for name in _TICKET_FIELDS}))
 
     def public(self) -> dict[str, Any]:
         """A JSON-able view without secrets, for the CLI, sidecars and the dashboard."""
@@ -184,6 +179,19 @@ class TicketRecord:
 
 
 _TICKET_FIELDS = tuple(f.name for f in fields(TicketRecord))
+
+
+def _decode_columns(cols: Mapping[str, Any]) -> dict[str, Any]:
+    """Ticket columns as stored → as a TicketRecord holds them (any subset of the columns)."""
+    d = dict(cols)
+    if "phase" in d:
+        d["phase"] = Phase(d["phase"])
+    if "error" in d:
+        d["error"] = json.loads(d["error"]) if d["error"] else None
+    for k in ("active", "filed", "start_sent"):
+        if k in d:
+            d[k] = bool(d[k])
+    return d
 
 
 @dataclass(frozen=True)
@@ -580,15 +588,7 @@ class Store:
     def _cached(self, rec: TicketRecord, cols: Mapping[str, Any]) -> TicketRecord:
         """``rec`` with the column values just written (as stored), kept in the cache unless
         it is filed now."""
-        d = dict(cols)
-        if "phase" in d:
-            d["phase"] = Phase(d["phase"])
-        if "error" in d:
-            d["error"] = json.loads(d["error"]) if d["error"] else None
-        for k in ("active", "filed", "start_sent"):
-            if k in d:
-                d[k] = bool(d[k])
-        new = dataclasses.replace(rec, **d)
+        new = dataclasses.replace(rec, **_decode_columns(cols))
         if new.filed:
             self._live.pop(rec.id, None)
         else:

@@ -76,7 +76,6 @@ class Sweeper:
         self._blocked = blocked
         self.active = False  # the last sweep was worth it and succeeded
         self.sweeps = 0  # completed sweeps (for tests and metrics)
-        self.pages = 0  # list requests sent
         self._covered: dict[int, float] = {}  # tid → covered since
         self._listed: dict[int, RemoteJob] = {}  # tid → a finished/changed job seen in a list
         self._recheck_at = 0.0
@@ -136,7 +135,6 @@ class Sweeper:
             page = 1
             while True:
                 jobs, count = await self.api.list_page(page)
-                self.pages += 1
                 # Without X-Count the pages are read while they come full, with the same bound.
                 pages = math.ceil(count / PAGE_SIZE) if count is not None else page + 1
                 if min(pages, MAX_PAGES + 1) * COST_FACTOR > len(watched) or pages > MAX_PAGES:
