@@ -356,7 +356,11 @@ async def test_xorg_backend_docks_opens_the_dashboard_on_click_and_stops(
     emu = await make_emulator()
     r = await _start_agent(tmp_path, desktop, emu, PYSTRAY_BACKEND="xorg")
     try:
-        await wait_for(lambda: "tray icon shown (xorg backend)" in _log(r), 20, _log(r))
+        try:
+            await wait_for(lambda: "tray icon shown (xorg backend)" in _log(r), 20, "the icon")
+        except AssertionError as exc:  # say what the agent did (the log as it is by now)
+            state = f"exit {r.proc.poll()}" if r.proc.poll() is not None else "still running"
+            raise AssertionError(f"{exc}; agent {state}; its log:\n{_log(r)}") from None
         await wait_for(lambda: _icon(desktop) is not None, 10, "the icon window")
         wid, _, icon = _icon(desktop)  # type: ignore[misc]
         assert desktop.parent(wid) != desktop.root_id(), "the icon is not docked in the tray"
