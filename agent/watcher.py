@@ -1,8 +1,9 @@
-"""Finding tickets: startup scan + watchdog events + polling + periodic reconcile → one queue.
+"""Finding tickets: startup scan + native events + polling + periodic reconcile → one queue.
 
-The only importer of watchdog. Watchdog's threads do nothing but filter an event by name and
-hand its path to the event loop, through exactly one crossing
-(``loop.call_soon_threadsafe(queue.put_nowait, …)``). Everything else runs in the loop: the
+Native events on Linux come from ``agent.inotify``, read by the event loop itself (no thread).
+Elsewhere, and for polling, watchdog's observers: the only use of watchdog. Its threads do
+nothing but filter an event by name and hand its path to the event loop, through exactly one
+crossing (``loop.call_soon_threadsafe(queue.put_nowait, …)``). Everything else runs in the loop: the
 settle gate (a file's size, mtime and inode unchanged for ``settle_seconds``, judged by ``stat``
 with the injected clock), the bookkeeping of what was already announced, and the periodic
 reconcile scan that catches dropped events without announcing unchanged files again. Directory
@@ -48,6 +49,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserver
 
+from agent import inotify
 from agent.paths import PART_SUFFIX, is_agent_file, is_ticket_name
 
 log = logging.getLogger("agent.watcher")
@@ -316,8 +318,8 @@ class _Folder:
     handler: _Handler | None = None
     mode: Literal["native", "polling"] | None = None
     reason: str = ""
-    watch: ObservedWatch | None = None
-    observer: BaseObserver | None = None
+    watch: ObservedWatch | inotify.TreeWatch | None = None
+    observer: BaseObserver | None = None  # None for an inotify tree
     reachable: bool = True
 
 
@@ -354,7 +356,9 @@ class Watcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._rescan: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._subfolder_tasks: set[asyncio.Task[None]] = set()  # new folders getting watches
         self._native: BaseObserver | None = None
+        self._trees: inotify.Trees | None = None
         self._polling: BaseObserver | None = None
         self._stopping = False
 
@@ -379,10 +383,16 @@ class Watcher:
     async def stop(self) -> None:
         """Stop the observer threads and the loop tasks; nothing is emitted afterwards."""
         self._stopping = True
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._subfolder_tasks]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks = []
+        if self._trees is not None:
+            assert self._loop is not None
+            self._loop.remove_reader(self._trees.inotify.fd)
+            self._trees.close()
+            self._trees = None
         observers = [o for o in (self._native, self._polling) if o is not None]
         self._native = self._polling = None
         for observer in observers:
@@ -443,17 +453,24 @@ class Watcher:
         mode, reason = self._choose_mode(folder.config)
         path = folder.config.path
         if mode == "native":
-            observer = self._observer("native")
+            observer: BaseObserver | None = None
             try:
-                folder.watch = await asyncio.to_thread(
-                    functools.partial(
-                        observer.schedule,
-                        folder.handler,
-                        str(path),
-                        recursive=folder.config.recursive,
-                        event_filter=NATIVE_EVENTS,
+                if inotify.available():
+                    trees = self._inotify_trees()
+                    folder.watch = await asyncio.to_thread(
+                        trees.add, path, folder.config.recursive, folder.index
                     )
-                )
+                else:
+                    observer = self._observer("native")
+                    folder.watch = await asyncio.to_thread(
+                        functools.partial(
+                            observer.schedule,
+                            folder.handler,
+                            str(path),
+                            recursive=folder.config.recursive,
+                            event_filter=NATIVE_EVENTS,
+                        )
+                    )
             except OSError as exc:
                 if exc.errno in (errno.ENOENT, errno.ENOTDIR):
                     self._unreachable(folder, exc.strerror or str(exc))
@@ -491,10 +508,68 @@ class Watcher:
         folder.observer, folder.mode, folder.reason = observer, "polling", reason
 
     async def _unwatch(self, folder: _Folder) -> None:
-        if folder.watch is not None and folder.observer is not None:
+        watch = folder.watch
+        if isinstance(watch, inotify.TreeWatch):
+            if self._trees is not None:
+                self._trees.remove(watch)
+        elif watch is not None and folder.observer is not None:
             with contextlib.suppress(KeyError, OSError):
-                await asyncio.to_thread(folder.observer.unschedule, folder.watch)
+                await asyncio.to_thread(folder.observer.unschedule, watch)
         folder.watch = folder.observer = None
+
+    def _inotify_trees(self) -> inotify.Trees:
+        """The inotify instance of the native watches, read by the loop (made on first use)."""
+        if self._trees is None:
+            trees = inotify.Trees(inotify.Inotify())
+            assert self._loop is not None
+            self._loop.add_reader(trees.inotify.fd, self._inotify_ready)
+            self._trees = trees
+        return self._trees
+
+    def _inotify_ready(self) -> None:
+        """The inotify descriptor is readable: queue each changed path that may matter."""
+        trees = self._trees
+        if trees is None or self._stopping or self._queue is None:
+            return
+        for tree, path, is_dir, mask in trees.changes(self.rescan):
+            folder = self._folders[tree.tag]
+            if folder.watch is not tree:
+                continue  # an old watch of a folder watched afresh
+            if path == tree.root:
+                # The watched folder itself was removed or renamed: its watch is useless now.
+                # Its probe says whether it is gone; the next scan watches it again when back.
+                trees.remove(tree)
+                folder.watch = None
+                self._queue.put_nowait((path, folder.index))
+                self.rescan()
+            elif is_dir:
+                if not tree.recursive or path.name.startswith("."):
+                    continue
+                if mask & (inotify.IN_CREATE | inotify.IN_MOVED_TO):
+                    task = asyncio.create_task(self._watch_subfolder(trees, tree, path, folder))
+                    self._subfolder_tasks.add(task)
+                    task.add_done_callback(self._subfolder_tasks.discard)
+                else:
+                    self._queue.put_nowait((path, folder.index))
+            elif classify(path, folder.config) is not None:
+                self._queue.put_nowait((path, folder.index))
+
+    async def _watch_subfolder(
+        self, trees: inotify.Trees, tree: inotify.TreeWatch, path: Path, folder: _Folder
+    ) -> None:
+        """Watch a folder that appeared in a recursive tree, then look at what it holds (files
+        put there before its watch existed are found by that look)."""
+        try:
+            await asyncio.to_thread(trees.add_subtree, tree, path)
+        except OSError as exc:
+            log.warning(
+                "cannot watch the new folder %s (%s); it is still scanned every %.0f s",
+                path,
+                exc.strerror or exc,
+                self._reconcile_interval,
+            )
+        if self._queue is not None and not self._stopping:
+            self._queue.put_nowait((path, folder.index))
 
     def _unreachable(self, folder: _Folder, why: str) -> None:
         if folder.reachable:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
+import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +15,7 @@ from typing import Any
 import pytest
 from watchdog.observers.polling import PollingObserver
 
+from agent import inotify
 from agent import watcher as watcher_mod
 from agent.watcher import Watcher, WatchEvent, classify, filesystem_type
 
@@ -159,18 +162,32 @@ async def test_auto_polls_on_network_filesystem(tmp_path: Path, run, caplog) -> 
     await col.wait_for(lambda ev: count(ev, "ticket") == 1)
 
 
+@pytest.mark.parametrize("where", ["watches", "instances", "watchdog"])
 async def test_native_watch_limit_falls_back_to_polling(
-    tmp_path: Path, run, monkeypatch: pytest.MonkeyPatch, caplog
+    tmp_path: Path, run, monkeypatch: pytest.MonkeyPatch, caplog, where: str
 ) -> None:
-    class NoInotify(PollingObserver):
-        def schedule(self, *args: Any, **kw: Any) -> Any:
-            raise OSError(errno.ENOSPC, "inotify watch limit reached")
+    """The inotify limits (max_user_watches: ENOSPC from a watch; max_user_instances: EMFILE
+    from the instance), and a watchdog observer refusing (other systems), all mean polling."""
 
-    monkeypatch.setattr(watcher_mod, "Observer", NoInotify)
+    def refuse(*args: Any, **kw: Any) -> Any:
+        code = errno.EMFILE if where == "instances" else errno.ENOSPC
+        raise OSError(code, "inotify limit reached")
+
+    if where == "watches":
+        monkeypatch.setattr(inotify.Inotify, "add_watch", refuse)
+    elif where == "instances":
+        monkeypatch.setattr(inotify.Inotify, "__init__", refuse)
+    else:
+
+        class NoInotify(PollingObserver):
+            schedule = refuse
+
+        monkeypatch.setattr(inotify, "available", lambda: False)
+        monkeypatch.setattr(watcher_mod, "Observer", NoInotify)
     with caplog.at_level(logging.WARNING, logger="agent.watcher"):
         w, col = await run([Folder(tmp_path)])
     assert w.mode(tmp_path) == "polling"
-    assert "inotify watch limit" in caplog.text
+    assert "inotify limit reached" in caplog.text
     (tmp_path / "f.job").write_text("x")
     await col.wait_for(lambda ev: count(ev, "ticket") == 1)
 
@@ -233,12 +250,83 @@ async def test_vanished_folder_is_logged_once_and_picked_up_again(
 async def test_missed_events_found_by_reconcile(tmp_path: Path, run) -> None:
     w, col = await run([Folder(tmp_path, polling="never")], reconcile_interval=0.2)
     # Drop every event from now on: only the reconcile scan can find the ticket.
+    if w._trees is not None:
+        asyncio.get_running_loop().remove_reader(w._trees.inotify.fd)
     w._put_threadsafe = lambda item: None  # type: ignore[method-assign]
     for folder in w._folders:
         assert folder.handler is not None
         folder.handler._put = lambda item: None
     (tmp_path / "quiet.job").write_text("x")
     await col.wait_for(lambda ev: count(ev, "ticket") == 1)
+
+
+needs_inotify = pytest.mark.skipif(not inotify.available(), reason="inotify is Linux only")
+
+
+@needs_inotify
+async def test_native_events_are_read_by_the_loop_without_watchdog_threads(
+    tmp_path: Path, run
+) -> None:
+    w, col = await run([Folder(tmp_path, recursive=True)])
+    assert w.mode(tmp_path) == "native"
+    (tmp_path / "a.job").write_text("x")
+    await col.wait_for(lambda ev: count(ev, "ticket") == 1)
+    assert not [t for t in threading.enumerate() if type(t).__module__.startswith("watchdog")]
+
+
+@needs_inotify
+async def test_folder_moved_into_and_out_of_a_recursive_tree(tmp_path: Path, run) -> None:
+    outside, inbox = tmp_path / "outside", tmp_path / "inbox"
+    (outside / "batch" / "deep").mkdir(parents=True)
+    (outside / "batch" / "deep" / "one.job").write_text("x")
+    inbox.mkdir()
+    _, col = await run([Folder(inbox, recursive=True)])
+    os.rename(outside / "batch", inbox / "batch")
+    await col.wait_for(lambda ev: count(ev, "ticket") == 1)
+    (inbox / "batch" / "deep" / "two.job").write_text("x")  # watched since it moved in
+    await col.wait_for(lambda ev: count(ev, "ticket") == 2)
+    os.rename(inbox / "batch", outside / "gone")
+    await col.wait_for(lambda ev: count(ev, "removed") == 2)
+    # No longer watched: nothing is reported for it, under its old path or any other.
+    (outside / "gone" / "deep" / "three.job").write_text("x")
+    await asyncio.sleep(SETTLE * 2)
+    assert sorted(col.kinds()) == [
+        ("removed", "one.job"),
+        ("removed", "two.job"),
+        ("ticket", "one.job"),
+        ("ticket", "two.job"),
+    ]
+
+
+@needs_inotify
+async def test_watched_folder_renamed_away_and_made_again(tmp_path: Path, run) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    w, col = await run([Folder(inbox)], reconcile_interval=30)
+    inbox.rename(tmp_path / "old")
+    (tmp_path / "old" / "stale.job").write_text("x")  # in the renamed folder: not ours
+    inbox.mkdir()
+    (inbox / "fresh.job").write_text("x")
+    await col.wait_for(lambda ev: count(ev, "ticket") == 1)
+    (inbox / "again.job").write_text("x")  # the new folder has its own watch
+    await col.wait_for(lambda ev: count(ev, "ticket") == 2)
+    await asyncio.sleep(SETTLE * 2)
+    assert col.kinds() == [("ticket", "fresh.job"), ("ticket", "again.job")]
+    assert w.mode(inbox) == "native"
+
+
+@needs_inotify
+async def test_events_the_kernel_dropped_start_a_scan_at_once(tmp_path: Path, run) -> None:
+    limit = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
+    if limit > 100_000:
+        pytest.skip("the kernel's event queue is too long to overflow quickly")
+    _, col = await run([Folder(tmp_path)], reconcile_interval=300)
+    # The loop cannot read while this runs: two events a file overflow the kernel's queue,
+    # and the ticket's own events are among those dropped.
+    for i in range(limit // 2 + 100):
+        os.close(os.open(tmp_path / f"filler{i}.txt", os.O_WRONLY | os.O_CREAT))
+    (tmp_path / "late.job").write_text("x")
+    await col.wait_for(lambda ev: count(ev, "ticket") == 1, timeout=20)
 
 
 async def test_stop_is_clean_and_quiet(tmp_path: Path) -> None:
