@@ -76,6 +76,10 @@ def configure_logging(
     level = (base if isinstance(base, int) else logging.INFO) + 10 * (quiet - verbose)
     root = logging.getLogger()
     root.setLevel(max(logging.DEBUG, min(logging.CRITICAL, level)))
+    # No format here names the caller, thread or process: skip finding them for every record
+    # (the logging HOWTO's "Optimization"; a burst logs ~8 lines a ticket).
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     fmt = logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%Y-%m-%d %H:%M:%S")
     handlers: list[logging.Handler] = []
     if not any(getattr(h, "_convert_agent", False) for h in root.handlers):

@@ -206,11 +206,12 @@ class Trees:
             with contextlib.suppress(OSError):  # the descriptor is closing: nothing to undo
                 self.inotify.rm_watch(wd)
 
-    def changes(self, on_overflow: Callable[[], None]) -> list[tuple[TreeWatch, Path, bool, int]]:
-        """Read what happened: (tree, path, is a folder, mask) per event, in order. A folder
-        that was removed or renamed away loses its watches here (its new place, if any, comes
-        as a later IN_MOVED_TO); ``on_overflow`` is called when the kernel dropped events."""
-        out: list[tuple[TreeWatch, Path, bool, int]] = []
+    def changes(self, on_overflow: Callable[[], None]) -> list[tuple[TreeWatch, Path, str, int]]:
+        """Read what happened: (tree, folder, name, mask) per event, in order; the name is ""
+        when the tree's own folder was removed or renamed. A subfolder that was removed or
+        renamed away loses its watches here (its new place, if any, comes as a later
+        IN_MOVED_TO); ``on_overflow`` is called when the kernel dropped events."""
+        out: list[tuple[TreeWatch, Path, str, int]] = []
         for wd, mask, name in self.inotify.read():
             if mask & IN_Q_OVERFLOW:
                 on_overflow()
@@ -225,13 +226,12 @@ class Trees:
                 continue  # a watch removed a moment ago
             if mask & (IN_IGNORED | IN_DELETE_SELF | IN_MOVE_SELF):
                 if where == tree.root:
-                    out.append((tree, where, True, mask))  # the folder itself went away
+                    out.append((tree, where, "", mask))  # the folder itself went away
                 continue
-            path = where / os.fsdecode(name)
-            is_dir = bool(mask & IN_ISDIR)
-            if is_dir and mask & IN_MOVED_FROM:
-                self.remove(tree, path)
-            out.append((tree, path, is_dir, mask))
+            text = os.fsdecode(name)
+            if mask & IN_ISDIR and mask & IN_MOVED_FROM:
+                self.remove(tree, where / text)
+            out.append((tree, where, text, mask))
         return out
 
     def close(self) -> None:

@@ -122,6 +122,17 @@ class WatchEvent:
 # --------------------------------------------------------------------------- pure helpers
 
 
+def _never_counts(name: str) -> bool:
+    """Names that are never a ticket or an input, whatever the folder's rules: hidden files,
+    ``.part`` files and the agent's own (sidecars, filed tickets)."""
+    return (
+        not name
+        or name.startswith(".")
+        or is_agent_file(name)
+        or name.lower().endswith(PART_SUFFIX)
+    )
+
+
 def classify(path: Path, folder: FolderConfig) -> FileKind | None:
     """``ticket`` for a ``*.job`` matching ``include`` (or the ticket the agent writes for a plain
     file that matches, ``NAME.EXT.job``), ``plain`` for another match, else None.
@@ -130,9 +141,9 @@ def classify(path: Path, folder: FolderConfig) -> FileKind | None:
     ``.job.done`` / ``.job.failed`` never count. Globs match the name, ignoring case.
     """
     name = path.name
-    lower = name.lower()
-    if not name or name.startswith(".") or is_agent_file(name) or lower.endswith(PART_SUFFIX):
+    if _never_counts(name):
         return None
+    lower = name.lower()
     try:
         rel = path.relative_to(folder.path)
     except ValueError:
@@ -531,28 +542,31 @@ class Watcher:
         trees = self._trees
         if trees is None or self._stopping or self._queue is None:
             return
-        for tree, path, is_dir, mask in trees.changes(self.rescan):
+        for tree, where, name, mask in trees.changes(self.rescan):
             folder = self._folders[tree.tag]
             if folder.watch is not tree:
                 continue  # an old watch of a folder watched afresh
-            if path == tree.root:
+            if not name:
                 # The watched folder itself was removed or renamed: its watch is useless now.
                 # Its probe says whether it is gone; the next scan watches it again when back.
                 trees.remove(tree)
                 folder.watch = None
-                self._queue.put_nowait((path, folder.index))
+                self._queue.put_nowait((where, folder.index))
                 self.rescan()
-            elif is_dir:
-                if not tree.recursive or path.name.startswith("."):
+            elif mask & inotify.IN_ISDIR:
+                if not tree.recursive or name.startswith("."):
                     continue
+                path = where / name
                 if mask & (inotify.IN_CREATE | inotify.IN_MOVED_TO):
                     task = asyncio.create_task(self._watch_subfolder(trees, tree, path, folder))
                     self._subfolder_tasks.add(task)
                     task.add_done_callback(self._subfolder_tasks.discard)
                 else:
                     self._queue.put_nowait((path, folder.index))
-            elif classify(path, folder.config) is not None:
-                self._queue.put_nowait((path, folder.index))
+            elif not _never_counts(name):  # most events are the agent's own files: no Path
+                path = where / name
+                if classify(path, folder.config) is not None:
+                    self._queue.put_nowait((path, folder.index))
 
     async def _watch_subfolder(
         self, trees: inotify.Trees, tree: inotify.TreeWatch, path: Path, folder: _Folder
