@@ -27,7 +27,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 
 import aiohttp
@@ -65,30 +65,6 @@ _MIN_CHUNK_SIZE = 256 * 1024
 _MAX_MESSAGE_CHARS = 500
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-# An input up to this size is read in one worker-thread call and sent from memory; a larger one
-# is streamed from the file (aiohttp reads it in its executor, a thread hand-off per 64 KiB).
-SMALL_UPLOAD_BYTES = 1 << 20
-
-
-def _open_input(path: Path) -> BinaryIO:
-    """Open an input to upload. Its path was resolved (and confined) when the ticket was read:
-    a symlink there now was swapped in since, and is never followed."""
-    return os.fdopen(os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC), "rb")
-
-
-def _read_small(path: Path) -> bytes | None:
-    """The whole input when it has at most ``SMALL_UPLOAD_BYTES``, else None (stream it)."""
-    with _open_input(path) as fh:
-        if os.fstat(fh.fileno()).st_size > SMALL_UPLOAD_BYTES:
-            return None
-        data = fh.read(SMALL_UPLOAD_BYTES + 1)
-    return data if len(data) <= SMALL_UPLOAD_BYTES else None
-
-
-def _nothing() -> None:
-    pass
-
-
 # Values under keys like these in a request body are secrets (api-contract.md §5.5): an error
 # message that echoes one has it masked.
 _SECRET_KEY_PARTS = (
@@ -392,28 +368,19 @@ class ApiClient:
             raise ApiRejected("the job's upload server is not an http(s) URL")
         url = f"{server}/upload-file/{_seg(job.id)}"
         part_name = "".join(c if c.isprintable() else "_" for c in filename)
-        try:
-            small = await asyncio.to_thread(_read_small, path)
-        except OSError as exc:
-            raise from_os_error(exc, path) from exc
 
         def form() -> tuple[aiohttp.FormData, Callable[[], None]]:
-            body: bytes | BinaryIO
-            if small is not None:
-                body, close = small, _nothing
-            else:
-                try:
-                    body = _open_input(path)
-                except OSError as exc:
-                    raise from_os_error(exc, path) from exc
-                close = body.close
+            try:
+                # The path was resolved (and confined) when the ticket was read: a symlink
+                # there now was swapped in since, and is never followed.
+                fh = os.fdopen(os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC), "rb")
+            except OSError as exc:
+                raise from_os_error(exc, path) from exc
             # Raw UTF-8 filename as browsers send it (aiohttp would percent-encode it, and the
             # server would keep the %XX literally); control characters cannot reach the header.
             data = aiohttp.FormData(quote_fields=False)
-            data.add_field(
-                "file", body, filename=part_name, content_type="application/octet-stream"
-            )
-            return data, close
+            data.add_field("file", fh, filename=part_name, content_type="application/octet-stream")
+            return data, fh.close
 
         answer = await self._call(
             "POST",
