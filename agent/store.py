@@ -304,6 +304,10 @@ class _Reader:
         self.conn.close()
 
 
+class WritesLost(Exception):
+    """A write of a group failed, so the whole group was rolled back (``Store.commit``)."""
+
+
 class Store:
     """The state file. Reads of a live ticket come from a cache of the records this (only)
     writer holds, kept in step with every write.
@@ -311,7 +315,10 @@ class Store:
     With ``group_commit`` (the scheduler turns it on) writes are not committed one by one: they
     join one open transaction until ``commit()``, which the caller runs before it acts on any of
     them (see the scheduler's ``_persisted``). A killed process loses only writes nothing was
-    done about yet. Multi-statement writes stay all-or-nothing (a savepoint each)."""
+    done about yet. A write that fails rolls back the whole group, as a failed commit does, and
+    the next ``commit()`` raises ``WritesLost``: nothing was acted on yet, and every act waiting
+    for that commit fails instead of acting on a write that is gone. (A savepoint per write
+    would keep the others, at two more statements per write: a third of a ticket's.)"""
 
     def __init__(self, db: Database, *, readonly: bool = False) -> None:
         """``db`` is sqlite-utils' Database for the writer; a read-only store gets a ``_Reader``
@@ -323,32 +330,37 @@ class Store:
         # Live records by id, for the writer only (another process may write a read-only
         # store's file). Filed tickets leave it; anything else read once stays in step.
         self._live: dict[int, TicketRecord] = {}
+        self._lost: WritesLost | None = None  # a grouped write failed: commit() says so
 
     # ----------------------------------------------------------------- transactions
 
     @property
     def dirty(self) -> bool:
-        """Whether writes wait for ``commit()``."""
-        return self.db.conn.in_transaction
+        """Whether writes wait for ``commit()`` (or a lost group waits to be reported by it)."""
+        return self._lost is not None or self.db.conn.in_transaction
 
     def commit(self) -> None:
         """Commit the writes made since the last commit (group commit). On failure they are
-        rolled back and the cache forgotten, so nothing unwritten is ever read back."""
+        rolled back and the cache forgotten, so nothing unwritten is ever read back. Raises
+        ``WritesLost`` once after a grouped write failed (writes made since are undone too)."""
         conn = self.db.conn
+        if self._lost is not None:
+            lost, self._lost = self._lost, None
+            self._lose()
+            raise lost
         if not conn.in_transaction:
             return
         try:
             conn.execute("COMMIT")
         except BaseException:
-            self._live.clear()
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
+            self._lose()
             raise
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[None]:
-        """One write's statements, all or nothing: its own transaction, or a savepoint in the
-        open one (group commit). A failed write leaves the cache to be read again."""
+        """One write's statements (and nothing that may fail without writing): its own
+        transaction, or part of the open group (group commit), all or nothing either way. A
+        failed write leaves the cache to be read again."""
         conn = self.db.conn
         if not self.group_commit:
             try:
@@ -360,28 +372,33 @@ class Store:
             return
         if not conn.in_transaction:
             conn.execute("BEGIN")
-        conn.execute("SAVEPOINT w")  # one fixed name: nested writes never overlap
         try:
             yield
-        except BaseException:
-            self._live.clear()
-            if conn.in_transaction:
-                conn.execute("ROLLBACK TO w")
-                conn.execute("RELEASE w")
+        except BaseException as exc:
+            self._lose(exc)
             raise
-        conn.execute("RELEASE w")
         if self.on_dirty is not None:
+            self.on_dirty()
+
+    def _lose(self, exc: BaseException | None = None) -> None:
+        """Roll the open group back and forget the cache; with ``exc`` (a write failed) the next
+        ``commit()`` raises, so the acts waiting for the group learn it is gone."""
+        self._live.clear()
+        if self.db.conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self.db.conn.execute("ROLLBACK")
+        if exc is not None and self._lost is None:
+            self._lost = WritesLost(
+                f"a state write failed ({exc}); the writes made with it were undone"
+            )
+        if self.on_dirty is not None and self._lost is not None:
             self.on_dirty()
 
     def _exec(self, sql: str, params: Sequence[Any]) -> None:
         """One write statement: committed at once, or part of the open group."""
-        conn = self.db.conn
         if self.group_commit:
-            if not conn.in_transaction:
-                conn.execute("BEGIN")
-            conn.execute(sql, params)
-            if self.on_dirty is not None:
-                self.on_dirty()
+            with self._tx():
+                self.db.conn.execute(sql, params)
         else:
             self.db.execute(sql, params)
 
@@ -492,15 +509,16 @@ class Store:
     def reset_for_resubmit(self, ticket_id: int, now: float, *, message: str) -> None:
         """Start a ticket over with a new job: a new idempotency key, inputs unsent, outputs
         forgotten (none were written), back to pending. The old job is left to expire."""
+        rec = self.get(ticket_id)
+        inputs = self.inputs(ticket_id)
+        key = hashlib.sha256(f"{rec.idem_key}\0resubmit".encode()).hexdigest()[:40]
         with self._tx():
-            rec = self.get(ticket_id)
             self._live.pop(ticket_id, None)
-            key = hashlib.sha256(f"{rec.idem_key}\0resubmit".encode()).hexdigest()[:40]
             self.db.execute("DELETE FROM outputs WHERE ticket_id = ?", [ticket_id])
             self.db.execute(
                 "UPDATE inputs SET sent = 0, remote_id = NULL WHERE ticket_id = ?", [ticket_id]
             )
-            for inp in self.inputs(ticket_id):
+            for inp in inputs:
                 self.db.execute(
                     "UPDATE inputs SET upload_uuid = ? WHERE id = ?",
                     [f"{key[:24]}-{inp.idx}", inp.id],
@@ -562,8 +580,8 @@ class Store:
                 cols[k] = int(bool(cols[k]))
         cols["updated_at"] = now
         assignments = ", ".join(f"{k} = ?" for k in cols)
+        rec = self.get(ticket_id)
         with self._tx():
-            rec = self.get(ticket_id)
             self.db.conn.execute(
                 f"UPDATE tickets SET {assignments} WHERE id = ?", [*cols.values(), ticket_id]
             )

@@ -15,7 +15,7 @@ from agent.api import ApiClient
 from agent.config import Config, FolderConfig, LogConfig, StateConfig
 from agent.models import Phase
 from agent.scheduler import Scheduler, _DiskBatch
-from agent.store import Store
+from agent.store import Store, WritesLost
 
 
 def make(tmp_path: Path) -> tuple[Scheduler, Store, Path]:
@@ -100,6 +100,27 @@ async def test_a_failed_commit_fails_the_acts_waiting_for_it(
         await sched._persisted()
     monkeypatch.undo()
     assert Store(store.db, readonly=True).get(tid).phase is Phase.PENDING
+    await sched.api.close()
+    store.close()
+
+
+async def test_a_failed_write_fails_the_acts_of_its_group(tmp_path: Path) -> None:
+    """Ticket a's transition shares a group with b's write, which fails: the group is undone,
+    so a must not act on its transition either."""
+    sched, store, db = make(tmp_path)
+    a, b = add(store, "a"), add(store, "b")
+    await sched._persisted()
+
+    async def step(tid: int, **bad: Any) -> None:
+        store.update(tid, 2.0, event="creating", phase=Phase.CREATING, **bad)
+        await sched._persisted()  # the act waits for its transition's commit
+
+    got = await asyncio.gather(step(a), step(b, nonsense=1), return_exceptions=True)
+    assert isinstance(got[0], WritesLost) and isinstance(got[1], sqlite3.OperationalError)
+    assert committed_phase(db, a) == "pending"
+    store.update(a, 3.0, event="creating", phase=Phase.CREATING)  # the step taken again
+    await sched._persisted()
+    assert committed_phase(db, a) == "creating"
     await sched.api.close()
     store.close()
 

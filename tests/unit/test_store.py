@@ -9,7 +9,7 @@ import pytest
 
 from agent.errors import ConfigError
 from agent.models import Phase, RemoteOutput
-from agent.store import StateLock, Store
+from agent.store import StateLock, Store, WritesLost
 
 
 def add(store: Store, path: str = "/in/a.job", sha: str = "s1") -> int:
@@ -148,15 +148,27 @@ def test_group_commit_keeps_writes_from_other_readers_until_commit(tmp_path: Pat
     reader.close()
 
 
-def test_a_failed_grouped_write_leaves_no_part_of_it_and_the_rest_intact() -> None:
+def test_a_failed_grouped_write_undoes_its_group_and_the_next_commit_says_so() -> None:
     store = Store.open(":memory:")
     store.group_commit = True
     tid = add(store)
+    store.commit()
+    other = add(store, path="/in/b.job", sha="s2")  # another ticket's write in the same group
+    store.update(tid, 1.5, event="creating", phase=Phase.CREATING)
     with pytest.raises(Exception, match="no such column"):
         store.update(tid, 2.0, event="created", phase=Phase.UPLOADING, nonsense=1)
-    store.commit()
-    assert store.get(tid).phase is Phase.PENDING
+    assert store.dirty  # not reported yet: an act waiting for this group must not go on
+    with pytest.raises(WritesLost, match="no such column"):
+        store.commit()
+    assert not store.dirty
+    assert store.get(tid).phase is Phase.PENDING  # nothing of the group is left
     assert [h["event"] for h in store.history(tid)] == ["accepted"]
+    with pytest.raises(KeyError):
+        store.get(other)
+    store.update(tid, 3.0, event="creating", phase=Phase.CREATING)  # later writes go on
+    store.commit()
+    assert store.get(tid).phase is Phase.CREATING
+    assert [h["event"] for h in store.history(tid)] == ["accepted", "creating"]
 
 
 def test_a_state_file_from_before_the_validator_column_is_migrated(tmp_path: Path) -> None:
