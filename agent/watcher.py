@@ -542,6 +542,13 @@ class Watcher:
         trees = self._trees
         if trees is None or self._stopping or self._queue is None:
             return
+        try:
+            self._inotify_events(trees, self._queue)
+        except Exception:  # reading events must never end watching: a scan catches up
+            log.exception("handling folder events failed; scanning the folders instead")
+            self.rescan()
+
+    def _inotify_events(self, trees: inotify.Trees, queue: asyncio.Queue[tuple[Path, int]]) -> None:
         for tree, where, name, mask in trees.changes(self.rescan):
             folder = self._folders[tree.tag]
             if folder.watch is not tree:
@@ -551,7 +558,7 @@ class Watcher:
                 # Its probe says whether it is gone; the next scan watches it again when back.
                 trees.remove(tree)
                 folder.watch = None
-                self._queue.put_nowait((where, folder.index))
+                queue.put_nowait((where, folder.index))
                 self.rescan()
             elif mask & inotify.IN_ISDIR:
                 if not tree.recursive or name.startswith("."):
@@ -562,11 +569,11 @@ class Watcher:
                     self._subfolder_tasks.add(task)
                     task.add_done_callback(self._subfolder_tasks.discard)
                 else:
-                    self._queue.put_nowait((path, folder.index))
+                    queue.put_nowait((path, folder.index))
             elif not _never_counts(name):  # most events are the agent's own files: no Path
                 path = where / name
                 if classify(path, folder.config) is not None:
-                    self._queue.put_nowait((path, folder.index))
+                    queue.put_nowait((path, folder.index))
 
     async def _watch_subfolder(
         self, trees: inotify.Trees, tree: inotify.TreeWatch, path: Path, folder: _Folder

@@ -329,6 +329,29 @@ async def test_events_the_kernel_dropped_start_a_scan_at_once(tmp_path: Path, ru
     await col.wait_for(lambda ev: count(ev, "ticket") == 1, timeout=20)
 
 
+@needs_inotify
+async def test_an_error_handling_events_is_logged_and_a_scan_catches_up(
+    tmp_path: Path, run, monkeypatch: pytest.MonkeyPatch, caplog
+) -> None:
+    real = watcher_mod.classify
+    broken: list[Path] = []
+
+    def classify_once_broken(path: Path, folder: Any) -> Any:
+        if not broken:
+            broken.append(path)
+            raise RuntimeError("boom")
+        return real(path, folder)
+
+    _, col = await run([Folder(tmp_path)], reconcile_interval=300)
+    monkeypatch.setattr(watcher_mod, "classify", classify_once_broken)
+    with caplog.at_level(logging.ERROR, logger="agent.watcher"):
+        (tmp_path / "a.job").write_text("x")
+        await col.wait_for(lambda ev: count(ev, "ticket") == 1)
+    assert broken and "handling folder events failed" in caplog.text
+    (tmp_path / "b.job").write_text("x")  # still watching
+    await col.wait_for(lambda ev: count(ev, "ticket") == 2)
+
+
 async def test_stop_is_clean_and_quiet(tmp_path: Path) -> None:
     col = Collector()
     w = Watcher(
