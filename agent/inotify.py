@@ -160,7 +160,11 @@ class Trees:
         tree = TreeWatch(root, recursive, tag)
         self._register(tree, self.inotify.add_watch(str(root), WATCH_MASK & ~IN_DONT_FOLLOW), root)
         if recursive:
-            self.add_subtree(tree, root, include_top=False)
+            try:
+                self.add_subtree(tree, root, include_top=False)
+            except BaseException:
+                self.remove(tree)  # no watch of a tree nobody holds may use up the limit
+                raise
         return tree
 
     def add_subtree(self, tree: TreeWatch, top: Path, *, include_top: bool = True) -> None:

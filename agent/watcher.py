@@ -3,8 +3,8 @@
 Native events on Linux come from ``agent.inotify``, read by the event loop itself (no thread).
 Elsewhere, and for polling, watchdog's observers: the only use of watchdog. Its threads do
 nothing but filter an event by name and hand its path to the event loop, through exactly one
-crossing (``loop.call_soon_threadsafe(queue.put_nowait, …)``). Everything else runs in the loop: the
-settle gate (a file's size, mtime and inode unchanged for ``settle_seconds``, judged by ``stat``
+crossing (``loop.call_soon_threadsafe(queue.put_nowait, …)``). Everything else runs in the loop:
+the settle gate (a file's size, mtime and inode unchanged for ``settle_seconds``, judged by ``stat``
 with the injected clock), the bookkeeping of what was already announced, and the periodic
 reconcile scan that catches dropped events without announcing unchanged files again. Directory
 walks and ``stat`` calls run in worker threads, so a slow network share cannot stall the loop.
