@@ -505,6 +505,7 @@ class Watcher:
             else:
                 folder.observer, folder.mode, folder.reason = observer, "native", reason
                 log.info("watching %s with native events (%s)", path, reason)
+                self._look_again(folder)
                 return
         else:
             log.info("polling %s every %.1f s: %s", path, self._fs_poll_interval, reason)
@@ -517,6 +518,13 @@ class Watcher:
             self._unreachable(folder, exc.strerror or str(exc))
             return
         folder.observer, folder.mode, folder.reason = observer, "polling", reason
+        self._look_again(folder)
+
+    def _look_again(self, folder: _Folder) -> None:
+        """A watch was just set up: walk the folder once more, for files that arrived after the
+        last scan and before the watch saw anything (the settle gate skips the unchanged)."""
+        if self._queue is not None:
+            self._queue.put_nowait((folder.config.path, folder.index))
 
     async def _unwatch(self, folder: _Folder) -> None:
         watch = folder.watch

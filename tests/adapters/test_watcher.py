@@ -343,6 +343,7 @@ async def test_an_error_handling_events_is_logged_and_a_scan_catches_up(
         return real(path, folder)
 
     _, col = await run([Folder(tmp_path)], reconcile_interval=300)
+    await asyncio.sleep(SETTLE)  # the look at the folder after its watch began is done
     monkeypatch.setattr(watcher_mod, "classify", classify_once_broken)
     with caplog.at_level(logging.ERROR, logger="agent.watcher"):
         (tmp_path / "a.job").write_text("x")
@@ -350,6 +351,21 @@ async def test_an_error_handling_events_is_logged_and_a_scan_catches_up(
     assert broken and "handling folder events failed" in caplog.text
     (tmp_path / "b.job").write_text("x")  # still watching
     await col.wait_for(lambda ev: count(ev, "ticket") == 2)
+
+
+@pytest.mark.parametrize("polling", ["never", "always"])
+async def test_a_file_arriving_between_the_scan_and_the_watch_is_found(
+    tmp_path: Path, run, monkeypatch: pytest.MonkeyPatch, polling: str
+) -> None:
+    real = Watcher._watch
+
+    async def late(self: Watcher, folder: Any) -> None:
+        (tmp_path / "between.job").write_text("x")  # after the startup scan, before the watch
+        await real(self, folder)
+
+    monkeypatch.setattr(Watcher, "_watch", late)
+    _, col = await run([Folder(tmp_path, polling=polling)], reconcile_interval=300)
+    await col.wait_for(lambda ev: count(ev, "ticket") == 1)
 
 
 async def test_stop_is_clean_and_quiet(tmp_path: Path) -> None:
