@@ -79,12 +79,7 @@ async def test_editing_a_ticket_while_its_job_runs_makes_a_new_request(
     tmp_path: Path, make_emulator: MakeEmulator
 ) -> None:
     emu = await make_emulator(processing_seconds=3)
-    inbox = tmp_path / "inbox"
-    inbox.mkdir()
-    (inbox / "photo.png").write_bytes(png_bytes())
-    cfg = write_config(tmp_path / "c.yaml", emu.base_url, [inbox], tmp_path / "state.db")
-    log = tmp_path / "agent.log"
-    proc = spawn_agent(cfg, "run", log=log)
+    inbox, log, proc = _start_agent(tmp_path, emu)
     try:
         await wait_for_log(log, "watching")
         (inbox / "photo.job").write_text("input: photo.png\ntarget: jpg\n")
