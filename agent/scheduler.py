@@ -59,7 +59,7 @@ from agent.models import (
     TicketSpec,
     VerifyMode,
 )
-from agent.store import OutputRecord, Store, TicketRecord
+from agent.store import OutputRecord, StateStore, TicketRecord
 from agent.sweep import Sweeper, Watched
 from agent.ticket import parse_ticket, ticket_text_for_plain_file
 from agent.watcher import WatchEvent
@@ -191,7 +191,7 @@ class Scheduler:
     def __init__(
         self,
         cfg: Config,
-        store: Store,
+        store: StateStore,
         api: ApiClient,
         *,
         clock: Callable[[], float] = time.time,

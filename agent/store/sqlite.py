@@ -1,4 +1,4 @@
-"""The state database: the only importer of sqlite_utils.
+"""The embedded SQLite backend of the state store: the only importer of sqlite_utils.
 
 Every ticket, the remote job it owns, its inputs and outputs, and a history row for every
 transition live here, so that a restart resumes exactly where the last process stopped. The
@@ -18,19 +18,22 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
-import fcntl
 import hashlib
 import json
 import os
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from agent.errors import ConfigError
 from agent.models import Phase, RemoteOutput
+from agent.store.records import (
+    InputRecord,
+    OutputRecord,
+    TicketRecord,
+    WritesLost,
+    _decode_columns,
+)
 
 if TYPE_CHECKING:
     from sqlite_utils import Database
@@ -124,161 +127,6 @@ def m001_initial(db: Database) -> None:
     db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
 
 
-@dataclass(frozen=True)
-class TicketRecord:
-    id: int
-    path: str
-    root: str
-    sha256: str
-    kind: str
-    spec: str
-    phase: Phase
-    active: bool
-    filed: bool
-    idem_key: str
-    job_id: str | None
-    job_token: str | None = field(repr=False)
-    job_server: str | None
-    start_sent: bool
-    remote_status: str | None
-    remote_info: str | None
-    error: Mapping[str, Any] | None
-    wait_until: float | None
-    attempts: int
-    created_at: float
-    updated_at: float
-    finished_at: float | None
-
-    @property
-    def name(self) -> str:
-        return os.path.basename(self.path)
-
-    @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> TicketRecord:
-        return cls(**_decode_columns({name: row[name] for name in _TICKET_FIELDS}))
-
-    def public(self) -> dict[str, Any]:
-        """A JSON-able view without secrets, for the CLI, sidecars and the dashboard."""
-        return {
-            "id": self.id,
-            "ticket": self.path,
-            "name": self.name,
-            "kind": self.kind,
-            "phase": str(self.phase),
-            "waiting": self.wait_until is not None and not self.phase.terminal,
-            "next_attempt_at": self.wait_until,
-            "job_id": self.job_id,
-            "server_status": self.remote_status,
-            "server_info": self.remote_info,
-            "error": dict(self.error) if self.error else None,
-            "attempts": self.attempts,
-            "created_at": self.created_at,
-            "updated_at": self.updated_at,
-            "finished_at": self.finished_at,
-        }
-
-
-_TICKET_FIELDS = tuple(f.name for f in fields(TicketRecord))
-
-
-def _decode_columns(cols: Mapping[str, Any]) -> dict[str, Any]:
-    """Ticket columns as stored → as a TicketRecord holds them (any subset of the columns)."""
-    d = dict(cols)
-    if "phase" in d:
-        d["phase"] = Phase(d["phase"])
-    if "error" in d:
-        d["error"] = json.loads(d["error"]) if d["error"] else None
-    for k in ("active", "filed", "start_sent"):
-        if k in d:
-            d[k] = bool(d[k])
-    return d
-
-
-@dataclass(frozen=True)
-class InputRecord:
-    id: int
-    ticket_id: int
-    idx: int
-    kind: str
-    value: str
-    abs_path: str | None
-    upload_uuid: str
-    sent: bool
-    remote_id: str | None
-
-    @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> InputRecord:
-        d = {f.name: row[f.name] for f in fields(cls)}
-        d["sent"] = bool(d["sent"])
-        return cls(**d)
-
-
-@dataclass(frozen=True)
-class OutputRecord:
-    id: int
-    ticket_id: int
-    idx: int
-    remote_id: str
-    filename: str
-    uri: str
-    size: int | None
-    checksum: str
-    remote_status: str
-    state: str
-    dest_name: str | None
-    digest: str | None
-    verdict: str | None
-    gets: int
-    mismatches: int
-    validator: str | None = None  # ETag/Last-Modified of the last download: If-Range on resume
-
-    @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> OutputRecord:
-        return cls(**{f.name: row[f.name] for f in fields(cls)})
-
-    def public(self) -> dict[str, Any]:
-        return {
-            "name": self.dest_name or self.filename,
-            "size": self.size,
-            "checksum": self.checksum or None,
-            "state": self.state,
-            "verdict": self.verdict,
-        }
-
-
-class StateLock:
-    """One agent per state file: an exclusive ``flock`` on ``STATE.lock`` holding our pid."""
-
-    def __init__(self, db_path: Path) -> None:
-        self.path = db_path.with_name(db_path.name + ".lock")
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        # Private like the database beside it (the lock is taken before the store is opened).
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            other = os.read(fd, 32).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
-                raise ConfigError(
-                    f"another convert-agent (pid {other}) is already running with the state file "
-                    f"{self.path.with_suffix('')}: stop it first, or give this one its own "
-                    "--state file"
-                ) from exc
-            raise
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-
 def m002_output_validator(db: Database) -> None:
     # The download's validator, kept so a resume after a restart still sends If-Range.
     db.execute("ALTER TABLE outputs ADD COLUMN validator TEXT")
@@ -302,10 +150,6 @@ class _Reader:
 
     def close(self) -> None:
         self.conn.close()
-
-
-class WritesLost(Exception):
-    """A write of a group failed, so the whole group was rolled back (``Store.commit``)."""
 
 
 class Store:
