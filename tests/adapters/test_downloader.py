@@ -159,6 +159,22 @@ async def test_complete_part_is_accepted_without_a_request(tmp_path: Path) -> No
     assert result.verdict == "verified" and result.size == len(DATA)
 
 
+async def test_a_full_size_leftover_part_with_wrong_bytes_is_downloaded_again(
+    tmp_path: Path,
+) -> None:
+    # An earlier run died with a part of the announced size, but its bytes are wrong (a torn
+    # write, a bad sector, someone else's file): its digest must be compared, not its size.
+    part = tmp_path / ".p.part"
+    bad = bytearray(DATA)
+    bad[len(bad) // 2] ^= 0xFF
+    part.write_bytes(bytes(bad))
+    opener = Opener()
+    result = await fetch(opener, part, resume=True, validator='"etag"')
+    assert opener.calls == [(0, '"etag"')]  # started again from the first byte
+    assert result.verdict == "verified" and result.digest == MD5
+    assert part.read_bytes() == DATA
+
+
 async def test_without_resume_an_old_part_is_discarded(tmp_path: Path) -> None:
     part = tmp_path / ".p.part"
     part.write_bytes(b"old")
