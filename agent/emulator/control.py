@@ -6,12 +6,15 @@
 - `POST /_emulator/faults` — `{"faults": [{route, kind, rate?, count?, param?}], "replace": true}`
   or a bare list (replaces); `DELETE /_emulator/faults` clears them.
 - `POST /_emulator/clock`  — `{"advance": seconds}` and/or `{"speed": x}`; answers `{"now": …}`.
+- `POST /_emulator/config` — switch `patch_started` (`"noop"`/`"conflict"`) and/or
+  `ignore_idempotency` (bool) while running; answers the two current values.
 - `POST /_emulator/reset`  — forget all jobs, records and faults; credits back to the budget.
 - `GET  /_emulator/health` — `{"ok": true}`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -20,6 +23,9 @@ from aiohttp import web
 from agent.emulator.common import ApiError, json_response, read_json, state_of
 from agent.emulator.config import ConfigError, FaultSpec
 from agent.emulator.state import fmt_time
+
+#: Settings `POST /_emulator/config` may change while the emulator runs.
+SWITCHABLE = ("patch_started", "ignore_idempotency")
 
 
 async def get_state(request: web.Request) -> web.Response:
@@ -74,6 +80,23 @@ async def clock(request: web.Request) -> web.Response:
     return json_response({"now": fmt_time(state.clock.now()), "speed": state.clock.speed})
 
 
+async def config(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    if not isinstance(body, dict) or set(body) - set(SWITCHABLE):
+        raise ApiError(400, f"Send an object with some of {', '.join(SWITCHABLE)}")
+    ignore = body.get("ignore_idempotency")
+    if ignore is not None and not isinstance(ignore, bool):
+        raise ApiError(400, "`ignore_idempotency` must be a boolean")
+    state = state_of(request)
+    try:
+        state.config = dataclasses.replace(
+            state.config, **{k: v for k, v in body.items() if v is not None}
+        )
+    except ConfigError as exc:
+        raise ApiError(400, str(exc)) from exc
+    return json_response({k: getattr(state.config, k) for k in SWITCHABLE})
+
+
 async def reset(request: web.Request) -> web.Response:
     state = state_of(request)
     state.reset()
@@ -92,5 +115,6 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/_emulator/faults", set_faults)
     r.add_delete("/_emulator/faults", clear_faults)
     r.add_post("/_emulator/clock", clock)
+    r.add_post("/_emulator/config", config)
     r.add_post("/_emulator/reset", reset)
     r.add_get("/_emulator/health", health)

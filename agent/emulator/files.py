@@ -52,8 +52,11 @@ async def upload_file(request: web.Request) -> web.Response:
     upload_uuid = next(
         (request.headers[h] for h in UPLOAD_UUID_HEADERS if request.headers.get(h)), None
     )
+    if upload_uuid is not None:
+        job.upload_requests[upload_uuid] = job.upload_requests.get(upload_uuid, 0) + 1
     if upload_uuid is not None and upload_uuid in job.upload_uuids:
         inp = next(i for i in job.inputs if i.id == job.upload_uuids[upload_uuid])
+        inp.uploads += 1
         await _read_file_part(request)  # drain the repeated body; it is not stored again
         state.uploads.append(
             UploadRecord(job.id, inp.id, inp.filename, len(inp.data or b""), upload_uuid, True)
@@ -62,6 +65,8 @@ async def upload_file(request: web.Request) -> web.Response:
     if job.started:
         raise ApiError(409, "The job does not accept uploads once it has started")
     filename, content_type, data = await _read_file_part(request)
+    if upload_uuid is None:
+        job.upload_requests[filename] = job.upload_requests.get(filename, 0) + 1
     now = state.clock.now()
     inp = InputFile(
         id=str(uuid.uuid4()),
@@ -73,6 +78,7 @@ async def upload_file(request: web.Request) -> web.Response:
         filename=filename,
         content_type=content_type,
         data=data,
+        uploads=1,
     )
     processor = processor_of(request)
     processor.add_input(job, inp)

@@ -169,7 +169,9 @@ async def create_job(request: web.Request) -> web.Response:
     state.create_requests += 1
     require_key(request)
     key = request.headers.get("Idempotency-Key")
-    if key is not None:
+    if key is None:
+        state.create_requests_without_key += 1
+    else:
         state.idempotency_counts[key] = state.idempotency_counts.get(key, 0) + 1
         known = state.idempotency.get(key)
         if known is not None and not state.config.ignore_idempotency and known in state.jobs:
@@ -186,6 +188,7 @@ async def create_job(request: web.Request) -> web.Response:
     settings = read_settings(NEW_JOB, body)
     check_capacity(request)
     job = state.new_job(conversions)
+    job.idempotency_key = key
     apply_settings(job, settings)
     job.process = process
     processor = processor_of(request)
@@ -237,6 +240,8 @@ async def patch_job(request: web.Request) -> web.Response:
     process = body.get("process")
     if process is not None and not isinstance(process, bool):
         raise ApiError(400, "`process` must be a boolean")
+    if process is True:
+        job.start_requests += 1  # every start request, answered or refused
     state = state_of(request)
     if job.status in ("failed", "canceled") and process:
         raise ApiError(

@@ -110,6 +110,8 @@ class InputFile:
     content_type: str = ""
     data: bytes | None = None
     error: tuple[int, str] | None = None
+    #: Upload requests that landed on this input (the first, and repeats with its upload uuid).
+    uploads: int = 0
 
     def set_data(self, data: bytes, now: datetime) -> None:
         self.data, self.status, self.modified_at = data, "ready", now
@@ -216,6 +218,12 @@ class Job:
     spent: int = 0
     #: How many times the job really started (left `incomplete` for processing).
     starts: int = 0
+    #: Every PATCH `{"process": true}` the handler saw, repeats and refused ones included.
+    start_requests: int = 0
+    #: The Idempotency-Key of the POST /jobs that created the job (None without one).
+    idempotency_key: str | None = None
+    #: Upload requests per upload uuid (or per filename when the request carried no uuid).
+    upload_requests: dict[str, int] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     #: `x-oc-upload-uuid` → input id, for upload de-duplication.
     upload_uuids: dict[str, str] = field(default_factory=dict)
@@ -334,6 +342,7 @@ class EmulatorState:
         self.jobs: dict[str, Job] = {}
         self.credits_remaining: int | None = self.config.credits
         self.create_requests = 0
+        self.create_requests_without_key = 0
         self.idempotency: dict[str, str] = {}
         self.idempotency_counts: dict[str, int] = {}
         self.uploads: list[UploadRecord] = []
@@ -395,17 +404,28 @@ class EmulatorState:
             "create_requests": self.create_requests,
             "jobs_created": len(self.jobs),
             "idempotency_keys": dict(self.idempotency_counts),
+            "create_requests_by_key": dict(self.idempotency_counts),
+            "create_requests_without_key": self.create_requests_without_key,
             "jobs": [
                 {
                     "id": job.id,
                     "status": job.status,
                     "process": job.process,
                     "starts": job.starts,
+                    "start_requests": job.start_requests,
+                    "idempotency_key": job.idempotency_key,
                     "targets": [c.target for c in job.conversions],
                     "inputs": [
-                        {"id": i.id, "type": i.type, "status": i.status, "filename": i.filename}
+                        {
+                            "id": i.id,
+                            "type": i.type,
+                            "status": i.status,
+                            "filename": i.filename,
+                            "uploads": i.uploads,
+                        }
                         for i in job.inputs
                     ],
+                    "upload_requests": dict(job.upload_requests),
                     "outputs": [
                         {
                             "id": o.id,
