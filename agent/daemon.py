@@ -52,6 +52,16 @@ class RedactingFilter(logging.Filter):
             clean = clean.replace(s, "***")
         if clean != msg:
             record.msg, record.args = clean, None
+        if record.exc_info and not record.exc_text:
+            # The traceback's text (an exception's message may hold the key) is made here, so
+            # it is redacted too; the formatters use this cached text as it is.
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        for attr in ("exc_text", "stack_info"):
+            text = getattr(record, attr)
+            if text:
+                for s in self.secrets:
+                    text = text.replace(s, "***")
+                setattr(record, attr, text)
         return True
 
 

@@ -15,6 +15,7 @@ views built from ``TicketRecord.public()``, the key never stored.
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import os
 import stat
@@ -25,7 +26,7 @@ from pathlib import Path
 
 from e2e_harness import KEY, agent_cmd, png_bytes, run_agent, stop_agent, wait_for, write_config
 
-from agent.config import Config, LogConfig
+from agent.config import ApiConfig, Config, LogConfig
 from agent.daemon import configure_logging
 from agent.emulator import RunningEmulator
 
@@ -151,3 +152,42 @@ async def test_rotated_log_files_are_private_too(tmp_path: Path) -> None:
     for p in files:
         assert mode(p) == 0o600, (p.name, oct(mode(p)))
     assert sys.platform != "win32"
+
+
+def test_the_api_key_is_redacted_from_every_log_handler_the_setup_installs(
+    tmp_path: Path,
+) -> None:
+    """The agent never logs its key on purpose; ``RedactingFilter`` is the backstop for a key
+    that reaches a record anyway (a server echoing it, an exception text). It is tested as the
+    real setup installs it: removing it from ``configure_logging`` fails this test."""
+    key = "sk-live-REDACTME-0123456789abcdef"
+    logfile = tmp_path / "logs" / "agent.log"
+    stderr_text = io.StringIO()
+    root = logging.getLogger()
+    saved, saved_level = list(root.handlers), root.level
+    root.handlers = [h for h in saved if not getattr(h, "_convert_agent", False)]
+    before = list(root.handlers)
+    try:
+        configure_logging(
+            Config(api=ApiConfig(key=key), log=LogConfig(file=logfile)),
+            stderr=logging.StreamHandler(stderr_text),
+        )
+        agent_log = logging.getLogger("agent.scheduler")
+        agent_log.warning("the server said: bad key %s", key)  # in the arguments
+        agent_log.warning(f"request failed: X-Oc-Api-Key={key}!")  # in the text
+        agent_log.warning("nothing secret here: %d tickets", 3)
+        try:
+            raise RuntimeError(f"the answer echoed {key}")
+        except RuntimeError:
+            agent_log.exception("internal error")  # in a traceback
+    finally:
+        for h in root.handlers[:]:
+            if h not in before:
+                root.removeHandler(h)
+                h.close()
+        root.handlers, root.level = saved, saved_level
+    for where, text in (("stderr", stderr_text.getvalue()), ("log file", logfile.read_text())):
+        assert key not in text, where
+        assert "bad key ***" in text and "X-Oc-Api-Key=***!" in text, (where, text)
+        assert "nothing secret here: 3 tickets" in text, where
+        assert "RuntimeError: the answer echoed ***" in text, where
