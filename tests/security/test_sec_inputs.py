@@ -14,10 +14,15 @@ import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import pytest
 import yaml
+from aiohttp import web
 from e2e_harness import png_bytes, run_agent, spawn_agent, stop_agent, wait_for, write_config
 
+from agent.api import ApiClient
 from agent.emulator import FaultSpec, RunningEmulator
+from agent.errors import AgentError
+from agent.models import RemoteJob
 
 MakeEmulator = Callable[..., Awaitable[RunningEmulator]]
 SECRET = b"root:x:0:0:the secret outside the folder\n"
@@ -95,3 +100,37 @@ async def test_input_swapped_for_a_symlink_after_acceptance_is_not_uploaded(
     assert state["uploads"] == [], state["uploads"]
     assert all(j["starts"] == 0 for j in state["jobs"])
     assert (outside / "secret.txt").read_bytes() == SECRET
+
+
+async def test_the_upload_never_opens_a_symlink(tmp_path: Path) -> None:
+    """``ApiClient.upload_file`` on its own (the scheduler's check before it masks it in the
+    tests above): a path that is a symlink when the file is opened is refused, nothing is sent.
+    It covers a swap between the scheduler's check and the open."""
+    inbox, outside = _layout(tmp_path)
+    os.symlink(outside / "secret.txt", inbox / "a.txt")
+    received: list[bytes] = []
+
+    async def upload(request: web.Request) -> web.Response:
+        received.append(await request.read())
+        return web.json_response({"id": "in-1", "status": "ready"})
+
+    app = web.Application()
+    app.router.add_post("/srv/upload-file/{id}", upload)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    api = ApiClient(base + "/v2", "k" * 32, max_retries=0)
+    job = RemoteJob.from_dict({"id": "j1", "token": "t" * 32, "server": base + "/srv/"})
+    try:
+        with pytest.raises(AgentError):
+            await api.upload_file(job, inbox / "a.txt", filename="a.txt", upload_uuid="u-1")
+        # The same call with a plain file goes through: the refusal is about the symlink.
+        (inbox / "b.txt").write_text("harmless\n")
+        await api.upload_file(job, inbox / "b.txt", filename="b.txt", upload_uuid="u-2")
+    finally:
+        await api.close()
+        await runner.cleanup()
+    assert len(received) == 1 and b"harmless" in received[0]
+    assert not any(SECRET in body for body in received)
