@@ -18,13 +18,12 @@ from typing import Any
 
 import pytest
 import yaml
-from fuzz_support import FUZZ, any_json, nasty_text
-from hypothesis import given
+from fuzz_support import EXAMPLES, FUZZ, any_json, nasty_text
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from agent.errors import TicketError
 from agent.models import InputKind, TicketKind
-from agent.paths import is_within
 from agent.ticket import MAX_TICKET_BYTES, parse_ticket
 
 COUNTS: Counter[str] = Counter()
@@ -34,12 +33,16 @@ MAX_SECONDS = 2.0  # one ticket, even a hostile one, is judged well within this
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
     """A watched root with a few inputs, a sub-folder and symlinks that lead out of it."""
-    base = tmp_path_factory.mktemp("fuzz-tickets")
+    # The oracle models the tree from here down; the temp folder's own path has no symlinks.
+    base = Path(os.path.realpath(tmp_path_factory.mktemp("fuzz-tickets")))
     root = base / "inbox"
     (root / "sub").mkdir(parents=True)
     outside = base / "outside"
     outside.mkdir()
     (outside / "secret.txt").write_text("secret")
+    # A sibling whose name starts with the root's: "inbox-x" is not inside "inbox".
+    (base / "inbox-x").mkdir()
+    (base / "inbox-x" / "secret.txt").write_text("secret")
     for name in ("report.docx", "photo.png", "sub/deep.txt", "é.png"):
         (root / name).write_text("x")
     os.symlink(outside / "secret.txt", root / "link-out.txt")
@@ -348,6 +351,49 @@ raw_tickets = st.one_of(
 )
 
 
+# --------------------------------------------------------------------------- the oracle
+
+
+def _parts(path: Path | str) -> list[str]:
+    return [p for p in str(path).split("/") if p]
+
+
+def model_resolve(root: Path, start: Path, value: str) -> list[str]:
+    """Where ``value``, named in a ticket in ``start``, leads, judged from a model of the tree the
+    ``sandbox`` fixture built (its four symlinks; everything else a plain name), not by asking the
+    filesystem: an oracle independent of ``realpath`` and of the agent's own checks. The result
+    is the absolute path as a list of components."""
+    base = _parts(root.parent)
+    links = {
+        (*base, "inbox", "link-out.txt"): [*base, "outside", "secret.txt"],
+        (*base, "inbox", "dir-out"): [*base, "outside"],
+        (*base, "inbox", "passwd"): ["etc", "passwd"],
+        (*base, "inbox", "link-in.png"): [*base, "inbox", "photo.png"],
+    }
+    here = [] if value.startswith("/") else _parts(start)
+    pending = value.split("/")
+    while pending:
+        name = pending.pop(0)
+        if name in ("", "."):
+            continue
+        if name == "..":
+            if here:
+                here.pop()
+            continue
+        target = links.get((*here, name))
+        if target is not None:
+            here, pending = [], [*target, *pending]
+        else:
+            here = [*here, name]
+    return here
+
+
+def model_inside(root: Path, resolved: list[str]) -> bool:
+    """Strictly inside the root: the root's components, then at least one more."""
+    r = _parts(root)
+    return len(resolved) > len(r) and resolved[: len(r)] == r
+
+
 # --------------------------------------------------------------------------- properties
 
 
@@ -367,8 +413,10 @@ def _check(data: bytes, root: Path, ticket: Path, defaults: dict[str, Any] | Non
         for inp in spec.inputs:
             if inp.kind is InputKind.LOCAL:
                 assert inp.path is not None
-                assert is_within(inp.path, root), (inp.value, inp.path)
-                assert os.path.realpath(inp.path) != os.path.realpath(root)
+                resolved = model_resolve(root, ticket.parent, inp.value)
+                assert model_inside(root, resolved), (inp.value, inp.path)
+                assert _parts(inp.path) == resolved, (inp.value, inp.path)
+                COUNTS["local inputs accepted"] += 1
             else:
                 assert inp.value.lower().startswith(("http://", "https://"))
     elapsed = time.perf_counter() - start
@@ -396,9 +444,92 @@ def test_folder_defaults_never_break_the_parser(
     _check(data, root, ticket, defaults)
 
 
+PATH_PARTS = (
+    "..",
+    "../..",
+    ".",
+    "",
+    "sub",
+    "photo.png",
+    "report.docx",
+    "deep.txt",
+    "é.png",
+    "link-out.txt",
+    "dir-out",
+    "passwd",
+    "link-in.png",
+    "secret.txt",
+    "inbox",
+    "inbox-x",
+    "outside",
+    "nope.png",
+    "~",
+)
+
+
+@FUZZ
+@given(
+    absolute=st.booleans(),
+    parts=st.lists(st.sampled_from(PATH_PARTS), min_size=1, max_size=6),
+)
+# Each of these kills one mutant of the parser's confinement check, whatever the draw:
+@example(absolute=False, parts=["..", "..", "inbox-x", "secret.txt"])  # a prefix, not a folder
+@example(absolute=True, parts=["inbox-x", "secret.txt"])
+@example(absolute=False, parts=["..", "link-out.txt"])  # symlinks resolved
+@example(absolute=False, parts=["..", "dir-out", "secret.txt"])
+@example(absolute=False, parts=[".."])  # the root itself is not an input
+@example(absolute=False, parts=["..", "link-in.png"])  # a link inside stays accepted
+@example(absolute=True, parts=["inbox", "sub", "deep.txt"])
+def test_local_inputs_are_accepted_exactly_when_they_resolve_inside_the_root(
+    sandbox: tuple[Path, Path], absolute: bool, parts: list[str]
+) -> None:
+    """Paths made of the sandbox's own names, ``..`` and its symlinks, relative to the ticket or
+    absolute under the sandbox, judged both ways by the tree model: inside is accepted (at the
+    path the model finds), outside is refused."""
+    root, ticket = sandbox
+    value = "/".join(parts)
+    if absolute:
+        value = f"{root.parent}/{value}"
+    if not value.strip():
+        return  # "needs a value": not a path question
+    data = yaml.safe_dump({"input": value, "target": "pdf"}, allow_unicode=True).encode()
+    resolved = model_resolve(root, ticket.parent, value)
+    inside = model_inside(root, resolved)
+    try:
+        spec = parse_ticket(data, ticket_path=ticket, root=root)
+    except TicketError as err:
+        assert not inside, (value, err.message)
+        assert "outside the watched folder" in err.message, (value, err.message)
+        COUNTS["paths refused"] += 1
+    else:
+        assert inside, (value, spec.inputs)
+        (inp,) = spec.inputs
+        assert inp.kind is InputKind.LOCAL and inp.path is not None
+        assert _parts(inp.path) == resolved, (value, inp.path)
+        COUNTS["paths accepted"] += 1
+
+
 def test_fuzz_ticket_counts_are_reported(sandbox: tuple[Path, Path]) -> None:
-    """Runs last in this module: prints how many tickets were judged (for the long-mode report)."""
+    """Runs last in this module: every ticket drawn above was judged one way or the other, both
+    ways happened, and the counts are printed (for the long-mode report)."""
     print(f"\nfuzzed tickets: {dict(COUNTS)}")
+    if not COUNTS:
+        pytest.skip("run with the module's fuzz tests: it checks their counts")
+    # Two properties x FUZZ_EXAMPLES tickets, each either accepted or rejected (an exception of
+    # any other kind fails the property itself).
+    assert COUNTS["tickets"] >= 2 * min(EXAMPLES, 10), COUNTS
+    assert COUNTS["accepted"] + COUNTS["rejected"] == COUNTS["tickets"], COUNTS
+    assert COUNTS["rejected"] > 0, COUNTS
+    # The confinement property saw paths both ways, and accepted local inputs were checked.
+    assert COUNTS["paths accepted"] > 0 and COUNTS["paths refused"] > 0, COUNTS
+    assert set(COUNTS) <= {
+        "tickets",
+        "accepted",
+        "rejected",
+        "local inputs accepted",
+        "paths accepted",
+        "paths refused",
+    }, COUNTS
 
 
 def test_control_characters_in_a_key_are_escaped_in_the_message(
