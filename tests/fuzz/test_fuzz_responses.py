@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from fuzz_support import FUZZ, any_json, hostile_name, nasty_text
+from fuzz_support import EXAMPLES, FUZZ, any_json, hostile_name, nasty_text
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -450,9 +450,32 @@ def test_scheduler_gives_every_ticket_an_outcome_whatever_the_server_says(
     shutil.rmtree(folder)
 
 
+OUTCOMES = ("done", "failed", "canceled", "waiting", "polling")
+
+
 def test_fuzz_response_counts_are_reported(harness: Harness) -> None:
-    """Runs last in this module: prints the counts (for the long-mode report)."""
+    """Runs last in this module: every example ended in one of the known outcomes, every
+    failure and wait says why, the draws reached each kind of outcome; prints the counts (for
+    the long-mode report)."""
     print(f"\nfuzzed responses: {dict(COUNTS)}")
+    if not COUNTS:
+        pytest.skip("run with the module's fuzz tests: it checks their counts")
+    examples = COUNTS["examples"]
+    assert examples >= min(EXAMPLES, 10) and COUNTS["documents"] >= min(EXAMPLES, 10), COUNTS
+    assert sum(COUNTS[o] for o in OUTCOMES) == examples, COUNTS  # each classified, once
+    assert COUNTS["responses"] >= examples, COUNTS  # every example reached the server
+    for key, n in COUNTS.items():
+        if key in (*OUTCOMES, "examples", "documents", "responses"):
+            continue
+        outcome, _, title = key.partition(": ")
+        assert outcome in OUTCOMES and title and title != "None", (key, n)  # a reason, always
+        assert "internal" not in title.lower(), (key, n)
+    # The reasons are counted for every failure and every wait.
+    for outcome in ("failed", "waiting"):
+        reasons = sum(n for k, n in COUNTS.items() if k.startswith(f"{outcome}: "))
+        assert reasons == COUNTS[outcome], (outcome, COUNTS)
+    if EXAMPLES >= 100:  # enough draws that each way out is taken (p of a miss below 1e-6)
+        assert COUNTS["done"] and COUNTS["failed"] and COUNTS["waiting"], COUNTS
 
 
 def test_numbers_too_big_for_the_database_are_read_as_missing() -> None:
