@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import binascii
+import collections
 import contextlib
 import email.utils
 import functools
+import heapq
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -219,27 +222,177 @@ class _Base64Decoder:
             ) from exc
 
 
-class _RequestBudget:
-    """A token bucket as a schedule: each call reserves the next slot and sleeps until it.
+# Request classes, most urgent first: when the budget (or the concurrency limit) makes requests
+# wait, the ones that finish work go before those that add work (docs/decisions.md, Request
+# budget). A waiting request moves up one class every AGING_SECONDS, so none waits forever.
+FINISH = 0  # downloads, starts of uploaded jobs, re-reads of outputs, cancels
+PROGRESS = 1  # uploads and inputs of created jobs, reads before a step
+POLL = 2  # status polls and job-list pages
+ADD = 3  # creating jobs for new tickets
+AGING_SECONDS = 2.0
 
-    Reserving before sleeping needs no loop, so an injected no-op ``sleep`` cannot spin; bursts of
-    up to ``burst`` requests go straight through.
+# The adaptive budget (docs/decisions.md, Request budget).
+BUDGET_BETA = 0.7  # a push-back (429, 503, Retry-After) cuts the rate to this share ...
+BUDGET_CUT_GAP = 1.0  # ... at most once a second (answers to one burst are one signal)
+BUDGET_QUIET = 2.0  # seconds without push-back before the rate grows again
+BUDGET_GROWTH = 0.05  # then it grows by this share of the rate at the last cut, per second
+BUDGET_MIN_STEP = 0.25  # but by at least this many requests/s per second
+BUDGET_FLOOR = 1.0  # requests/s it never goes below (unless the ceiling is lower)
+BUDGET_BURST = 0.1  # seconds of requests that may go at once
+BUDGET_MEASURE = 2.0  # the send rate is measured over this many seconds
+
+
+class AdaptiveBudget:
+    """The client's request rate: a ceiling, cut on push-back, grown back while all is quiet.
+
+    Pure (no I/O, no sleeping, every call is given ``now``), so it is tested with a fake clock:
+
+    - ``rate`` starts at the ceiling (``None`` or 0: no ceiling) and never exceeds it;
+    - a push-back (``push_back``: a 429 or 503) cuts it to ``BUDGET_BETA`` × the lower of the
+      rate and the rate actually sent over the last ``BUDGET_MEASURE`` s (a rate far above what
+      is sent would take many cuts to matter), at most once per ``BUDGET_CUT_GAP``, never below
+      the floor; a ``Retry-After`` holds every request until it ends (capped at 120 s);
+    - after ``BUDGET_QUIET`` s without push-back it grows by ``BUDGET_GROWTH`` × the rate at the
+      last cut per second (at least ``BUDGET_MIN_STEP``), up to the ceiling;
+    - requests are spaced ``1/rate`` apart, with a burst of ``BUDGET_BURST`` s of them.
     """
 
-    def __init__(self, rate: float, *, clock: Callable[[], float], sleep: Sleep) -> None:
-        self._interval = 1.0 / rate
-        self._tolerance = max(0.0, max(1.0, rate) - 1.0) * self._interval  # burst = max(1, rate)
+    def __init__(self, ceiling: float | None, *, now: float = 0.0) -> None:
+        self.ceiling = float(ceiling) if ceiling and ceiling > 0 else math.inf
+        self.floor = min(BUDGET_FLOOR, self.ceiling)
+        self.rate = self.ceiling
+        self.hold_until = -math.inf
+        self.cuts = 0
+        self.version = 0  # changes with every hold or cut
+        self._tat = -math.inf  # theoretical arrival time of the next request
+        self._sent: collections.deque[float] = collections.deque()
+        self._last_cut = -math.inf
+        self._peak = self.ceiling  # the rate at the last cut
+        self._grown_at = now
+
+    def delay(self, now: float) -> float:
+        """Seconds until a request may go (0: now)."""
+        self._grow(now)
+        wait = self.hold_until - now
+        if self.rate < math.inf:
+            tolerance = max(0.0, self.rate * BUDGET_BURST - 1.0) / self.rate
+            wait = max(wait, self._tat - tolerance - now)
+        return max(0.0, wait)
+
+    def reserve(self, now: float) -> float:
+        """Take the next slot; returns how long the request must wait for it."""
+        wait = self.delay(now)
+        at = now + wait
+        if self.rate < math.inf:
+            self._tat = max(self._tat, at) + 1.0 / self.rate
+        self._sent.append(at)
+        return wait
+
+    def measured(self, now: float) -> float:
+        """Requests/s sent over the last ``BUDGET_MEASURE`` seconds."""
+        while self._sent and self._sent[0] < now - BUDGET_MEASURE:
+            self._sent.popleft()
+        return len(self._sent) / BUDGET_MEASURE
+
+    def hold(self, now: float, retry_after: float | None) -> None:
+        """No request before ``retry_after`` seconds from now have passed (capped at 120 s)."""
+        if retry_after is not None and retry_after > 0:
+            self.hold_until = max(self.hold_until, now + min(retry_after, MAX_RETRY_AFTER))
+            self.version += 1
+
+    def push_back(self, now: float, retry_after: float | None = None) -> None:
+        """The service said slow down (429, 503; ``retry_after`` seconds if it said so)."""
+        self.hold(now, retry_after)
+        if now - self._last_cut < BUDGET_CUT_GAP:
+            return
+        sent = self.measured(now)
+        base = min(self.rate, sent) if sent > 0 else self.rate
+        if base == math.inf:
+            base = self.floor / BUDGET_BETA
+        self._peak = base
+        self.rate = max(self.floor, base * BUDGET_BETA)
+        self._tat = min(self._tat, now + 1.0 / self.rate)
+        self._last_cut = self._grown_at = now
+        self.cuts += 1
+        self.version += 1
+
+    def _grow(self, now: float) -> None:
+        if self.rate >= self.ceiling:
+            return
+        start = max(self._grown_at, self._last_cut + BUDGET_QUIET)
+        if now <= start:
+            return
+        step = max(BUDGET_MIN_STEP, BUDGET_GROWTH * self._peak)
+        self.rate = min(self.ceiling, self.rate + step * (now - start))
+        self._grown_at = now
+
+
+class _Gate:
+    """Admission of every HTTP exchange: at most ``limit`` in flight, paced by the budget.
+
+    Requests that must wait are served by deadline: arrival + class × ``AGING_SECONDS`` (a
+    download before a poll before a create, and none waits behind requests that came more than
+    three classes later). One dispatcher task hands out the slots; ``sleep`` is only awaited for
+    a wait the budget asked for, so an injected no-op sleep cannot make it spin."""
+
+    def __init__(
+        self, limit: int, budget: AdaptiveBudget, *, clock: Callable[[], float], sleep: Sleep
+    ) -> None:
+        self._limit = max(1, limit)
+        self.budget = budget
         self._clock = clock
         self._sleep = sleep
-        self._tat: float | None = None  # theoretical arrival time of the next request
+        self._in_flight = 0
+        self._heap: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._seq = 0
+        self._freed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
 
-    async def acquire(self) -> None:
+    async def acquire(self, priority: int) -> None:
         now = self._clock()
-        tat = now if self._tat is None else max(self._tat, now)
-        wait = tat - self._tolerance - now
-        self._tat = tat + self._interval
-        if wait > 0:
-            await self._sleep(wait)
+        if not self._heap and self._in_flight < self._limit and self.budget.delay(now) <= 0:
+            self.budget.reserve(now)
+            self._in_flight += 1
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._seq += 1
+        heapq.heappush(self._heap, (now + priority * AGING_SECONDS, self._seq, fut))
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._dispatch())
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release()  # given a slot just as it was cancelled
+            raise
+
+    def release(self) -> None:
+        self._in_flight -= 1
+        self._freed.set()
+
+    async def _dispatch(self) -> None:
+        try:
+            while self._heap:
+                if self._in_flight >= self._limit:
+                    self._freed.clear()
+                    await self._freed.wait()
+                    continue
+                wait = self.budget.delay(self._clock())
+                if wait > 0:
+                    version = self.budget.version
+                    await self._sleep(wait)
+                    if self.budget.version != version:
+                        continue  # a push-back meanwhile: look again
+                while self._heap and self._heap[0][2].done():
+                    heapq.heappop(self._heap)  # cancelled while waiting
+                if not self._heap:
+                    break
+                fut = heapq.heappop(self._heap)[2]
+                self.budget.reserve(self._clock())
+                self._in_flight += 1
+                fut.set_result(None)
+        finally:
+            self._task = None
 
 
 @dataclass
@@ -291,12 +444,11 @@ class ApiClient:
         self._sleep = sleep
         self._rand = rand
         self._user_agent = user_agent
-        self._semaphore = asyncio.Semaphore(max(1, max_concurrency))
-        self._budget = (
-            _RequestBudget(requests_per_second, clock=clock, sleep=sleep)
-            if requests_per_second and requests_per_second > 0
-            else None
-        )
+        self._clock = clock
+        # ``requests_per_second`` is the budget's ceiling (None or 0: none); it adapts below it.
+        self.budget = AdaptiveBudget(requests_per_second, now=clock())
+        self._gate = _Gate(max_concurrency, self.budget, clock=clock, sleep=sleep)
+        self._refused_elsewhere = -math.inf  # last 429/503 not on POST /jobs or a start
         self._session: aiohttp.ClientSession | None = None
         # Told (route template, outcome, seconds) once per HTTP attempt: the /metrics counters.
         self._on_request = on_request
@@ -312,13 +464,23 @@ class ApiClient:
         """``POST /jobs`` with ``process: false`` (staged); retried on 5xx thanks to the key."""
         body = {"conversion": [dict(c) for c in conversions], "process": False}
         answer = await self._call(
-            "POST", "/jobs", json_body=body, ok=(200, 201), idempotency_key=idempotency_key
+            "POST",
+            "/jobs",
+            json_body=body,
+            ok=(200, 201),
+            idempotency_key=idempotency_key,
+            priority=ADD,
+            retry_429=False,
         )
         return self._job(answer, "POST /jobs")
 
-    async def get_job(self, job_id: str, *, token: str | None = None) -> RemoteJob:
+    async def get_job(
+        self, job_id: str, *, token: str | None = None, priority: int = POLL
+    ) -> RemoteJob:
         """``GET /jobs/{id}``; with ``token`` the job token is sent instead of the account key."""
-        answer = await self._call("GET", f"/jobs/{_seg(job_id)}", ok=(200,), token=token)
+        answer = await self._call(
+            "GET", f"/jobs/{_seg(job_id)}", ok=(200,), token=token, priority=priority
+        )
         return self._job(answer, "GET /jobs/{id}")
 
     async def list_jobs(self, status: str | None = None, page: int = 1) -> list[RemoteJob]:
@@ -333,7 +495,7 @@ class ApiClient:
         params = {"page": str(page)}
         if status:
             params["status"] = status
-        answer = await self._call("GET", "/jobs", params=params, ok=(200, 204))
+        answer = await self._call("GET", "/jobs", params=params, ok=(200, 204), priority=POLL)
         raw_count = answer.headers.get("X-Count", "")
         count = int(raw_count) if raw_count.strip().isdigit() else None
         if answer.status == 204 or answer.body is None:
@@ -391,6 +553,7 @@ class ApiClient:
             extra_headers={UPLOAD_UUID_HEADER: upload_uuid},
             what="upload",
             streaming=True,
+            priority=PROGRESS,
         )
         if not isinstance(answer.body, dict):
             raise ApiUnavailable("the upload server answered with something that is not an input")
@@ -404,6 +567,7 @@ class ApiClient:
             json_body={"type": "remote", "source": url},
             ok=(200, 201),
             what="POST /jobs/{id}/input",
+            priority=PROGRESS,
         )
         if not isinstance(answer.body, dict):
             raise ApiUnavailable(
@@ -412,13 +576,16 @@ class ApiClient:
         return RemoteInput.from_dict(answer.body)
 
     async def start_job(self, job_id: str) -> RemoteJob:
-        """``PATCH /jobs/{id}`` with exactly ``{"process": true}`` (not retried on 5xx)."""
+        """``PATCH /jobs/{id}`` with exactly ``{"process": true}`` (not retried on 5xx; a 429
+        is raised at once: the scheduler holds starts at the account's concurrency limit)."""
         answer = await self._call(
             "PATCH",
             f"/jobs/{_seg(job_id)}",
             json_body={"process": True},
             ok=(200,),
             what="PATCH /jobs/{id}",
+            priority=FINISH,
+            retry_429=False,
         )
         return self._job(answer, "PATCH /jobs/{id}")
 
@@ -430,6 +597,7 @@ class ApiClient:
             ok=(200, 202, 204, 404, 409),
             what="DELETE /jobs/{id}",
             expect_json=False,
+            priority=FINISH,
         )
 
     async def close(self) -> None:
@@ -559,6 +727,7 @@ class ApiClient:
                     read_bufsize=bufsize,
                 ),
                 "GET download",
+                FINISH,
             )
             if 200 <= resp.status < 300 or resp.status == 416:
                 return resp
@@ -659,6 +828,8 @@ class ApiClient:
         what: str | None = None,
         expect_json: bool = True,
         streaming: bool = False,
+        priority: int = PROGRESS,
+        retry_429: bool = True,
     ) -> _Answer:
         url = path_or_url if "://" in path_or_url else f"{self._base}{path_or_url}"
         what = what or f"{method} {path_or_url}"
@@ -690,7 +861,9 @@ class ApiClient:
             elif json_body is not None:
                 kwargs["json"] = json_body
             try:
-                resp = await self._send(lambda: session.request(method, url, **kwargs), route)
+                resp = await self._send(
+                    lambda: session.request(method, url, **kwargs), route, priority
+                )
                 try:
                     body = await self._read_limited(resp)
                 finally:
@@ -707,13 +880,19 @@ class ApiClient:
             self._raise_or_retry(error, resp)
             raise AssertionError("unreachable")  # pragma: no cover
 
-        return await self._retrying(attempt, idempotent=idempotent)
+        return await self._retrying(attempt, idempotent=idempotent, retry_429=retry_429)
 
-    async def _send(self, make: Callable[[], Any], route: str) -> aiohttp.ClientResponse:
+    def refused_elsewhere(self, within: float) -> bool:
+        """Whether a request other than a create or a start was answered 429/503 in the last
+        ``within`` seconds: then a 429 on a start is the request rate, not a concurrency limit."""
+        return self._clock() - self._refused_elsewhere <= within
+
+    async def _send(
+        self, make: Callable[[], Any], route: str, priority: int = PROGRESS
+    ) -> aiohttp.ClientResponse:
         """One HTTP exchange under the concurrency limit and the request budget."""
-        async with self._semaphore:
-            if self._budget is not None:
-                await self._budget.acquire()
+        await self._gate.acquire(priority)
+        try:
             started = time.monotonic()
             try:
                 resp: aiohttp.ClientResponse = await make()
@@ -740,7 +919,18 @@ class ApiClient:
                     raw_after=None,
                 ) from exc
             self._observe(route, resp.status, started)
+            if resp.status in RETRY_STATUSES:
+                now = self._clock()
+                after = parse_retry_after(resp.headers.get("Retry-After"))
+                if resp.status in (429, 503):
+                    self.budget.push_back(now, after)
+                    if route not in ("POST /jobs", "PATCH /jobs/{id}"):
+                        self._refused_elsewhere = now
+                else:
+                    self.budget.hold(now, after)
             return resp
+        finally:
+            self._gate.release()
 
     def _observe(self, route: str, status: int | None, started: float) -> None:
         if self._on_request is None:
@@ -845,17 +1035,21 @@ class ApiClient:
             raise _RetryLater(error, transport=False, raw_after=raw)
         raise error
 
-    async def _retrying(self, attempt: Callable[[], Awaitable[_T]], *, idempotent: bool) -> _T:
+    async def _retrying(
+        self, attempt: Callable[[], Awaitable[_T]], *, idempotent: bool, retry_429: bool = True
+    ) -> _T:
         tries = 0
         while True:
             try:
                 return await attempt()
             except _RetryLater as exc:
                 status_429 = isinstance(exc.error, RateLimited)
-                allowed = status_429 or idempotent
-                if not allowed or tries >= self._max_retries:
+                allowed = (status_429 and retry_429) or idempotent
+                if not allowed or tries >= self._max_retries or (status_429 and not retry_429):
                     raise exc.error from exc.__cause__
-                await self._sleep(self._delay(tries, exc.raw_after))
+                if exc.raw_after is None or exc.raw_after <= 0:
+                    await self._sleep(self._delay(tries, exc.raw_after))
+                # else the budget holds every request (this one too) until Retry-After ends
                 tries += 1
 
     def _delay(self, attempt: int, raw_after: float | None) -> float:

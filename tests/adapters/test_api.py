@@ -23,7 +23,6 @@ from agent.api import (
     TOKEN_HEADER,
     ApiClient,
     _Base64Decoder,
-    _RequestBudget,
     parse_retry_after,
 )
 from agent.errors import (
@@ -46,9 +45,14 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 class FakeSleep:
     def __init__(self) -> None:
         self.calls: list[float] = []
+        self.now = 1000.0
 
     async def __call__(self, seconds: float) -> None:
         self.calls.append(seconds)
+        self.now += seconds
+
+    def clock(self) -> float:  # the time these sleeps have passed (the request budget's clock)
+        return self.now
 
 
 def base_of(server: TestServer) -> str:
@@ -60,7 +64,9 @@ async def clients() -> AsyncIterator[Callable[..., ApiClient]]:
     made: list[ApiClient] = []
 
     def make(base: str, key: str | None = KEY, **kw: Any) -> ApiClient:
-        kw.setdefault("sleep", FakeSleep())
+        sleep = kw.setdefault("sleep", FakeSleep())
+        if isinstance(sleep, FakeSleep):
+            kw.setdefault("clock", sleep.clock)
         kw.setdefault("rand", lambda: 0.0)
         c = ApiClient(base, key, **kw)
         made.append(c)
@@ -399,18 +405,6 @@ async def test_concurrency_limit_holds(aiohttp_server, clients):
     api = clients(base_of(srv), max_concurrency=2)
     await asyncio.gather(*(api.get_job(str(i)) for i in range(6)))
     assert state["max"] == 2
-
-
-async def test_request_budget_spaces_requests_by_the_clock():
-    now = [100.0]
-    sleep = FakeSleep()
-    budget = _RequestBudget(2.0, clock=lambda: now[0], sleep=sleep)
-    for _ in range(4):  # burst of 2, then one slot every 0.5 s
-        await budget.acquire()
-    assert sleep.calls == [0.5, 1.0]
-    now[0] += 10
-    await budget.acquire()
-    assert sleep.calls == [0.5, 1.0]
 
 
 # --------------------------------------------------------------------------- downloads
