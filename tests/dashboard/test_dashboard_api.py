@@ -167,11 +167,32 @@ async def test_cancel_stops_a_running_ticket_and_its_job(
         assert await c.post("/api/cancel", {"name": "long"}) == {"canceled": []}
 
 
-async def test_rescan_is_accepted(tmp_path: Path, make_emulator: MakeEmulator) -> None:
+async def test_rescan_finds_a_ticket_whose_event_was_lost(
+    tmp_path: Path, make_emulator: MakeEmulator
+) -> None:
+    # No periodic scan during the test, and the folder's events are read and dropped (as when
+    # the kernel's queue overflows): only the rescan can find the new ticket.
     emu = await make_emulator()
-    async with running_agent(tmp_path, emu.base_url) as agent, aiohttp.ClientSession() as s:
+    async with (
+        running_agent(tmp_path, emu.base_url, polling={"reconcile_interval": 3600}) as agent,
+        aiohttp.ClientSession() as s,
+    ):
         c = Client(s, dash(agent))
+        watcher = agent.watcher
+        assert watcher is not None
+        lost: list[str] = []
+
+        def drop_events(trees: Any, queue: Any) -> None:
+            lost.extend(name for _tree, _where, name, _mask in trees.changes(lambda: None))
+
+        watcher._inotify_events = drop_events  # type: ignore[method-assign]
+        watcher._put_threadsafe = lambda item: lost.append(item[0].name)  # type: ignore[method-assign]
+        drop_ticket(tmp_path / "inbox", "late")
+        await wait_for(lambda: "late.job" in lost, 10, "the ticket's event (dropped)")
+        await asyncio.sleep(0.3)  # bounded quiet check: nothing else finds it
+        assert (await c.get("/api/status"))["tickets"] == []
         assert await c.post("/api/rescan") == {"rescanned": True}
+        await c.wait_phase("late.job", {"done"})
 
 
 async def _next_snapshot(resp: aiohttp.ClientResponse) -> dict[str, Any]:
