@@ -209,13 +209,15 @@ def status(ctx: click.Context, state: str | None, as_json: bool) -> None:
     cfg, store = _open_readonly(ctx, state)
     counts = store.counts()
     pid = _running_pid(cfg)
-    data = {
+    marks = _marks(cfg, store.get_meta("agent_id"))
+    data: dict[str, Any] = {
         "running": pid is not None,
         "pid": pid,
         "paused": store.get_meta("paused") == "1",
         "state": str(cfg.state.path),
         "folders": [str(f.path) for f in cfg.folders],
         "tickets": counts,
+        "marks": marks,
     }
     store.close()
     if as_json:
@@ -225,8 +227,22 @@ def status(ctx: click.Context, state: str | None, as_json: bool) -> None:
     if data["paused"]:
         click.echo("intake: paused")
     click.echo(f"state: {data['state']}")
+    for mark in marks:
+        click.echo(f"folder {mark['path']} (share {mark['share']}): {mark['detail']}")
     active = {k: v for k, v in counts.items() if v}
     click.echo("tickets: " + (", ".join(f"{k} {v}" for k, v in active.items()) or "none"))
+
+
+def _marks(cfg: Config, agent_id: str | None) -> list[dict[str, Any]]:
+    """Which agent each folder's mark names (agent.foldermark): another agent's keeps this
+    one out of that folder."""
+    from agent.config import share_names
+    from agent.foldermark import folder_status
+
+    return [
+        {"path": str(f.path), "share": share, **folder_status(f.path, agent_id)}
+        for f, share in zip(cfg.folders, share_names(cfg.folders), strict=True)
+    ]
 
 
 def _row(rec: TicketRecord) -> dict[str, Any]:

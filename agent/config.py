@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
 import ipaddress
 import os
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +41,7 @@ POLLING_MODES = ("auto", "always", "never")
 ON_SUCCESS = ("rename", "keep", "delete")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 OVERRIDE_KEYS = ("folders", "state_path", "base_url", "api_key")
+SHARE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 def default_config_path() -> Path:
@@ -81,6 +84,7 @@ class FolderConfig:
     include: tuple[str, ...] = ("*.job",)
     defaults: Mapping[str, Any] = field(default_factory=dict)  # a checked partial ticket
     polling: str = "auto"  # auto | always | never
+    share: str = ""  # the folder's name across machines, if given; see `share_names`
 
 
 @dataclass(frozen=True)
@@ -132,6 +136,15 @@ class NotificationsConfig:
 
 
 @dataclass(frozen=True)
+class MarksConfig:
+    """Folder marks (agent.foldermark): how often a mark is renewed, and how long a mark from
+    another agent must stand still before it is taken over."""
+
+    heartbeat_seconds: float = 10.0
+    stale_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
 class Config:
     api: ApiConfig = ApiConfig()
     folders: tuple[FolderConfig, ...] = ()
@@ -142,6 +155,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     dashboard: DashboardConfig = DashboardConfig()
     notifications: NotificationsConfig = NotificationsConfig()
+    marks: MarksConfig = MarksConfig()
     source: Path | None = None  # the configuration file read, if any
 
     def secrets(self) -> tuple[str, ...]:
@@ -347,6 +361,7 @@ class _Reader:
                 "log",
                 "dashboard",
                 "notifications",
+                "marks",
             ),
         )
         version = top.get("version")
@@ -382,6 +397,7 @@ class _Reader:
             notifications=self.notifications(
                 self.section(top, "notifications", _fields(NotificationsConfig))
             ),
+            marks=self.marks(self.section(top, "marks", _fields(MarksConfig))),
             source=self.source,
         )
 
@@ -465,6 +481,7 @@ class _Reader:
             )
         result: list[FolderConfig] = []
         seen: dict[Path, int] = {}
+        shares: dict[str, int] = {}
         for i, item in enumerate(node.value):
             key = f"folders[{i}]"
             folder = self.folder(item, key)
@@ -476,6 +493,16 @@ class _Reader:
                     item.line,
                 )
             seen[folder.path] = i
+            if folder.share:
+                share_key = folder.share.lower()
+                if share_key in shares:
+                    raise self.error(
+                        f"share {folder.share} is already the share of folders[{shares[share_key]}]"
+                        " — give each folder its own share name",
+                        f"{key}.share",
+                        item.value["share"].line if item.kind == "map" else item.line,
+                    )
+                shares[share_key] = i
             result.append(folder)
         return tuple(result)
 
@@ -503,7 +530,19 @@ class _Reader:
             include=self.get(fields, key, "include", ("*.job",), self.include),
             defaults=defaults,
             polling=self.get(fields, key, "polling", "auto", self.choice(POLLING_MODES)),
+            share=self.get(fields, key, "share", "", self.share),
         )
+
+    def share(self, node: Node, key: str) -> str:
+        value = self.text(node, key)
+        if not SHARE_NAME.fullmatch(value):
+            raise self.error(
+                "must be 1 to 64 letters, digits, `.`, `_` or `-`, starting with a letter or "
+                "digit — e.g. `share: design-inbox`",
+                key,
+                node.line,
+            )
+        return value
 
     def include(self, node: Node, key: str) -> tuple[str, ...]:
         items = node.value if node.kind == "seq" else [node]
@@ -611,6 +650,25 @@ class _Reader:
             ),
         )
 
+    def marks(self, fields: dict[str, Node]) -> MarksConfig:
+        config = MarksConfig(
+            heartbeat_seconds=self.get(
+                fields, "marks", "heartbeat_seconds", 10.0, self.number(0.1, 3600, example="10")
+            ),
+            stale_seconds=self.get(
+                fields, "marks", "stale_seconds", 60.0, self.number(0.5, 86400, example="60")
+            ),
+        )
+        if config.stale_seconds < 3 * config.heartbeat_seconds:
+            node = fields.get("stale_seconds") or fields.get("heartbeat_seconds")
+            raise self.error(
+                f"stale_seconds ({config.stale_seconds:g}) must be at least three heartbeats "
+                f"({3 * config.heartbeat_seconds:g}) — a live agent would be taken for gone",
+                "marks.stale_seconds" if "stale_seconds" in fields else "marks.heartbeat_seconds",
+                node.line if node else None,
+            )
+        return config
+
     def log(self, fields: dict[str, Node]) -> LogConfig:
         file: Path | None = default_log_file()
         node = fields.get("file")
@@ -626,6 +684,33 @@ class _Reader:
 
 def _fields(cls: type) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(cls))
+
+
+def default_share(path: Path) -> str:
+    """A folder's default share name: its own name, lower-cased, other characters as ``-``.
+
+    Not its path: machines mount one share at different paths (``/mnt/nas/inbox``,
+    ``/Volumes/nas/inbox``), and the folder's own name is what they agree on."""
+    name = re.sub(r"[^a-z0-9._-]+", "-", path.name.lower()).strip("-._")
+    return name[:64] or "folder"
+
+
+def share_names(folders: Iterable[FolderConfig]) -> tuple[str, ...]:
+    """Each folder's share: ``share:`` if given, else ``default_share``; a default that another
+    folder of this configuration also has gets ``-`` and 6 hex digits of a hash of its real
+    path, so names stay unique within one agent."""
+    folders = tuple(folders)
+    names = [f.share or default_share(f.path) for f in folders]
+    taken: dict[str, int] = {}
+    for n in names:
+        taken[n.lower()] = taken.get(n.lower(), 0) + 1
+    out = []
+    for f, n in zip(folders, names, strict=True):
+        if not f.share and taken[n.lower()] > 1:
+            digest = hashlib.sha256(os.path.realpath(f.path).encode()).hexdigest()[:6]
+            n = f"{n[:57]}-{digest}"
+        out.append(n)
+    return tuple(out)
 
 
 def _absolute(path: Path, base: Path) -> Path:

@@ -15,25 +15,62 @@ import io
 import logging
 import logging.handlers
 import os
+import secrets
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from agent import __version__
 from agent.api import ApiClient
-from agent.config import Config
+from agent.config import Config, FolderConfig, share_names
 from agent.dashboard import Dashboard
 from agent.errors import ConfigError
+from agent.foldermark import FolderMarks, Identity, default_agent_name
 from agent.metrics import Metrics
 from agent.models import Phase
 from agent.scheduler import ProgressListener, Scheduler
 from agent.store import StateLock, Store, TicketRecord
-from agent.watcher import Watcher
+from agent.watcher import Watcher, filesystem_type, is_network_filesystem
 
 log = logging.getLogger("agent")
 T = TypeVar("T")
+
+#: ``run --once`` found every folder served by another agent (README, exit codes).
+EXIT_ALL_REFUSED = 6
+
+
+def state_location_problem(path: Path, mountinfo: str | None = None) -> str | None:
+    """Why the SQLite state file cannot live at ``path`` (None: it can): a network or FUSE
+    filesystem, found as the watcher finds one for its polling choice."""
+    fstype = filesystem_type(path, mountinfo)
+    if fstype is None or not is_network_filesystem(fstype):
+        return None
+    return (
+        f"the state file {path} is on a {fstype} filesystem (a network or FUSE mount): SQLite's "
+        "locks and its write-ahead log are unreliable there and the file can be corrupted — "
+        "put it on a local disk (`state.path` in the config, or --state), or share a "
+        "PostgreSQL state (team mode) to run several agents"
+    )
+
+
+def agent_identity(store: Store, state_path: Path) -> Identity:
+    """This agent as its folder marks name it: a random id kept in the state, so a restart
+    (after a crash too) is the same agent."""
+    agent_id = store.get_meta("agent_id")
+    if agent_id is None:
+        agent_id = secrets.token_hex(8)
+        store.set_meta("agent_id", agent_id)
+    host = socket.gethostname()
+    return Identity(
+        agent_id=agent_id,
+        name=default_agent_name(agent_id),
+        state=f"sqlite:{host}:{os.path.realpath(state_path)}",
+        host=host,
+    )
 
 
 class RedactingFilter(logging.Filter):
@@ -142,6 +179,7 @@ class Agent:
         self.store: Store | None = None
         self.scheduler: Scheduler | None = None
         self.watcher: Watcher | None = None
+        self.marks: FolderMarks | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.ready = threading.Event()  # set once resumed work is queued and folders are watched
         self.listeners: list[Callable[[TicketRecord], None]] = []
@@ -189,11 +227,20 @@ class Agent:
             "problem": sched.auth_problem.to_dict() if sched.auth_problem else None,
             "quota_until": sched.quota_until,
             "counts": self.store.counts(),
-            "folders": [
-                {"path": str(f.path), "mode": self.watcher.mode(f.path) if self.watcher else None}
-                for f in self.cfg.folders
-            ],
+            "folders": [self._folder_view(f.path, share) for f, share in self._shares()],
             "tickets": tickets,
+        }
+
+    def _shares(self) -> list[tuple[FolderConfig, str]]:
+        return list(zip(self.cfg.folders, share_names(self.cfg.folders), strict=True))
+
+    def _folder_view(self, path: Path, share: str) -> dict[str, Any]:
+        refused = self.marks.refused().get(path) if self.marks is not None else None
+        return {
+            "path": str(path),
+            "share": share,
+            "mode": self.watcher.mode(path) if self.watcher else None,
+            "refused": refused,  # why another agent's mark keeps this agent out, if it does
         }
 
     async def pause(self) -> None:
@@ -236,12 +283,22 @@ class Agent:
         Returns 0, or with ``once`` 1 when any ticket seen in this run did not succeed.
         """
         cfg = self.cfg
+        problem = state_location_problem(cfg.state.path)
+        if problem is not None:
+            raise ConfigError(problem, key="state.path")
         lock = StateLock(cfg.state.path)
         lock.acquire()
-        store = api = watcher = dashboard = None
+        store = api = dashboard = marks = None
         runner: asyncio.Task[None] | None = None
+        marking: asyncio.Task[None] | None = None
         try:
             store = self.store = Store.open(cfg.state.path)
+            marks = self.marks = FolderMarks(
+                agent_identity(store, cfg.state.path),
+                [(f.path, share) for f, share in self._shares()],
+                stale=cfg.marks.stale_seconds,
+            )
+            await asyncio.to_thread(marks.check)
             api = ApiClient(
                 cfg.api.base_url,
                 cfg.api.key,
@@ -257,18 +314,18 @@ class Agent:
             )
             sched.progress = self.progress
             sched.metrics = self.metrics
+            served = set(marks.served())
+            for f in cfg.folders:
+                if f.path not in served:
+                    sched.hold(str(f.path))
+            if once and not served:
+                log.error("every folder is served by another agent: nothing to do")
+                return EXIT_ALL_REFUSED
             sched.resume_all()
             runner = asyncio.create_task(sched.run())
-            watcher = self.watcher = Watcher(
-                cfg.folders,
-                sched.handle,
-                settle_seconds=cfg.tickets.settle_seconds,
-                reconcile_interval=cfg.polling.reconcile_interval,
-                fs_poll_interval=cfg.polling.fs_poll_interval,
-                ignore=sched.is_own_output,
-            )
             self._install_signals()
-            await watcher.start()
+            await self._start_watcher()
+            marking = asyncio.create_task(self._marks_loop(), name="folder-marks")
             if cfg.dashboard.enabled:
                 dashboard = Dashboard(self, port=cfg.dashboard.port, forward=self.progress)
                 sched.progress = dashboard  # shows transfers, then hands them to the terminal
@@ -276,7 +333,7 @@ class Agent:
                     self.dashboard = dashboard
             self.ready.set()
             if once:
-                await self._wait_until_idle(sched, watcher)
+                await self._wait_until_idle(sched)
             else:
                 await self._stop.wait()
             return self._exit_code(sched) if once else 0
@@ -285,14 +342,21 @@ class Agent:
             if dashboard is not None:
                 await dashboard.stop()
                 self.dashboard = None
-            if watcher is not None:
-                await watcher.stop()
+            if marking is not None:
+                marking.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await marking
+            if self.watcher is not None:
+                await self.watcher.stop()
             if self.scheduler is not None:
                 await self.scheduler.stop()
             if runner is not None:
                 runner.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await runner
+            if marks is not None:
+                # Only now: nothing acts on the folders any more.
+                await asyncio.to_thread(marks.release_all)
             if api is not None:
                 await api.close()
             if store is not None:
@@ -300,10 +364,52 @@ class Agent:
             lock.release()
             self._remove_signals()
 
-    async def _wait_until_idle(self, sched: Scheduler, watcher: Watcher) -> None:
+    async def _start_watcher(self) -> None:
+        """Watch the folders whose marks this agent holds (and only those)."""
+        sched, marks = self.scheduler, self.marks
+        assert sched is not None and marks is not None
+        served = set(marks.served())
+        watcher = Watcher(
+            [f for f in self.cfg.folders if f.path in served],
+            sched.handle,
+            settle_seconds=self.cfg.tickets.settle_seconds,
+            reconcile_interval=self.cfg.polling.reconcile_interval,
+            fs_poll_interval=self.cfg.polling.fs_poll_interval,
+            ignore=sched.is_own_output,
+        )
+        await watcher.start()
+        self.watcher = watcher
+
+    async def _marks_loop(self) -> None:
+        """Renew this agent's marks every heartbeat; take folders whose marks went stale, let go
+        of any another agent took (this one was paused or cut off longer than the stale time)."""
+        marks, sched = self.marks, self.scheduler
+        assert marks is not None and sched is not None
+        while True:
+            await asyncio.sleep(self.cfg.marks.heartbeat_seconds)
+            try:
+                changes = await asyncio.to_thread(marks.check)
+            except Exception:  # a bug here must not end the agent's other folders
+                log.exception("checking the folder marks failed")
+                continue
+            if not changes:
+                continue
+            for change in changes:
+                if change.kind == "lost":
+                    sched.hold(str(change.path))
+            if self.watcher is not None:
+                old, self.watcher = self.watcher, None
+                await old.stop()
+            for change in changes:
+                if change.kind == "gained":
+                    sched.release(str(change.path))
+            await self._start_watcher()
+
+    async def _wait_until_idle(self, sched: Scheduler) -> None:
         quiet_since: float | None = None
         while not self._stop.is_set():
-            busy = sched.busy() or watcher.busy()
+            current = self.watcher
+            busy = sched.busy() or (current is not None and current.busy())
             now = time.monotonic()
             if busy:
                 quiet_since = None

@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from agent.api import ApiClient
-from agent.config import Config
+from agent.config import Config, share_names
 from agent.errors import AgentError, AuthError
+from agent.foldermark import MARK_NAME, folder_status
 from agent.store import Store
 
 MIN_FREE_BYTES = 1 << 30  # warn below 1 GiB free in a watched folder
@@ -114,8 +115,61 @@ def check_inotify(cfg: Config) -> Check:
     return Check("inotify", "ok", detail)
 
 
+def _agent_id(cfg: Config) -> str | None:
+    if not cfg.state.path.exists():
+        return None
+    try:
+        store = Store.open_readonly(cfg.state.path)
+    except Exception:  # check_state reports what is wrong with the file
+        return None
+    try:
+        return store.get_meta("agent_id")
+    finally:
+        store.close()
+
+
+def check_marks(cfg: Config) -> list[Check]:
+    """Each folder's share name, and which agent's mark (``.convert-agent.lock.json``) it
+    carries: another agent's keeps this one out of that folder."""
+    agent_id = _agent_id(cfg)
+    out = []
+    for f, share in zip(cfg.folders, share_names(cfg.folders), strict=True):
+        name = f"share {f.path}"
+        given = "set in the config" if f.share else "derived from the folder's name"
+        if not f.path.is_dir():
+            out.append(Check(name, "ok", f"{share} ({given})"))
+            continue
+        seen = folder_status(f.path, agent_id)
+        detail = f"{share} ({given}); {seen['detail']}"
+        if seen["owner"] == "another agent":
+            out.append(
+                Check(
+                    name,
+                    "warn",
+                    detail,
+                    "this agent refuses the folder while that mark is renewed: stop the other "
+                    "agent, or share a PostgreSQL state to run several agents (a mark left by "
+                    f"a dead agent is taken over by itself; never delete {MARK_NAME} by hand "
+                    "while the other agent runs)",
+                )
+            )
+        else:
+            out.append(Check(name, "ok", detail))
+    return out
+
+
 def check_state(cfg: Config) -> Check:
+    from agent.daemon import state_location_problem
+
     path = cfg.state.path
+    problem = state_location_problem(path)
+    if problem is not None:
+        return Check(
+            "state",
+            "fail",
+            problem,
+            "choose a state path on a local disk (`state.path` or --state); `run` refuses this one",
+        )
     if not path.exists():
         parent = path.parent
         while not parent.exists():
@@ -216,5 +270,6 @@ def run_checks(cfg: Config) -> list[Check]:
     checks = check_folders(cfg)
     checks.append(check_inotify(cfg))
     checks.append(check_state(cfg))
+    checks.extend(check_marks(cfg))
     checks.extend(asyncio.run(check_api(cfg)))
     return checks

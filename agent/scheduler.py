@@ -234,6 +234,7 @@ class Scheduler:
         self._auth_probe_at = 0.0
         self.quota_until: float | None = None
         self.seen_this_run: set[int] = set()
+        self.held: set[str] = set()  # roots of folders another agent serves (``hold``)
         self.progress: ProgressListener | None = None  # a terminal's progress bars, if any
         self.metrics: Metrics | None = None  # /metrics counters (verdicts, bytes, poll latency)
         self.sweeper: Sweeper | None = None  # job-list polling when many jobs are in flight
@@ -264,11 +265,25 @@ class Scheduler:
     def is_own_output(self, path: Path) -> bool:
         return str(path) in self._own_outputs
 
-    def resume_all(self) -> None:
-        """At startup, before watching: everything left unfinished is put back on the timer."""
+    def resume_all(self, root: str | None = None) -> None:
+        """At startup, before watching: everything left unfinished is put back on the timer
+        (with ``root``: only that folder's tickets). Tickets of a held folder wait."""
         for rec in self.store.unfinished():
+            if rec.root in self.held or (root is not None and rec.root != root):
+                continue
             self.seen_this_run.add(rec.id)
             self._schedule(rec.id, rec.wait_until or 0.0)
+
+    def hold(self, root: str) -> None:
+        """Another agent serves this folder (its mark, agent.foldermark): its tickets take no
+        further step here (a step under way ends first)."""
+        self.held.add(root)
+
+    def release(self, root: str) -> None:
+        """The folder is ours again: its unfinished tickets resume."""
+        if root in self.held:
+            self.held.discard(root)
+            self.resume_all(root)
 
     def handle(self, ev: WatchEvent) -> None:
         """Entry point for watcher events (called on the event loop)."""
@@ -286,7 +301,7 @@ class Scheduler:
         """True while any ticket has work left (used by ``run --once``)."""
         if self._pending_paths or self._tasks or self._side_tasks:
             return True
-        return bool(self.store.unfinished())
+        return any(rec.root not in self.held for rec in self.store.unfinished())
 
     def pause(self) -> None:
         self.paused = True
@@ -468,7 +483,7 @@ class Scheduler:
     async def _step_until_wait(self, tid: int) -> None:
         while not self._stopping:
             rec = self.store.get(tid)
-            if not rec.active:
+            if not rec.active or rec.root in self.held:
                 return
             if rec.phase.terminal:
                 if not rec.filed:
