@@ -29,6 +29,7 @@ from e2e_harness import KEY, agent_cmd, png_bytes, run_agent, stop_agent, wait_f
 from agent.config import ApiConfig, Config, LogConfig
 from agent.daemon import configure_logging
 from agent.emulator import RunningEmulator
+from agent.store import Store
 
 MakeEmulator = Callable[..., Awaitable[RunningEmulator]]
 PASSWORD = "dl-pass-7f3a9c1e"
@@ -191,3 +192,17 @@ def test_the_api_key_is_redacted_from_every_log_handler_the_setup_installs(
         assert "bad key ***" in text and "X-Oc-Api-Key=***!" in text, (where, text)
         assert "nothing secret here: 3 tickets" in text, where
         assert "RuntimeError: the answer echoed ***" in text, where
+
+
+def test_the_store_creates_its_folder_and_file_private_on_its_own(tmp_path: Path) -> None:
+    """``Store.open`` does not count on the lock having made the folder: opened first (a tool,
+    a test, another entry point), it still creates the folder 0700 and the file 0600."""
+    db = tmp_path / "fresh" / "deeper" / "state.db"
+    old_umask = os.umask(0o022)
+    try:
+        store = Store.open(db)
+        store.close()
+    finally:
+        os.umask(old_umask)
+    assert mode(db.parent) == 0o700, oct(mode(db.parent))
+    assert mode(db) == 0o600, oct(mode(db))
