@@ -9,6 +9,8 @@ The contract, in words (docs/DESIGN.md, store and scheduler):
   before the commit that recorded it returned. A failed grouped write undoes its whole group and
   the next ``commit()`` raises ``WritesLost``.
 - Reads of a ticket return what this process last wrote (read-your-writes), committed or not.
+- With ``async_commit`` the group is committed by ``await flush()`` (PostgreSQL, postgres.py);
+  ``commit()`` is then the blocking form, for closing and for callers without an event loop.
 - A read-only store never writes and never caches.
 
 It must not know about HTTP or folders: a store keeps strings and numbers.
@@ -27,11 +29,19 @@ class StateStore(Protocol):
     group_commit: bool
     on_dirty: Callable[[], None] | None
     readonly: bool
+    # True when a commit is a network round trip (PostgreSQL): the owner awaits ``flush()``, one
+    # at a time, instead of calling ``commit()`` on the loop; writes made meanwhile join the next.
+    async_commit: bool
 
     @property
     def dirty(self) -> bool: ...
 
     def commit(self) -> None: ...
+
+    async def flush(self) -> None:
+        """Commit the open group without blocking the loop (``commit()`` where that is quick).
+        Same outcomes as ``commit()``: ``WritesLost`` when the group or one before it is lost."""
+        ...
 
     def close(self) -> None: ...
 

@@ -164,6 +164,8 @@ class Store:
     for that commit fails instead of acting on a write that is gone. (A savepoint per write
     would keep the others, at two more statements per write: a third of a ticket's.)"""
 
+    async_commit = False  # commit() is synchronous (microseconds): the scheduler calls it
+
     def __init__(self, db: Database, *, readonly: bool = False) -> None:
         """``db`` is sqlite-utils' Database for the writer; a read-only store gets a ``_Reader``
         (the connection only: every read goes straight to it)."""
@@ -199,6 +201,10 @@ class Store:
         except BaseException:
             self._lose()
             raise
+
+    async def flush(self) -> None:
+        """``commit()``, for callers written against an asynchronous commit (the contract)."""
+        self.commit()
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[None]:

@@ -206,6 +206,25 @@ async def test_disk_full_is_local_resource_error_and_part_removed(
     assert not part.exists()
 
 
+async def test_too_little_free_space_refuses_before_any_request(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A GET spends one of the output's few downloads: a folder that cannot hold the file is
+    # found out from its free space first, and no part file is made.
+    real = os.statvfs(tmp_path)
+
+    def statvfs(path: object) -> os.statvfs_result:
+        fields = list(real)
+        fields[4] = len(DATA) // real.f_frsize - 1  # f_bavail: one block short
+        return os.statvfs_result(fields)
+
+    monkeypatch.setattr(downloader.os, "statvfs", statvfs)
+    part = tmp_path / ".p.part"
+    with pytest.raises(LocalResourceError, match="disk full"):
+        await fetch(never_called, part)
+    assert not part.exists()
+
+
 @pytest.mark.parametrize("in_flight", [1, 64 * 1024 * 1024])
 async def test_hand_off_depth_does_not_change_bytes_or_digest(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, in_flight: int

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from e2e_harness import png_bytes, run_agent, write_config
 
-from agent import downloader
+from agent import downloader, folder
 from agent.emulator import RunningEmulator
 from agent.models import ConflictPolicy, VerifyMode
 
@@ -150,3 +150,25 @@ async def test_symlink_planted_at_the_part_path_is_not_followed(
     dest = downloader.place(part, inbox, "photo.jpg", ConflictPolicy.RENAME)
     assert dest == inbox / "photo.jpg" and dest.read_bytes() == data
     assert victim.read_bytes() == PRECIOUS
+
+
+@pytest.mark.parametrize("dangling", [False, True])
+def test_a_symlink_swapped_in_at_the_temp_name_after_the_unlink_is_not_followed(
+    tmp_path: Path, dangling: bool
+) -> None:
+    """``atomic_write`` removes whatever sits at its temp name, then creates the temp with
+    ``O_EXCL | O_NOFOLLOW``: a symlink planted between the two (a race the tests above cannot
+    time) makes the write fail; the file it points to is not written, a dangling one not
+    created."""
+    inbox, outside = _layout(tmp_path)
+    victim = outside / "victim.txt"
+    if not dangling:
+        victim.write_bytes(PRECIOUS)
+    tmp = folder.temp_path(inbox / "a.status.yaml")
+    tmp.symlink_to(victim)
+    with pytest.raises(OSError):
+        folder._write_new(tmp, b"phase: done\n")
+    if dangling:
+        assert not victim.exists()
+    else:
+        assert victim.read_bytes() == PRECIOUS

@@ -1,0 +1,1117 @@
+"""The PostgreSQL backend of the state store (team mode's shared state, docs/team-mode.md): the
+only importer of psycopg.
+
+The scheduler's hot path reads a ticket's record many times per step and writes each transition
+before it acts, synchronously (``contract.StateStore``). A network round trip per read or write
+would stall the event loop, so this backend is a **write-behind mirror**:
+
+- Every *active* ticket record (the newest request for its path), its inputs and outputs and the
+  meta table are held in memory, loaded at open. While one agent writes the database (the only
+  mode built so far) the mirror is complete for them, so ``get``, ``tickets``, ``unfinished``,
+  ``counts``, ``find``, ``active_for_path``, ``same_content_elsewhere``, ``inputs`` and
+  ``outputs`` never touch the network. (Team mode narrows the mirror to the tickets an agent
+  holds, and team-wide reads become queries.)
+- A write updates the mirror at once (read-your-writes) and queues its statements; new rows take
+  their ids from a block reserved from one sequence (``INCREMENT BY 1000``), so ``add_ticket``
+  answers at once. ``flush()`` (async, ``async_commit``) sends the queued group as **one
+  transaction** in one pipeline; writes made while it is in flight join the next one.
+- A flush that fails (the database lost, a statement refused, no answer within
+  ``FLUSH_TIMEOUT``) loses its group and every write queued after it (they were made on top of
+  it): the mirror may now hold writes the database lacks, so the next flush first reloads the
+  mirror from the database (failing while it is unreachable) and then raises ``WritesLost`` once,
+  so every act waiting for those writes fails and its ticket takes its step again from what the
+  database holds. Nothing is acted on unless the flush that recorded it succeeded.
+- Cold reads (``history``, records of superseded tickets, ``output_names`` at start, every read
+  of ``open_readonly``) are short queries on a second, synchronous connection with a connect
+  timeout, a statement timeout and TCP timeouts, so a lost network blocks the caller for a
+  bounded few seconds at most.
+- One writer per database until claims and leases exist: the writer's session holds an advisory
+  lock; ``open`` refuses a database another agent writes (``StateBusy``).
+
+The password of a ``state.url`` is a secret: ``redact_url`` hides it, and no message of this
+module holds the URL with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg.rows import dict_row
+
+from agent.models import Phase, RemoteOutput
+from agent.store.records import (
+    InputRecord,
+    OutputRecord,
+    TicketRecord,
+    WritesLost,
+    _decode_columns,
+)
+
+ID_BLOCK = 1000  # ids reserved by one nextval (the sequence's increment)
+ID_LOW_WATER = 500  # a flush reserves the next block when fewer ids than this are left
+FLUSH_TIMEOUT = 10.0  # seconds a flush may take before its group is counted lost
+CONNECT_TIMEOUT = 3  # seconds (libpq's connect_timeout)
+READ_TIMEOUT_MS = 3000  # a cold read's statement timeout and TCP user timeout
+WRITER_LOCK = 0x636F6E76  # the advisory lock of the one writer ("conv")
+MIGRATION_LOCK = 0x6D696772  # serialises migrations of agents starting together ("migr")
+RECONNECT_PAUSE = 1.0  # seconds between attempts to read the mirror again after a loss
+
+_TERMINAL = (str(Phase.DONE), str(Phase.FAILED), str(Phase.CANCELED))
+_TICKET_COLS = frozenset(f.name for f in dataclasses.fields(TicketRecord)) - {"id"}
+_OUTPUT_COLS = frozenset(f.name for f in dataclasses.fields(OutputRecord)) - {"id", "ticket_id"}
+_BOOL_COLS = ("active", "filed", "start_sent")
+
+
+class StateBusy(Exception):
+    """Another agent writes this state database (one writer until team mode's claims)."""
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (for messages and views)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<an unparsable database URL>"
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def url_secrets(url: str) -> tuple[str, ...]:
+    """The secrets a state URL holds (its password, as written and decoded), for redaction."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return ()
+    if not parts.password:
+        return ()
+    raw = parts.netloc.rpartition("@")[0].partition(":")[2]
+    return tuple({s for s in (raw, parts.password) if s})
+
+
+# --------------------------------------------------------------------------- schema
+
+_M001 = """
+CREATE SEQUENCE ids INCREMENT BY 1000;
+CREATE TABLE tickets (
+    id bigint PRIMARY KEY,
+    path text NOT NULL,
+    root text NOT NULL,
+    sha256 text NOT NULL,
+    kind text NOT NULL,
+    spec text NOT NULL,
+    phase text NOT NULL,
+    active boolean NOT NULL DEFAULT true,
+    filed boolean NOT NULL DEFAULT false,
+    idem_key text NOT NULL,
+    job_id text,
+    job_token text,
+    job_server text,
+    start_sent boolean NOT NULL DEFAULT false,
+    remote_status text,
+    remote_info text,
+    error text,
+    wait_until double precision,
+    attempts integer NOT NULL DEFAULT 0,
+    created_at double precision NOT NULL,
+    updated_at double precision NOT NULL,
+    finished_at double precision
+);
+CREATE UNIQUE INDEX tickets_active_path ON tickets(path) WHERE active;
+CREATE INDEX tickets_phase ON tickets(phase, filed);
+CREATE TABLE inputs (
+    id bigint PRIMARY KEY,
+    ticket_id bigint NOT NULL REFERENCES tickets(id),
+    idx integer NOT NULL,
+    kind text NOT NULL,
+    value text NOT NULL,
+    abs_path text,
+    upload_uuid text NOT NULL,
+    sent boolean NOT NULL DEFAULT false,
+    remote_id text
+);
+CREATE INDEX inputs_ticket ON inputs(ticket_id);
+CREATE TABLE outputs (
+    id bigint PRIMARY KEY,
+    ticket_id bigint NOT NULL REFERENCES tickets(id),
+    idx integer NOT NULL,
+    remote_id text NOT NULL,
+    filename text NOT NULL,
+    uri text NOT NULL,
+    size bigint,
+    checksum text NOT NULL,
+    remote_status text NOT NULL,
+    state text NOT NULL DEFAULT 'pending',
+    dest_name text,
+    digest text,
+    verdict text,
+    gets integer NOT NULL DEFAULT 0,
+    mismatches integer NOT NULL DEFAULT 0,
+    validator text,
+    UNIQUE (ticket_id, remote_id)
+);
+CREATE TABLE history (
+    id bigint PRIMARY KEY,
+    ticket_id bigint NOT NULL REFERENCES tickets(id),
+    at double precision NOT NULL,
+    phase text NOT NULL,
+    event text NOT NULL,
+    message text
+);
+CREATE INDEX history_ticket ON history(ticket_id);
+CREATE TABLE meta (key text PRIMARY KEY, value text NOT NULL);
+"""
+
+# (name, SQL), in order; each runs once, in one transaction with its row in the migrations table.
+# Team mode's claim columns (owner, fence, lease_until) and agents table come with its migration.
+MIGRATIONS: tuple[tuple[str, str], ...] = (("m001_initial", _M001),)
+
+
+def migrate(conn: psycopg.Connection[dict[str, Any]]) -> None:
+    """Apply the migrations this database lacks (agents starting together take turns)."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", [MIGRATION_LOCK])
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS convert_agent_migrations ("
+            " name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {r["name"] for r in conn.execute("SELECT name FROM convert_agent_migrations")}
+        known = {name for name, _ in MIGRATIONS}
+        if done - known:
+            raise RuntimeError(
+                "the state database was migrated by a newer convert-agent "
+                f"({', '.join(sorted(done - known))}); update this agent"
+            )
+        for name, sql in MIGRATIONS:
+            if name not in done:
+                conn.execute(sql.encode())
+                conn.execute("INSERT INTO convert_agent_migrations (name) VALUES (%s)", [name])
+
+
+# --------------------------------------------------------------------------- the store
+
+
+@dataclass
+class _Group:
+    """Statements waiting for one transaction, and the history rows among them."""
+
+    stmts: list[tuple[str, Sequence[Any]]] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    gone: set[int] = field(default_factory=set)  # tickets made inactive by it
+
+    def __bool__(self) -> bool:
+        return bool(self.stmts)
+
+
+@dataclass
+class _Mirror:
+    recs: dict[int, TicketRecord] = field(default_factory=dict)
+    by_path: dict[str, int] = field(default_factory=dict)  # active records only
+    inputs: dict[int, list[InputRecord]] = field(default_factory=dict)
+    outputs: dict[int, list[OutputRecord]] = field(default_factory=dict)
+    output_tid: dict[int, int] = field(default_factory=dict)
+    input_tid: dict[int, int] = field(default_factory=dict)
+    meta: dict[str, str] = field(default_factory=dict)
+
+
+_LOAD_SQL = (
+    "SELECT * FROM tickets WHERE active ORDER BY id",
+    "SELECT i.* FROM inputs i JOIN tickets t ON t.id = i.ticket_id WHERE t.active"
+    " ORDER BY i.ticket_id, i.idx",
+    "SELECT o.* FROM outputs o JOIN tickets t ON t.id = o.ticket_id WHERE t.active"
+    " ORDER BY o.ticket_id, o.idx",
+    "SELECT key, value FROM meta",
+)
+
+
+def _build_mirror(rows: Sequence[list[dict[str, Any]]]) -> _Mirror:
+    tickets, inputs, outputs, meta = rows
+    m = _Mirror()
+    for r in tickets:
+        rec = TicketRecord.from_row(r)
+        m.recs[rec.id] = rec
+        m.by_path[rec.path] = rec.id
+        m.inputs[rec.id] = []
+        m.outputs[rec.id] = []
+    for r in inputs:
+        inp = InputRecord.from_row(r)
+        m.inputs[inp.ticket_id].append(inp)
+        m.input_tid[inp.id] = inp.ticket_id
+    for r in outputs:
+        out = OutputRecord.from_row(r)
+        m.outputs[out.ticket_id].append(out)
+        m.output_tid[out.id] = out.ticket_id
+    m.meta = {r["key"]: r["value"] for r in meta}
+    return m
+
+
+def _conninfo(url: str, *, timeout_ms: int | None = None) -> dict[str, Any]:
+    """libpq parameters beside the URL: bounded connects, and dead peers noticed in seconds."""
+    kw: dict[str, Any] = {
+        "connect_timeout": CONNECT_TIMEOUT,
+        "application_name": "convert-agent",
+        "keepalives": 1,
+        "keepalives_idle": 5,
+        "keepalives_interval": 2,
+        "keepalives_count": 3,
+    }
+    if timeout_ms is not None:
+        kw["tcp_user_timeout"] = timeout_ms
+        kw["options"] = f"-c statement_timeout={timeout_ms}"
+    return kw
+
+
+class PgStore:
+    """A PostgreSQL state (see the module's docstring). ``open`` for the one writer (the
+    agent), ``open_readonly`` for ``status``/``list``/``why`` (every read a query)."""
+
+    async_commit = True
+
+    def __init__(self, url: str, *, readonly: bool = False) -> None:
+        self._url = url
+        self.url = redact_url(url)  # what may be shown
+        self.readonly = readonly
+        self.group_commit = False
+        self.on_dirty: Callable[[], None] | None = None
+        self._m = _Mirror()
+        self._pending = _Group()
+        self._inflight: _Group | None = None
+        self._lost: WritesLost | None = None  # a flush failed: reload, then raise once
+        self._reader_conn: psycopg.Connection[dict[str, Any]] | None = None
+        self._writer_conn: psycopg.AsyncConnection[Any] | None = None
+        self._writer_pid: int | None = None  # our last writer session (its lock may linger)
+        self._ids: list[int] = []  # [next, end) of the current block
+        self._spare: tuple[int, int] | None = None  # the next block, reserved ahead
+        self._retry_at = 0.0  # monotonic time of the next attempt to read the mirror again
+
+    def __repr__(self) -> str:
+        return f"PgStore({self.url!r}, readonly={self.readonly})"
+
+    # ----------------------------------------------------------------- opening
+
+    @classmethod
+    def open(cls, url: str) -> PgStore:
+        """Open (migrating) a state database for the one writer. Raises ``StateBusy`` when
+        another agent writes it, ``psycopg.Error`` (with no password in it) when it cannot be
+        reached."""
+        store = cls(url)
+        conn = store._reader()
+        migrate(conn)
+        busy = conn.execute("SELECT pg_try_advisory_lock(%s) AS ok", [WRITER_LOCK]).fetchone()
+        if not busy or not busy["ok"]:
+            store.close()
+            raise StateBusy(
+                f"another agent is using the state database {store.url}; "
+                "one agent per database until team mode"
+            )
+        conn.execute("SELECT pg_advisory_unlock(%s)", [WRITER_LOCK])
+        store._m = _build_mirror([conn.execute(sql).fetchall() for sql in _LOAD_SQL])
+        store._ids = store._reserve_sync()
+        return store
+
+    @classmethod
+    def open_readonly(cls, url: str) -> PgStore:
+        """For ``status``/``list``/``why``: never writes, never migrates, never caches."""
+        store = cls(url, readonly=True)
+        store._reader()
+        return store
+
+    def close(self) -> None:
+        """Write what is queued (synchronously; the scheduler has flushed already) and close."""
+        try:
+            if not self.readonly and self._inflight is None and self._lost is None:
+                self.commit()
+        finally:
+            if self._reader_conn is not None:
+                self._reader_conn.close()
+                self._reader_conn = None
+            if self._writer_conn is not None:
+                with contextlib.suppress(Exception):
+                    self._writer_conn.pgconn.finish()
+                self._writer_conn = None
+
+    async def aclose(self) -> None:
+        """Close the writer's connection on its own loop (then ``close``)."""
+        if self._writer_conn is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._writer_conn.close(), 2.0)
+            self._writer_conn = None
+        self.close()
+
+    # ----------------------------------------------------------------- connections
+
+    def _reader(self) -> psycopg.Connection[dict[str, Any]]:
+        """The synchronous connection of cold reads (and of ``open``), made when needed."""
+        conn = self._reader_conn
+        if conn is not None and not conn.closed and not conn.broken:
+            return conn
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+            self._reader_conn = None
+        try:
+            conn = psycopg.connect(
+                self._url,
+                autocommit=True,
+                row_factory=dict_row,
+                **_conninfo(self._url, timeout_ms=READ_TIMEOUT_MS),
+            )
+        except psycopg.Error as exc:
+            raise _safe_error(exc, self._url) from None
+        if self.readonly:
+            conn.execute("SET default_transaction_read_only = on")
+        self._reader_conn = conn
+        return conn
+
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """A cold read (bounded: connect and statement timeouts)."""
+        try:
+            return self._reader().execute(sql, params).fetchall()
+        except psycopg.Error as exc:
+            raise _safe_error(exc, self._url) from None
+
+    async def _writer(self) -> psycopg.AsyncConnection[Any]:
+        conn = self._writer_conn
+        if conn is not None and not conn.closed and not conn.broken:
+            return conn
+        self._writer_conn = None
+        conn = await psycopg.AsyncConnection.connect(
+            self._url, autocommit=True, **_conninfo(self._url)
+        )
+        try:
+            row = await (await conn.execute("SELECT pg_backend_pid()")).fetchone()
+            pid = int(row[0]) if row else None
+            if not await self._take_lock(conn):
+                raise StateBusy(
+                    f"another agent is using the state database {self.url}; "
+                    "this agent writes nothing until it stops"
+                )
+        except BaseException:
+            await conn.close()
+            raise
+        self._writer_pid = pid
+        self._writer_conn = conn
+        return conn
+
+    async def _take_lock(self, conn: psycopg.AsyncConnection[Any]) -> bool:
+        """The one writer's advisory lock; a session of ours the server still holds (its network
+        died under it) is ended first."""
+        cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", [WRITER_LOCK])
+        row = await cur.fetchone()
+        if row and row[0]:
+            return True
+        if self._writer_pid is None:
+            return False
+        await conn.execute("SELECT pg_terminate_backend(%s)", [self._writer_pid])
+        for _ in range(20):
+            cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", [WRITER_LOCK])
+            row = await cur.fetchone()
+            if row and row[0]:
+                return True
+            await asyncio.sleep(0.05)
+        return False
+
+    # ----------------------------------------------------------------- ids
+
+    def _reserve_sync(self) -> list[int]:
+        row = self._rows("SELECT nextval('ids') AS v")[0]
+        return [int(row["v"]), int(row["v"]) + ID_BLOCK]
+
+    def _next_id(self) -> int:
+        if self._ids[0] >= self._ids[1]:
+            if self._spare is not None:
+                self._ids, self._spare = list(self._spare), None
+            else:  # a burst used the whole block before a flush reserved the next: rare
+                self._ids = self._reserve_sync()
+        tid = self._ids[0]
+        self._ids[0] += 1
+        return tid
+
+    # ----------------------------------------------------------------- writes
+
+    @property
+    def dirty(self) -> bool:
+        """Whether writes wait for a flush (or a lost group waits to be reported by one)."""
+        return bool(self._pending) or self._inflight is not None or self._lost is not None
+
+    def _writable(self) -> None:
+        """Before a write changes the mirror: refused while the mirror may hold lost writes
+        (a flush reloads it first; one is scheduled here)."""
+        if self.readonly:
+            raise RuntimeError("a read-only store never writes")
+        if self._lost is not None:
+            if self.on_dirty is not None and self.group_commit:
+                self.on_dirty()
+            raise WritesLost(
+                "the state database has not taken the last writes yet; "
+                "nothing is written until it answers again"
+            )
+
+    def _q(self, sql: str, params: Sequence[Any]) -> None:
+        """Queue one statement of the open group."""
+        self._pending.stmts.append((sql, params))
+
+    def _written(self) -> None:
+        """A write is queued: schedule the flush (or, without group commit, write it now)."""
+        if not self.group_commit:
+            self.commit()
+        elif self.on_dirty is not None:
+            self.on_dirty()
+
+    def commit(self) -> None:
+        """Write the queued group now, synchronously (without group commit, at close, or for a
+        caller without an event loop). Same outcomes as ``flush``."""
+        if self._inflight is not None:
+            raise RuntimeError("a flush is in flight")
+        if self._lost is not None:
+            self._install([self._rows(sql) for sql in _LOAD_SQL])
+            lost, self._lost = self._lost, None
+            raise lost
+        if not self._pending:
+            return
+        group, self._pending = self._pending, _Group()
+        try:
+            conn = self._reader()
+            with conn.pipeline(), conn.transaction():
+                for sql, params in group.stmts:
+                    conn.execute(sql, params)
+        except Exception as exc:
+            self._pending = _Group()
+            lost = self._lost_by(exc)
+            try:
+                self._install([self._rows(sql) for sql in _LOAD_SQL])
+            except Exception:
+                self._lost = lost
+            raise lost from None
+        self._landed(group)
+
+    async def flush(self) -> None:
+        """Send the queued group as one transaction (the scheduler awaits this, one flush at a
+        time; writes made meanwhile join the next one).
+
+        Raises ``WritesLost`` when the group did not land: it and the writes queued after it
+        are dropped, and the mirror is read again from the database. While the database cannot
+        be reached the mirror cannot be read again: writes are refused and each flush tries
+        again (at most once a second), raising ``WritesLost`` until it has."""
+        if self._inflight is not None:
+            raise RuntimeError("one flush at a time")
+        if self._lost is not None:
+            await self._recover()
+            lost, self._lost = self._lost, None
+            raise lost  # once more: an act that began to wait after the loss learns it now
+        await self._refill_ids()
+        if not self._pending:
+            return
+        group, self._pending = self._pending, _Group()
+        self._inflight = group
+        try:
+            async with asyncio.timeout(FLUSH_TIMEOUT):
+                conn = await self._writer()
+                async with conn.pipeline(), conn.transaction():
+                    for sql, params in group.stmts:
+                        await conn.execute(sql, params)
+        except BaseException as exc:
+            self._inflight = None
+            self._pending = _Group()
+            self._drop_writer(exc)
+            lost = self._lost_by(exc)
+            self._lost = lost
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            with contextlib.suppress(WritesLost):
+                await self._recover()
+                self._lost = None
+            raise lost from None
+        self._inflight = None
+        self._landed(group)
+
+    def _lost_by(self, exc: BaseException) -> WritesLost:
+        return WritesLost(
+            f"the state database did not take the last writes ({_safe_text(exc, self._url)});"
+            " they were undone"
+        )
+
+    def _drop_writer(self, exc: BaseException) -> None:
+        """After a failed exchange: a session that gave no answer (timeout, cancel, network)
+        is in an unknown state and is not used again."""
+        conn = self._writer_conn
+        if conn is not None and (conn.broken or not isinstance(exc, psycopg.DatabaseError)):
+            with contextlib.suppress(Exception):
+                conn.pgconn.finish()
+            self._writer_conn = None
+
+    async def _recover(self) -> None:
+        """The mirror again from the database (what it holds is the truth after a lost group);
+        raises ``WritesLost`` while it cannot be read."""
+        now = time.monotonic()
+        if now < self._retry_at:
+            raise WritesLost("the state database cannot be reached; the agent waits for it")
+        self._retry_at = now + RECONNECT_PAUSE
+        try:
+            async with asyncio.timeout(FLUSH_TIMEOUT):
+                conn = await self._writer()
+                rows = []
+                async with conn.transaction():
+                    for sql in _LOAD_SQL:
+                        cur = conn.cursor(row_factory=dict_row)
+                        await cur.execute(sql)
+                        rows.append(await cur.fetchall())
+        except Exception as exc:
+            self._drop_writer(exc)
+            raise WritesLost(
+                f"the state database cannot be reached ({_safe_text(exc, self._url)}); "
+                "the agent waits for it"
+            ) from None
+        self._retry_at = 0.0
+        self._install(rows)
+
+    async def _refill_ids(self) -> None:
+        """Reserve the next id block ahead, while few ids are left (a flush's spare time)."""
+        if self._spare is not None or self._ids[1] - self._ids[0] >= ID_LOW_WATER:
+            return
+        with contextlib.suppress(Exception):  # the flush that follows says what is wrong
+            async with asyncio.timeout(FLUSH_TIMEOUT):
+                conn = await self._writer()
+                row = await (await conn.execute("SELECT nextval('ids')")).fetchone()
+            if row is not None:
+                self._spare = (int(row[0]), int(row[0]) + ID_BLOCK)
+
+    def _landed(self, group: _Group) -> None:
+        """A group is in the database: records it made inactive leave the mirror."""
+        for tid in group.gone:
+            rec = self._m.recs.get(tid)
+            if rec is not None and not rec.active:
+                self._forget(tid)
+
+    def _forget(self, tid: int) -> None:
+        m = self._m
+        m.recs.pop(tid, None)
+        for inp in m.inputs.pop(tid, []):
+            m.input_tid.pop(inp.id, None)
+        for out in m.outputs.pop(tid, []):
+            m.output_tid.pop(out.id, None)
+
+    def _install(self, rows: Sequence[list[dict[str, Any]]]) -> None:
+        """A mirror read from the database replaces this one; writes queued meanwhile were
+        made on the old one and are dropped."""
+        self._m = _build_mirror(rows)
+        self._pending = _Group()
+
+    # ----------------------------------------------------------------- tickets
+
+    def add_ticket(
+        self,
+        *,
+        path: str,
+        root: str,
+        sha256: str,
+        kind: str,
+        spec: Mapping[str, Any],
+        inputs: Sequence[tuple[str, str, str | None]],
+        idem_prefix: str,
+        now: float,
+        phase: Phase = Phase.PENDING,
+        error: Mapping[str, Any] | None = None,
+        message: str = "ticket accepted",
+    ) -> TicketRecord:
+        """Record a new request for ``path``; the previous record for that path becomes
+        history (as ``sqlite.Store.add_ticket``)."""
+        self._writable()
+        m = self._m
+        old = m.by_path.pop(path, None)
+        if old is not None:
+            m.recs[old] = dataclasses.replace(m.recs[old], active=False)
+            self._pending.gone.add(old)
+        self._q("UPDATE tickets SET active = false WHERE path = %s AND active", [path])
+        tid = self._next_id()
+        key = hashlib.sha256(f"{idem_prefix}\0{path}\0{sha256}\0{tid}".encode()).hexdigest()[:40]
+        err = json.dumps(error) if error else None
+        cols: dict[str, Any] = {
+            "id": tid,
+            "path": path,
+            "root": root,
+            "sha256": sha256,
+            "kind": kind,
+            "spec": json.dumps(spec),
+            "phase": str(phase),
+            "active": True,
+            "filed": False,
+            "idem_key": key,
+            "job_id": None,
+            "job_token": None,
+            "job_server": None,
+            "start_sent": False,
+            "remote_status": None,
+            "remote_info": None,
+            "error": err,
+            "wait_until": None,
+            "attempts": 0,
+            "created_at": now,
+            "updated_at": now,
+            "finished_at": now if phase.terminal else None,
+        }
+        self._q(
+            f"INSERT INTO tickets ({', '.join(cols)}) VALUES ({', '.join(['%s'] * len(cols))})",
+            list(cols.values()),
+        )
+        rec = TicketRecord(**_decode_columns(cols))
+        m.recs[tid] = rec
+        m.by_path[path] = tid
+        ins: list[InputRecord] = []
+        for idx, (ikind, value, abs_path) in enumerate(inputs):
+            inp = InputRecord(
+                id=self._next_id(),
+                ticket_id=tid,
+                idx=idx,
+                kind=ikind,
+                value=value,
+                abs_path=abs_path,
+                upload_uuid=f"{key[:24]}-{idx}",
+                sent=False,
+                remote_id=None,
+            )
+            self._q(
+                "INSERT INTO inputs (id, ticket_id, idx, kind, value, abs_path, upload_uuid)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                [inp.id, tid, idx, ikind, value, abs_path, inp.upload_uuid],
+            )
+            ins.append(inp)
+            m.input_tid[inp.id] = tid
+        m.inputs[tid] = ins
+        m.outputs[tid] = []
+        self._history(tid, now, phase, "accepted" if not error else "rejected", message)
+        self._written()
+        return rec
+
+    def reset_for_resubmit(self, ticket_id: int, now: float, *, message: str) -> None:
+        """Start a ticket over with a new job (as ``sqlite.Store.reset_for_resubmit``)."""
+        self._writable()
+        rec = self.get(ticket_id)
+        m = self._m
+        key = hashlib.sha256(f"{rec.idem_key}\0resubmit".encode()).hexdigest()[:40]
+        self._q("DELETE FROM outputs WHERE ticket_id = %s", [ticket_id])
+        for out in m.outputs.get(ticket_id, []):
+            m.output_tid.pop(out.id, None)
+        m.outputs[ticket_id] = []
+        ins = []
+        for inp in self.inputs(ticket_id):
+            new = dataclasses.replace(
+                inp, sent=False, remote_id=None, upload_uuid=f"{key[:24]}-{inp.idx}"
+            )
+            self._q(
+                "UPDATE inputs SET sent = false, remote_id = NULL, upload_uuid = %s WHERE id = %s",
+                [new.upload_uuid, inp.id],
+            )
+            ins.append(new)
+            m.input_tid[inp.id] = ticket_id
+        m.inputs[ticket_id] = ins
+        cols: dict[str, Any] = {
+            "phase": str(Phase.PENDING),
+            "idem_key": key,
+            "job_id": None,
+            "job_token": None,
+            "job_server": None,
+            "start_sent": False,
+            "remote_status": None,
+            "remote_info": None,
+            "error": None,
+            "wait_until": None,
+            "attempts": 0,
+            "updated_at": now,
+        }
+        self._set_ticket(rec, cols)
+        self._history(ticket_id, now, Phase.PENDING, "resubmitted", message)
+        self._written()
+
+    def get(self, ticket_id: int) -> TicketRecord:
+        rec = self._m.recs.get(ticket_id)
+        if rec is not None:
+            return rec
+        rows = self._rows("SELECT * FROM tickets WHERE id = %s", [ticket_id])
+        if not rows:
+            raise KeyError(ticket_id)
+        return TicketRecord.from_row(rows[0])
+
+    def _active(self) -> list[TicketRecord]:
+        recs = self._m.recs
+        return [recs[i] for i in sorted(self._m.by_path.values())]
+
+    def same_content_elsewhere(self, root: str, sha256: str, path: str) -> list[TicketRecord]:
+        """Active tickets under ``root`` with these bytes at another path (was it renamed?)."""
+        if self.readonly:
+            return [
+                TicketRecord.from_row(r)
+                for r in self._rows(
+                    "SELECT * FROM tickets WHERE active AND root = %s AND sha256 = %s"
+                    " AND path != %s ORDER BY id",
+                    [root, sha256, path],
+                )
+            ]
+        return [
+            r for r in self._active() if r.root == root and r.sha256 == sha256 and r.path != path
+        ]
+
+    def active_for_path(self, path: str) -> TicketRecord | None:
+        if self.readonly:
+            rows = self._rows("SELECT * FROM tickets WHERE path = %s AND active", [path])
+            return TicketRecord.from_row(rows[0]) if rows else None
+        tid = self._m.by_path.get(path)
+        return None if tid is None else self._m.recs[tid]
+
+    def update(
+        self,
+        ticket_id: int,
+        now: float,
+        *,
+        event: str,
+        message: str | None = None,
+        **changes: Any,
+    ) -> TicketRecord:
+        """Change a ticket's fields and write the history row, in one group."""
+        self._writable()
+        cols = dict(changes)
+        if "phase" in cols:
+            cols["phase"] = str(cols["phase"])
+            if Phase(cols["phase"]).terminal:
+                cols.setdefault("finished_at", now)
+        if "error" in cols:
+            cols["error"] = json.dumps(cols["error"]) if cols["error"] else None
+        for k in _BOOL_COLS:
+            if k in cols:
+                cols[k] = bool(cols[k])
+        cols["updated_at"] = now
+        rec = self._set_ticket(self.get(ticket_id), cols)
+        self._history(ticket_id, now, rec.phase, event, message)
+        self._written()
+        return rec
+
+    def touch(self, ticket_id: int, now: float, **changes: Any) -> None:
+        """Change fields without a history row (server status text on every poll)."""
+        self._writable()
+        if "error" in changes:
+            changes["error"] = json.dumps(changes["error"]) if changes["error"] else None
+        for k in _BOOL_COLS:
+            if k in changes:
+                changes[k] = bool(changes[k])
+        changes["updated_at"] = now
+        self._set_ticket(self.get(ticket_id), changes)
+        self._written()
+
+    def _set_ticket(self, rec: TicketRecord, cols: Mapping[str, Any]) -> TicketRecord:
+        """Queue the UPDATE of ``cols`` (as stored) and keep the mirror in step."""
+        bad = set(cols) - _TICKET_COLS
+        if bad:
+            raise ValueError(f"unknown ticket columns: {sorted(bad)}")
+        self._q(
+            f"UPDATE tickets SET {', '.join(f'{k} = %s' for k in cols)} WHERE id = %s",
+            [*cols.values(), rec.id],
+        )
+        new = dataclasses.replace(rec, **_decode_columns(cols))
+        m = self._m
+        if rec.id in m.recs or rec.active:
+            m.recs[rec.id] = new
+            if rec.active and m.by_path.get(rec.path) == rec.id:
+                del m.by_path[rec.path]
+            if new.active:
+                m.by_path[new.path] = rec.id
+            else:
+                self._pending.gone.add(rec.id)
+            m.inputs.setdefault(rec.id, [])
+            m.outputs.setdefault(rec.id, [])
+        return new
+
+    def _history(
+        self, ticket_id: int, now: float, phase: Phase, event: str, message: str | None
+    ) -> None:
+        hid = self._next_id()
+        self._q(
+            "INSERT INTO history (id, ticket_id, at, phase, event, message)"
+            " VALUES (%s, %s, %s, %s, %s, %s)",
+            [hid, ticket_id, now, str(phase), event, message],
+        )
+        self._pending.history.append(
+            {
+                "id": hid,
+                "ticket_id": ticket_id,
+                "at": now,
+                "phase": str(phase),
+                "event": event,
+                "message": message,
+            }
+        )
+
+    def unfinished(self) -> list[TicketRecord]:
+        """Active tickets with work left: not terminal, or terminal but not yet filed."""
+        if self.readonly:
+            return [
+                TicketRecord.from_row(r)
+                for r in self._rows(
+                    "SELECT * FROM tickets WHERE active AND (phase NOT IN (%s, %s, %s)"
+                    " OR NOT filed) ORDER BY id",
+                    list(_TERMINAL),
+                )
+            ]
+        return [r for r in self._active() if not r.phase.terminal or not r.filed]
+
+    def tickets(
+        self, *, phases: Iterable[Phase] | None = None, active_only: bool = True, limit: int = 0
+    ) -> list[TicketRecord]:
+        if active_only and not self.readonly:
+            wanted = None if phases is None else set(phases)
+            out = [r for r in self._active() if wanted is None or r.phase in wanted]
+            return out[:limit] if limit else out
+        where, args = [], []
+        if active_only:
+            where.append("active")
+        if phases is not None:
+            ph = [str(p) for p in phases]
+            where.append("phase = ANY(%s)")
+            args.append(ph)
+        sql = "SELECT * FROM tickets"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY id"
+        if limit:
+            sql += f" LIMIT {int(limit)}"
+        return [TicketRecord.from_row(r) for r in self._rows(sql, args)]
+
+    def find(self, name: str) -> list[TicketRecord]:
+        """Active tickets whose path, file name or stem is ``name`` (for ``why``/``retry``)."""
+        out = []
+        for rec in self.tickets():
+            base = rec.name
+            stem = base[: -len(".job")] if base.endswith(".job") else base
+            if name in (rec.path, base, stem) or rec.path.endswith(os.sep + name):
+                out.append(rec)
+        return out
+
+    def counts(self) -> dict[str, int]:
+        res = {str(p): 0 for p in Phase}
+        if self.readonly:
+            for row in self._rows(
+                "SELECT phase, count(*) AS n FROM tickets WHERE active GROUP BY phase"
+            ):
+                res[row["phase"]] = row["n"]
+            res["waiting"] = self._rows(
+                "SELECT count(*) AS n FROM tickets WHERE active AND wait_until IS NOT NULL"
+                " AND phase NOT IN (%s, %s, %s)",
+                list(_TERMINAL),
+            )[0]["n"]
+            return res
+        waiting = 0
+        for rec in self._active():
+            res[str(rec.phase)] += 1
+            if rec.wait_until is not None and not rec.phase.terminal:
+                waiting += 1
+        res["waiting"] = waiting
+        return res
+
+    def history(self, ticket_id: int) -> list[dict[str, Any]]:
+        rows = self._rows(
+            "SELECT id, at, phase, event, message FROM history WHERE ticket_id = %s ORDER BY id",
+            [ticket_id],
+        )
+        seen = {r["id"] for r in rows}
+        for g in (self._inflight, self._pending):  # read-your-writes: not yet in the database
+            if g is not None:
+                rows.extend(
+                    h for h in g.history if h["ticket_id"] == ticket_id and h["id"] not in seen
+                )
+        rows.sort(key=lambda r: r["id"])
+        return [{k: r[k] for k in ("at", "phase", "event", "message")} for r in rows]
+
+    # ----------------------------------------------------------------- inputs / outputs
+
+    def inputs(self, ticket_id: int) -> list[InputRecord]:
+        ins = self._m.inputs.get(ticket_id)
+        if ins is not None:
+            return list(ins)
+        return [
+            InputRecord.from_row(r)
+            for r in self._rows(
+                "SELECT * FROM inputs WHERE ticket_id = %s ORDER BY idx", [ticket_id]
+            )
+        ]
+
+    def mark_input_sent(self, input_id: int, remote_id: str | None) -> None:
+        self._writable()
+        self._q(
+            "UPDATE inputs SET sent = true, remote_id = %s WHERE id = %s", [remote_id, input_id]
+        )
+        tid = self._m.input_tid.get(input_id)
+        if tid is not None:
+            self._m.inputs[tid] = [
+                dataclasses.replace(i, sent=True, remote_id=remote_id) if i.id == input_id else i
+                for i in self._m.inputs[tid]
+            ]
+        self._written()
+
+    def record_outputs(self, ticket_id: int, outputs: Sequence[RemoteOutput]) -> None:
+        """Insert outputs not seen before, refresh uri/status/checksum of the others."""
+        self._writable()
+        m = self._m
+        held = m.outputs.get(ticket_id)
+        if held is None:  # not a live ticket: read what the database holds (rare)
+            held = self.outputs(ticket_id)
+        by_remote = {o.remote_id: o for o in held}
+        for idx, o in enumerate(outputs):
+            remote_id = o.id or f"#{idx}"
+            cur = by_remote.get(remote_id)
+            if cur is None:
+                cur = OutputRecord(
+                    id=self._next_id(),
+                    ticket_id=ticket_id,
+                    idx=idx,
+                    remote_id=remote_id,
+                    filename=o.filename,
+                    uri=o.uri,
+                    size=o.size,
+                    checksum=o.checksum,
+                    remote_status=o.status,
+                    state="pending",
+                    dest_name=None,
+                    digest=None,
+                    verdict=None,
+                    gets=0,
+                    mismatches=0,
+                )
+            else:
+                cur = dataclasses.replace(
+                    cur,
+                    uri=o.uri,
+                    remote_status=o.status,
+                    size=o.size if o.size is not None else cur.size,
+                    checksum=o.checksum if o.checksum != "" else cur.checksum,
+                )
+            by_remote[remote_id] = cur
+            self._q(
+                """INSERT INTO outputs (id, ticket_id, idx, remote_id, filename, uri, size,
+                       checksum, remote_status)
+                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+                   ON CONFLICT (ticket_id, remote_id) DO UPDATE SET
+                       uri = excluded.uri, remote_status = excluded.remote_status,
+                       size = COALESCE(excluded.size, outputs.size),
+                       checksum = CASE WHEN excluded.checksum != '' THEN excluded.checksum
+                                       ELSE outputs.checksum END""",
+                [
+                    cur.id,
+                    ticket_id,
+                    idx,
+                    remote_id,
+                    o.filename,
+                    o.uri,
+                    o.size,
+                    o.checksum,
+                    o.status,
+                ],
+            )
+        if ticket_id in m.recs:
+            m.outputs[ticket_id] = sorted(by_remote.values(), key=lambda r: (r.idx, r.id))
+            for out in by_remote.values():
+                m.output_tid[out.id] = ticket_id
+        self._written()
+
+    def outputs(self, ticket_id: int) -> list[OutputRecord]:
+        outs = self._m.outputs.get(ticket_id)
+        if outs is not None:
+            return list(outs)
+        return [
+            OutputRecord.from_row(r)
+            for r in self._rows(
+                "SELECT * FROM outputs WHERE ticket_id = %s ORDER BY idx", [ticket_id]
+            )
+        ]
+
+    def update_output(self, output_id: int, **changes: Any) -> None:
+        self._writable()
+        bad = set(changes) - _OUTPUT_COLS
+        if bad:
+            raise ValueError(f"unknown output columns: {sorted(bad)}")
+        self._q(
+            f"UPDATE outputs SET {', '.join(f'{k} = %s' for k in changes)} WHERE id = %s",
+            [*changes.values(), output_id],
+        )
+        tid = self._m.output_tid.get(output_id)
+        if tid is not None:
+            self._m.outputs[tid] = [
+                dataclasses.replace(o, **changes) if o.id == output_id else o
+                for o in self._m.outputs[tid]
+            ]
+        self._written()
+
+    def output_names(self, root: str) -> set[str]:
+        """Absolute paths of every output the agent placed under ``root`` (its own files)."""
+        names = {
+            os.path.join(os.path.dirname(r["path"]), r["dest_name"])
+            for r in self._rows(
+                """SELECT t.path, o.dest_name FROM outputs o JOIN tickets t ON t.id = o.ticket_id
+                   WHERE t.root = %s AND o.dest_name IS NOT NULL""",
+                [root],
+            )
+        }
+        for tid, outs in self._m.outputs.items():  # and those placed but not flushed yet
+            rec = self._m.recs.get(tid)
+            if rec is not None and rec.root == root:
+                names.update(
+                    os.path.join(os.path.dirname(rec.path), o.dest_name)
+                    for o in outs
+                    if o.dest_name is not None
+                )
+        return names
+
+    # ----------------------------------------------------------------- meta
+
+    def get_meta(self, key: str, default: str | None = None) -> str | None:
+        if self.readonly:
+            rows = self._rows("SELECT value FROM meta WHERE key = %s", [key])
+            return rows[0]["value"] if rows else default
+        return self._m.meta.get(key, default)
+
+    def set_meta(self, key: str, value: str | None) -> None:
+        """Written with the open group (flushed soon after, like any write)."""
+        self._writable()
+        if value is None:
+            self._q("DELETE FROM meta WHERE key = %s", [key])
+            self._m.meta.pop(key, None)
+        else:
+            self._q(
+                "INSERT INTO meta (key, value) VALUES (%s, %s)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [key, value],
+            )
+            self._m.meta[key] = value
+        self._written()
+
+    def integrity_ok(self) -> bool:
+        """PostgreSQL keeps its own integrity; this says the database answers."""
+        try:
+            return bool(self._rows("SELECT 1 AS ok"))
+        except psycopg.Error:
+            return False
+
+
+def _safe_text(exc: BaseException, url: str) -> str:
+    """An error's text with no secret of ``url`` in it."""
+    text = str(exc).strip() or type(exc).__name__
+    text = text.replace(url, redact_url(url))
+    for secret in url_secrets(url):
+        text = text.replace(secret, "***")
+    return text.splitlines()[0] if text else text
+
+
+def _safe_error(exc: psycopg.Error, url: str) -> psycopg.OperationalError:
+    """A psycopg error re-raised with its text redacted (and only its first line)."""
+    return psycopg.OperationalError(_safe_text(exc, url))
