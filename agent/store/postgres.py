@@ -44,7 +44,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import psycopg
 from psycopg.rows import dict_row
@@ -99,7 +99,7 @@ def url_secrets(url: str) -> tuple[str, ...]:
     if not parts.password:
         return ()
     raw = parts.netloc.rpartition("@")[0].partition(":")[2]
-    return tuple({s for s in (raw, parts.password) if s})
+    return tuple(sorted({s for s in (raw, unquote(raw)) if s}, key=len, reverse=True))
 
 
 # --------------------------------------------------------------------------- schema
@@ -308,18 +308,28 @@ class PgStore:
         another agent writes it, ``psycopg.Error`` (with no password in it) when it cannot be
         reached."""
         store = cls(url)
-        conn = store._reader()
-        migrate(conn)
-        busy = conn.execute("SELECT pg_try_advisory_lock(%s) AS ok", [WRITER_LOCK]).fetchone()
-        if not busy or not busy["ok"]:
+        try:
+            conn = store._reader()
+            try:
+                migrate(conn)
+                busy = conn.execute(
+                    "SELECT pg_try_advisory_lock(%s) AS ok", [WRITER_LOCK]
+                ).fetchone()
+                if busy and busy["ok"]:
+                    conn.execute("SELECT pg_advisory_unlock(%s)", [WRITER_LOCK])
+                store._m = _build_mirror([conn.execute(sql).fetchall() for sql in _LOAD_SQL])
+            except psycopg.Error as exc:
+                raise _safe_error(exc, url) from None
+            if not busy or not busy["ok"]:
+                raise StateBusy(
+                    f"another agent is using the state database {store.url}; "
+                    "one agent per database until team mode"
+                )
+            store._ids = store._reserve_sync()
+        except BaseException:
+            store.readonly = True  # nothing to write at close
             store.close()
-            raise StateBusy(
-                f"another agent is using the state database {store.url}; "
-                "one agent per database until team mode"
-            )
-        conn.execute("SELECT pg_advisory_unlock(%s)", [WRITER_LOCK])
-        store._m = _build_mirror([conn.execute(sql).fetchall() for sql in _LOAD_SQL])
-        store._ids = store._reserve_sync()
+            raise
         return store
 
     @classmethod

@@ -19,16 +19,23 @@ from agent.store import StateStore, Store
 _dbs = itertools.count(1)
 
 
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[PgServer]:
+def pg_server_or_skip() -> Iterator[PgServer]:
+    """A server for a fixture's scope; skips without one, fails without one under CI."""
     reason = missing_reason()
     if reason is not None:
         if os.environ.get("CI") == "true":
             pytest.fail(f"PostgreSQL tests cannot run under CI: {reason}")
         pytest.skip(reason)
     srv = PgServer.start()
-    yield srv
-    srv.remove()
+    try:
+        yield srv
+    finally:
+        srv.remove()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    yield from pg_server_or_skip()
 
 
 @pytest.fixture

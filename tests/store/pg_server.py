@@ -95,7 +95,7 @@ class PgServer:
     def pg_ctl_start(self) -> None:
         opts = (
             f"-k {self.base} -c listen_addresses=127.0.0.1 -p {self.port} -c fsync=off"
-            " -c synchronous_commit=off -c full_page_writes=off"
+            " -c full_page_writes=off"
         )
         for _ in range(3):  # the port may have been taken meanwhile
             r = self._run(
