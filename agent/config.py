@@ -69,7 +69,8 @@ class ApiConfig:
     key_file: Path | None = None
     timeout: float = 30.0
     max_concurrency: int = 8
-    requests_per_second: float = 20.0
+    requests_per_second: float = 1000.0  # the ceiling; the budget adapts below it (api.py)
+    max_processing: int | None = None  # conversions at once; None = learned from 429s
 
     @property
     def is_loopback(self) -> bool:
@@ -445,7 +446,18 @@ class _Reader:
                 fields, "api", "max_concurrency", 8, self.number(1, 64, integer=True, example="8")
             ),
             requests_per_second=self.get(
-                fields, "api", "requests_per_second", 20.0, self.number(0.1, 1000, example="20")
+                fields,
+                "api",
+                "requests_per_second",
+                1000.0,
+                self.number(0.1, 100_000, example="1000"),
+            ),
+            max_processing=self.get(
+                fields,
+                "api",
+                "max_processing",
+                None,
+                self.number(1, 100_000, integer=True, example="4"),
             ),
         )
 

@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from agent import downloader, folder, lifecycle, paths
-from agent.api import ApiClient
+from agent import slots as slots_mod
+from agent.api import FINISH, ApiClient
 from agent.config import Config, FolderConfig
 from agent.errors import (
     AgentError,
@@ -46,6 +47,7 @@ from agent.errors import (
     OutputUnavailable,
     PermanentError,
     QuotaExhausted,
+    RateLimited,
     RetryableError,
     TicketError,
     from_os_error,
@@ -86,6 +88,14 @@ SIDECAR_COALESCE_SECONDS = 0.1
 # each of which would be a file, a rename and four watcher events. The final view is written
 # when the ticket is filed.
 SIDECAR_QUIET_SECONDS = 0.25
+# A ticket waiting for a free conversion slot looks again this often even if no release woke it.
+SLOT_RECHECK_SECONDS = 10.0
+# While tickets wait for a slot, the jobs holding one are polled every 1/8 of their age (at
+# least this often apart, at most as rarely as usual): a freed slot is used at once.
+SLOT_POLL_MIN = 0.1
+# A 429 on a start or a create is the request rate, not the concurrency limit, when another
+# request was refused within this many seconds.
+RATE_EVIDENCE_SECONDS = 5.0
 SIDECAR_MAX_BEHIND_SECONDS = 1.0
 
 
@@ -105,6 +115,7 @@ class _Volatile:
     input_stats: dict[str, tuple[int, int]] | None = None
     failing_since: float | None = None  # first transient failure of the current streak
     outputs_seen_at: float | None = None  # when the outputs' uri/status were last read
+    started_at: float | None = None  # when this process started the job (monotonic)
     spec_json: str | None = None  # the stored spec that ``spec`` was parsed from
     spec: TicketSpec | None = None
 
@@ -233,6 +244,10 @@ class Scheduler:
         self.auth_problem: AgentError | None = None
         self._auth_probe_at = 0.0
         self.quota_until: float | None = None
+        # The account's concurrent-conversion limit, learned from 429s (agent/slots.py).
+        self.slots = slots_mod.ConversionSlots(
+            manual=cfg.api.max_processing, holds=self._holds_slot, clock=self.clock
+        )
         self.seen_this_run: set[int] = set()
         self.held: set[str] = set()  # roots of folders another agent serves (``hold``)
         self.progress: ProgressListener | None = None  # a terminal's progress bars, if any
@@ -343,6 +358,11 @@ class Scheduler:
 
     async def run(self) -> None:
         """The timer loop: start due tickets, at most a bounded number at a time."""
+        self.slots.adopt(  # jobs left processing by the last run hold their slots
+            r.id
+            for r in self.store.unfinished()
+            if r.phase is Phase.PROCESSING and r.kind == TicketKind.CONVERSION
+        )
         if self.sweeper is not None and self._sweep_task is None:
             self._sweep_task = asyncio.create_task(self.sweeper.run())
         while not self._stopping:
@@ -608,6 +628,80 @@ class Scheduler:
             wait_until=None,
         )
         self._changed(rec)
+        self._slot_freed(rec.id)
+
+    # ------------------------------------------------------------------ conversion slots
+
+    def _holds_slot(self, tid: int) -> bool:
+        """Whether a ticket (given a slot) still holds it: its job is on the way or running."""
+        try:
+            rec = self.store.get(tid)
+        except KeyError:
+            return False
+        return (
+            rec.active
+            and rec.kind == TicketKind.CONVERSION
+            and rec.phase in (Phase.CREATING, Phase.UPLOADING, Phase.STARTING, Phase.PROCESSING)
+        )
+
+    def _slot_freed(self, tid: int) -> None:
+        """A ticket moved on: if it held a slot, the first tickets waiting for one go now."""
+        if tid not in self.slots.holders or not self.slots.waiting:
+            return
+        if self._holds_slot(tid):
+            return
+        self._wake_waiting()
+
+    def _wake_waiting(self) -> None:
+        for other in self.slots.released():
+            with contextlib.suppress(KeyError):
+                if self.store.get(other).wait_until is not None:
+                    self.store.touch(other, self.clock(), wait_until=None)
+            self._schedule(other, 0.0)
+
+    def _slot_or_wait(self, rec: TicketRecord, kind: str) -> float | None:
+        """None when the ticket may create/start its job now; else when to look again (it
+        waits in line for a free conversion slot, and its sidecar says so)."""
+        if self.slots.ask(rec.id, kind):
+            return None
+        return self._wait_for_slot(rec)
+
+    def _wait_for_slot(self, rec: TicketRecord) -> float:
+        now = self.clock()
+        until = now + SLOT_RECHECK_SECONDS
+        probe = self.slots.next_probe()
+        if probe is not None and now < probe < until:
+            until = probe
+        self._set_waiting(
+            rec,
+            RetryableError(
+                f"waiting for a free conversion slot ({self.slots.limit} at once is this "
+                "account's limit, learned from the service's answers)"
+                if self.slots.manual is None
+                else f"waiting for a free conversion slot (api.max_processing: {self.slots.limit})",
+                title="waiting for a free conversion slot",
+            ),
+            until,
+        )
+        return until
+
+    def _refused_at_limit(self, rec: TicketRecord, kind: str, err: RateLimited) -> float:
+        """A 429 on a create or a start: the concurrency limit when jobs of ours are running
+        and no other request was refused lately (then the ticket waits for a slot); else it is
+        retried like any rate limit."""
+        refused_elsewhere = getattr(self.api, "refused_elsewhere", None)
+        rate = refused_elsewhere is not None and refused_elsewhere(RATE_EVIDENCE_SECONDS)
+        if rate or not self.slots.refused(rec.id, kind):
+            raise err
+        log.info(
+            "%s: the service refused to %s a job with %d running: holding further starts "
+            "at %d until one finishes",
+            rec.name,
+            kind,
+            len(self.slots.holders),
+            self.slots.limit or 0,
+        )
+        return self._wait_for_slot(rec)
 
     # ------------------------------------------------------------------ transitions
 
@@ -624,6 +718,7 @@ class Scheduler:
         )
         log.info("%s [job %s]: %s", rec.name, rec.job_id or "-", phase)
         self._changed(rec)
+        self._slot_freed(rec.id)
         return rec
 
     def _changed(self, rec: TicketRecord) -> None:
@@ -718,10 +813,16 @@ class Scheduler:
         if rec.phase is Phase.PENDING:
             return self._pending(rec, spec)
         if rec.phase is Phase.CREATING:
+            held = self._slot_or_wait(rec, slots_mod.CREATE)
+            if held is not None:
+                return held
             await self._persisted()  # the idempotency key and "creating" first
-            job = await self.api.create_job(
-                [c.to_api() for c in spec.conversions], idempotency_key=rec.idem_key
-            )
+            try:
+                job = await self.api.create_job(
+                    [c.to_api() for c in spec.conversions], idempotency_key=rec.idem_key
+                )
+            except RateLimited as err:
+                return self._refused_at_limit(rec, slots_mod.CREATE, err)
             self._vol_of(rec.id).fresh = True
             self._to(
                 rec,
@@ -738,8 +839,7 @@ class Scheduler:
             await self._upload(rec)
             return None
         if rec.phase is Phase.STARTING:
-            await self._start(rec)
-            return None
+            return await self._start(rec)
         if rec.phase is Phase.PROCESSING:
             return await self._poll(rec, spec)
         if rec.phase is Phase.DOWNLOADING:
@@ -832,17 +932,23 @@ class Scheduler:
         rec = self._recovered(rec)
         self._to(rec, Phase.STARTING, "uploaded", start_sent=True)
 
-    async def _start(self, rec: TicketRecord) -> None:
+    async def _start(self, rec: TicketRecord) -> float | None:
         assert rec.job_id is not None
         vol = self._vol_of(rec.id)
         if not vol.fresh:
-            job = await self.api.get_job(rec.job_id)
+            job = await self.api.get_job(rec.job_id, priority=FINISH)
             if _start_known(job):
+                self.slots.adopt([rec.id])
                 self._to(rec, Phase.PROCESSING, "started", remote_status=job.status_code)
-                return
+                return None
+        held = self._slot_or_wait(rec, slots_mod.START)
+        if held is not None:
+            return held
         await self._persisted()  # start_sent first
         try:
             job = await self.api.start_job(rec.job_id)
+        except RateLimited as err:
+            return self._refused_at_limit(rec, slots_mod.START, err)
         except ApiRejected as err:
             if err.status != 409:
                 raise
@@ -850,6 +956,7 @@ class Scheduler:
             if not _start_known(job):
                 raise
         vol.fresh = False
+        vol.started_at = time.monotonic()
         self._to(
             rec,
             Phase.PROCESSING,
@@ -857,6 +964,7 @@ class Scheduler:
             remote_status=job.status_code,
             remote_info=job.status_info,
         )
+        return None
 
     def _watched(self) -> list[Watched]:
         """The tickets whose jobs are being polled (for the job-list sweep)."""
@@ -877,9 +985,11 @@ class Scheduler:
         assert rec.job_id is not None
         sweep = self.sweeper
         job = sweep.take(rec.id) if sweep is not None else None
+        # Tickets wait for a slot this job holds: poll it often, to use the slot as it frees.
+        hurry = bool(self.slots.waiting) and rec.id in self.slots.holders
         if job is None or job.id != rec.job_id:
             covered = None
-            if sweep is not None and not self._polled_alone(rec.id, sweep.interval):
+            if sweep is not None and not hurry and not self._polled_alone(rec.id, sweep.interval):
                 covered = sweep.covered_until(rec.id)
             if covered is not None and self.clock() < covered:
                 return covered  # the sweep watches this job; it wakes the ticket on news
@@ -905,16 +1015,20 @@ class Scheduler:
                 )
                 self._changed(rec)
             vol.polls += 1
-            if sweep is not None and not self._polled_alone(rec.id, sweep.interval):
-                later = sweep.cover(rec.id)
-                if later is not None:
-                    return later
-            return self.clock() + lifecycle.poll_delay(
+            delay = lifecycle.poll_delay(
                 vol.polls,
                 self.cfg.polling.min_interval,
                 self.cfg.polling.max_interval,
                 self.rand(),
             )
+            if hurry:
+                age = time.monotonic() - (vol.started_at or time.monotonic())
+                return self.clock() + min(delay, max(SLOT_POLL_MIN, age / 8))
+            if sweep is not None and not self._polled_alone(rec.id, sweep.interval):
+                later = sweep.cover(rec.id)
+                if later is not None:
+                    return later
+            return self.clock() + delay
         if outcome is not JobOutcome.COMPLETED:
             self.store.touch(
                 rec.id, self.clock(), remote_status=job.status_code, remote_info=job.status_info
@@ -941,7 +1055,7 @@ class Scheduler:
     async def _refresh_outputs(self, rec: TicketRecord, spec: TicketSpec) -> None:
         assert rec.job_id is not None
         token = rec.job_token if spec.kind is TicketKind.ADOPTION else None
-        job = await self.api.get_job(rec.job_id, token=token)
+        job = await self.api.get_job(rec.job_id, token=token, priority=FINISH)
         if job.outputs:
             self.store.record_outputs(rec.id, job.outputs)
         self._vol_of(rec.id).outputs_seen_at = self.clock()
@@ -990,6 +1104,7 @@ class Scheduler:
         self._cleanup_parts(rec)
         self.store.reset_for_resubmit(rec.id, self.clock(), message=err.message)
         self._vol.pop(rec.id, None)
+        self._slot_freed(rec.id)
         self._changed(self.store.get(rec.id))
 
     def _output_name(self, rec: TicketRecord, spec: TicketSpec, out: OutputRecord, n: int) -> str:
@@ -1383,6 +1498,8 @@ class Scheduler:
             wait_until=None,
         )
         log.info("%s [job %s]: canceled (%s)", rec.name, rec.job_id or "-", reason)
+        self._slot_freed(rec.id)
+        self.slots.forget(rec.id)
         await self._file(rec)
         if self.on_change is not None:
             self.on_change(self.store.get(rec.id))
