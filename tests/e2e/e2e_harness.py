@@ -137,17 +137,59 @@ def md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
 
-def invariants(folder: Path, emulator_state: Mapping[str, Any]) -> list[str]:
+#: Sidecar phases of a ticket that has finished.
+FINISHED = ("done", "failed", "canceled")
+#: Files a test's scaffolding keeps directly in the tmp root beside the folder: the config, the
+#: state store (with its WAL, shared memory and lock files), logs.
+SCAFFOLDING = ("*.yaml", "*.yml", "*.db", "*.db-*", "*.db.*", "*.log")
+
+ExtraStarts = Mapping[str, int] | Callable[[Mapping[str, Any]], int]
+
+
+def _sidecars(folder: Path) -> list[tuple[Path, dict[str, Any]]]:
+    found = []
+    for p in sorted(folder.rglob("*.status.yaml")):
+        try:
+            data = yaml.safe_load(p.read_text())
+        except (OSError, yaml.YAMLError):
+            continue
+        if isinstance(data, dict):
+            found.append((p, data))
+    return found
+
+
+def invariants(
+    folder: Path,
+    emulator_state: Mapping[str, Any],
+    *,
+    allow_extra_starts: ExtraStarts | None = None,
+    staged_ok: str | None = None,
+    root: Path | None = None,
+    allowed: Iterable[Path] = (),
+) -> list[str]:
     """What must hold after any run: violations in words (empty = all good).
 
     - no temp or part files; no `name (1).ext` duplicates;
-    - every file that is an output has the bytes of some emulator output (md5 = checksum);
-    - no job was started twice.
+    - every output a sidecar records as written is in the folder, its bytes' md5 is the
+      checksum the sidecar records, and that is the server's checksum of an output of the
+      sidecar's job; a file named like a server output that no sidecar claims has that
+      output's bytes;
+    - one start request per job (`start_requests`, repeats included), none started twice;
+      ``allow_extra_starts`` (job id → extra requests, or a function of the emulator's job row)
+      lets a caller that knows why (e.g. a start whose answer a fault dropped) allow more;
+    - no job the agent created (one with an Idempotency-Key) left staged (never started, not
+      canceled) unless its ticket is still unfinished; ``staged_ok`` (a reason) turns this off
+      for a test that leaves one on purpose;
+    - nothing written outside the folder: under ``root`` (default: the folder's parent, the
+      test's tmp dir) only the folder, the test scaffolding (config, state store, logs directly
+      in ``root``) and the ``allowed`` paths (files, or directories and all below them).
     """
-    problems = []
-    checksums = {
-        o["checksum"] for j in emulator_state["jobs"] for o in j["outputs"] if o.get("checksum")
-    }
+    problems: list[str] = []
+    jobs = {j["id"]: j for j in emulator_state["jobs"]}
+    sidecars = _sidecars(folder)
+    claimed: set[Path] = set()
+
+    # temp files, duplicates
     for p in sorted(folder.rglob("*")):
         if p.is_dir():
             continue
@@ -156,10 +198,79 @@ def invariants(folder: Path, emulator_state: Mapping[str, Any]) -> list[str]:
             problems.append(f"temp file left: {p}")
         if " (1)." in name:
             problems.append(f"duplicated output: {p}")
-    for job in emulator_state["jobs"]:
+
+    # (a) every written output has the server's bytes
+    for side, data in sidecars:
+        job = jobs.get(str(data.get("job_id")))
+        server_sums = {o["checksum"] for o in job["outputs"]} if job else set()
+        for out in data.get("outputs") or []:
+            if out.get("state") != "done" or not out.get("name"):
+                continue
+            path = side.parent / str(out["name"])
+            claimed.add(path)
+            if job is None:
+                problems.append(f"{path}: its sidecar names job {data.get('job_id')}, unknown")
+                continue
+            if not path.is_file():
+                problems.append(f"output missing: {path} (recorded as written in {side.name})")
+                continue
+            digest = md5(path)
+            if out.get("checksum") and digest != out["checksum"]:
+                problems.append(f"{path}: md5 {digest} is not the recorded {out['checksum']}")
+            if digest not in server_sums:
+                problems.append(f"{path}: md5 {digest} matches no output of job {job['id']}")
+    by_name: dict[str, set[str]] = {}
+    for j in jobs.values():
+        for o in j["outputs"]:
+            by_name.setdefault(o["filename"], set()).add(o["checksum"])
+    for p in sorted(folder.rglob("*")):
+        if p in claimed or not p.is_file() or p.name not in by_name:
+            continue
+        if md5(p) not in by_name[p.name]:
+            problems.append(f"{p}: named like a server output but its bytes differ")
+
+    # (b) one start request per job
+    for job in jobs.values():
+        extra = 0
+        if callable(allow_extra_starts):
+            extra = allow_extra_starts(job)
+        elif allow_extra_starts is not None:
+            extra = allow_extra_starts.get(job["id"], 0)
         if job["starts"] > 1:
             problems.append(f"job {job['id']} started {job['starts']} times")
-    del checksums
+        if job["start_requests"] > 1 + extra:
+            problems.append(
+                f"job {job['id']} got {job['start_requests']} start requests (allowed: {1 + extra})"
+            )
+
+    # (c) no staged job left behind for a finished ticket
+    if staged_ok is None:
+        unfinished = [d for _, d in sidecars if d.get("phase") not in FINISHED]
+        unfinished_jobs = {d.get("job_id") for d in unfinished}
+        unsure = None in unfinished_jobs or any(
+            not p.with_name(p.name.removesuffix(".job") + ".status.yaml").exists()
+            for p in folder.rglob("*.job")
+        )
+        for job in jobs.values():
+            staged = job["status"] == "incomplete" and job["starts"] == 0
+            if not staged or job.get("idempotency_key") is None:
+                continue
+            if job["id"] in unfinished_jobs or unsure:
+                continue
+            problems.append(
+                f"job {job['id']} (Idempotency-Key {job['idempotency_key']}) was left staged "
+                "though no ticket in the folder is still working on it"
+            )
+
+    # (d) nothing outside the folder
+    base = root if root is not None else folder.parent
+    ok = [folder, *allowed]
+    for p in sorted(base.rglob("*")):
+        if p.is_dir() or any(p == a or a in p.parents for a in ok):
+            continue
+        if p.parent == base and any(p.match(g) for g in SCAFFOLDING):
+            continue
+        problems.append(f"file outside the folder: {p}")
     return problems
 
 

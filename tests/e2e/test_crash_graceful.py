@@ -76,7 +76,7 @@ async def test_sigterm_mid_download_stops_within_5s_and_the_next_start_resumes(
     state = emu.state.snapshot()
     assert state["create_requests"] == created == TICKETS
     assert len(state["uploads"]) == uploads == TICKETS
-    assert all(j["starts"] == 1 for j in state["jobs"])
+    assert all(j["starts"] == j["start_requests"] == 1 for j in state["jobs"])
     resumed = [d for d in state["downloads"] if d["status"] == 206 and d["range"]]
     assert resumed, "no download resumed with Range after the restart"
     # The validator of the first download was kept in the state file, so the resumes after the

@@ -101,7 +101,7 @@ async def test_a_restart_in_starting_with_an_unknown_status_neither_hangs_nor_st
 
     assert code == 0, out
     state = emu.state.snapshot()
-    assert [j["starts"] for j in state["jobs"]] == [1]
+    assert [(j["starts"], j["start_requests"]) for j in state["jobs"]] == [(1, 1)]
     outputs_match(inbox, state, ["a.jpg"])
     assert invariants(inbox, state) == []
 

@@ -96,7 +96,11 @@ async def test_editing_a_ticket_while_its_job_runs_makes_a_new_request(
     old = next(j for j in state["jobs"] if j["id"] == first)
     new = next(j for j in state["jobs"] if j["id"] != first)
     assert old["status"] == "canceled" and old["targets"] == ["jpg"]
-    assert new["status"] == "completed" and new["targets"] == ["webp"] and new["starts"] == 1
+    assert (
+        new["status"] == "completed"
+        and new["targets"] == ["webp"]
+        and new["starts"] == new["start_requests"] == 1
+    )
     assert sidecar(inbox, "photo")["job_id"] == new["id"]
     assert md5(inbox / "photo.webp") == emulator_outputs(state)["photo.webp"]
     assert names(inbox) == {"photo.png", "photo.webp", "photo.job.done", "photo.status.yaml"}

@@ -89,7 +89,10 @@ async def test_a_ticket_written_in_chunks_over_2s_is_never_read_half_written(
 
     state = emu.state.snapshot()
     assert len(state["jobs"]) == 1, state["jobs"]
-    assert state["jobs"][0]["targets"] == ["webp"] and state["jobs"][0]["starts"] == 1
+    assert (
+        state["jobs"][0]["targets"] == ["webp"]
+        and state["jobs"][0]["starts"] == state["jobs"][0]["start_requests"] == 1
+    )
     (job,) = emu.state.jobs.values()
     assert job.conversions[0].options == {"quality": 42}
     assert not (inbox / "slow.job.failed").exists()
@@ -165,7 +168,10 @@ async def test_a_ticket_waits_for_its_input_while_it_is_still_being_copied(
 
     state = emu.state.snapshot()
     assert [u["size"] for u in state["uploads"]] == [len(data)]
-    assert len(state["jobs"]) == 1 and state["jobs"][0]["starts"] == 1
+    assert (
+        len(state["jobs"]) == 1
+        and state["jobs"][0]["starts"] == state["jobs"][0]["start_requests"] == 1
+    )
     assert sidecar(inbox, "big")["phase"] == "done"
     outputs_match(inbox, state, ["big.jpg"])
     assert invariants(inbox, state) == []

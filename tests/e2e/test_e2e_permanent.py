@@ -76,7 +76,12 @@ def _check(
     )
     assert names(inbox) == expected, (names(inbox) - expected, expected - names(inbox))
     assert invariants(inbox, state) == []
-    assert all(j["starts"] <= 1 for j in state["jobs"])
+    # every job the agent created was started by exactly one request (none staged, none twice)
+    assert [(j["starts"], j["start_requests"]) for j in state["jobs"]] == [(1, 1)] * len(
+        state["jobs"]
+    )
+    recorded = {sidecar(inbox, s)["job_id"] for s in [*good, victim]} - {None}
+    assert recorded == {j["id"] for j in state["jobs"]}  # one job per ticket, no stray one
     return error
 
 

@@ -53,7 +53,7 @@ async def run_batch(
     assert code == 0, log.read_text()[-3000:]
     state = emu.state.snapshot()
     assert invariants(inbox, state) == []
-    assert all(j["starts"] == 1 for j in state["jobs"])
+    assert all(j["starts"] == j["start_requests"] == 1 for j in state["jobs"])
     gets: Counter[str] = Counter()
     lists = 0
     for r in emu.state.requests:

@@ -98,6 +98,7 @@ async def test_transient_faults_delay_tickets_but_fail_none(
             assert hits[f"{spec.route}:{spec.kind}"] >= 1, (spec, hits)
     # dropped or failed POSTs must not have made extra jobs that ever started
     assert sum(j["starts"] for j in state["jobs"]) == len(stems)
+    assert sum(j["start_requests"] for j in state["jobs"]) == len(stems)
 
 
 async def test_429_with_retry_after_is_waited_out(

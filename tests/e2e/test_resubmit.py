@@ -36,7 +36,9 @@ async def test_expired_output_is_converted_again_when_configured(
     code, out, inbox = await _run(tmp_path, emu, resubmit=True)
     assert code == 0, out
     state = emu.state.snapshot()
-    assert len(state["jobs"]) == 2 and all(j["starts"] == 1 for j in state["jobs"])
+    assert len(state["jobs"]) == 2 and all(
+        j["starts"] == j["start_requests"] == 1 for j in state["jobs"]
+    )
     outputs_match(inbox, state, ["a.jpg"])
     assert invariants(inbox, state) == []
     assert (inbox / "a.job.done").exists()
