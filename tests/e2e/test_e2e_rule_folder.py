@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -20,10 +19,16 @@ from e2e_harness import (
     wait_for_log,
     write_config,
 )
+from waits import WORK_ROUTES, files_stay, first, no_new_requests, same, stays_quiet
 
 from agent.emulator import RunningEmulator
 
 MakeEmulator = Callable[..., Awaitable[RunningEmulator]]
+
+# Reconcile scans come every 0.2 s here, so the quiet window after the last ticket is done spans
+# several of them (a pass that took one of the folder's files up again would be seen at once).
+RECONCILE = {"reconcile_interval": 0.2}
+QUIET = 1.0
 
 
 async def test_a_rule_folder_converts_a_plain_png_dropped_in(
@@ -33,21 +38,32 @@ async def test_a_rule_folder_converts_a_plain_png_dropped_in(
     rule = tmp_path / "to-jpg"
     rule.mkdir()
     folders = [{"path": str(rule), "include": ["*.png"], "defaults": {"target": "jpg"}}]
-    cfg = write_config(tmp_path / "c.yaml", emu.base_url, folders, tmp_path / "state.db")
+    cfg = write_config(
+        tmp_path / "c.yaml", emu.base_url, folders, tmp_path / "state.db", polling=RECONCILE
+    )
     log = tmp_path / "agent.log"
     proc = spawn_agent(cfg, "run", log=log)
+    expected = {"photo.png", "photo.jpg", "photo.png.job.done", "photo.png.status.yaml"}
     try:
         await wait_for_log(log, "watching")
         (rule / "photo.png").write_bytes(png_bytes(color="navy"))
-        await wait_for(lambda: (rule / "photo.png.job.done").exists(), 15, "photo.png.job.done")
-        await asyncio.sleep(2.5)  # a reconcile pass (every 2 s) finds nothing new to do
+        await wait_for(lambda: names(rule) == expected, 15, f"{sorted(expected)}")
+        sent = len(emu.state.requests)
+        await stays_quiet(
+            QUIET,
+            first(
+                same("jobs created", lambda: emu.state.create_requests, 1),
+                files_stay(rule, expected),
+                no_new_requests(emu, since=sent, routes=WORK_ROUTES),
+            ),
+            "reconcile passes find nothing new to do",
+        )
     finally:
         code = await stop_agent(proc)
     assert code == 0, log.read_text()[-3000:]
     state = emu.state.snapshot()
     assert len(state["jobs"]) == 1 and state["jobs"][0]["targets"] == ["jpg"]
     assert md5(rule / "photo.jpg") == emulator_outputs(state)["photo.jpg"]
-    expected = {"photo.png", "photo.jpg", "photo.png.job.done", "photo.png.status.yaml"}
     assert names(rule) == expected, names(rule)
     assert invariants(rule, state) == []
 
@@ -60,19 +76,28 @@ async def test_a_rule_folder_never_converts_its_own_outputs_even_after_a_restart
     rule = tmp_path / "to-jpg"
     rule.mkdir()
     folders = [{"path": str(rule), "include": ["*.png", "*.jpg"], "defaults": {"target": "jpg"}}]
-    cfg = write_config(tmp_path / "c.yaml", emu.base_url, folders, tmp_path / "state.db")
+    cfg = write_config(
+        tmp_path / "c.yaml", emu.base_url, folders, tmp_path / "state.db", polling=RECONCILE
+    )
     log = tmp_path / "agent.log"
     proc = spawn_agent(cfg, "run", log=log)
+    done = {f"{s}.png{end}" for s in "ab" for end in ("", ".job.done", ".status.yaml")}
+    done |= {"a.jpg", "b.jpg"}
     try:
         await wait_for_log(log, "watching")
         (rule / "a.png").write_bytes(png_bytes(color="navy"))
         (rule / "b.png").write_bytes(png_bytes(color="olive"))
-        await wait_for(
-            lambda: (rule / "a.png.job.done").exists() and (rule / "b.png.job.done").exists(),
-            15,
-            "both tickets done",
+        await wait_for(lambda: names(rule) == done, 15, "both tickets done")
+        sent = len(emu.state.requests)
+        await stays_quiet(
+            QUIET,
+            first(
+                same("jobs created", lambda: emu.state.create_requests, 2),
+                files_stay(rule, done),
+                no_new_requests(emu, since=sent, routes=WORK_ROUTES),
+            ),
+            "the outputs (a.jpg, b.jpg) are not taken up as tickets",
         )
-        await asyncio.sleep(2.5)  # a reconcile pass (every 2 s)
     finally:
         await stop_agent(proc)
     assert len(emu.state.jobs) == 2
