@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -19,6 +20,7 @@ from agent.emulator.common import FAULTS_KEY, PROCESSOR_KEY, STATE_KEY, ApiError
 from agent.emulator.config import EmulatorConfig, FaultSpec
 from agent.emulator.faults import HTML_PAGE, close_connection, send_slow, send_truncated
 from agent.emulator.processor import Processor
+from agent.emulator.ratelimit import RateLimiter, rate_limit_middleware
 from agent.emulator.state import EmulatorState, RequestRecord
 
 log = logging.getLogger(__name__)
@@ -33,7 +35,10 @@ def build_app(config: EmulatorConfig | None = None) -> web.Application:
     config = config or EmulatorConfig()
     state = EmulatorState(config)
     # Uploads stream through the multipart reader (capped by max_input_bytes); this caps JSON.
-    app = web.Application(middlewares=[_middleware], client_max_size=JSON_MAX_BYTES)
+    middlewares: list[Any] = [_middleware]
+    if config.rate_limit is not None:  # inside: its 429s are in the request log
+        middlewares.append(rate_limit_middleware(RateLimiter(config.rate_limit)))
+    app = web.Application(middlewares=middlewares, client_max_size=JSON_MAX_BYTES)
     app[STATE_KEY] = state
     app[PROCESSOR_KEY] = Processor(state)
     jobs.add_routes(app)
@@ -70,6 +75,8 @@ async def _middleware(request: web.Request, handler: Handler) -> web.StreamRespo
         response = await _pre_fault(request, pre)
     else:
         response = await _call(request, handler)
+        if state.after_handler is not None and route is not None:
+            state.after_handler(route, request.method, request.path, response.status)
         if post is not None:
             response = await _post_fault(request, response, post)
     if route is not None and not response.prepared:

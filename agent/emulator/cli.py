@@ -62,6 +62,12 @@ def _fault(
 )
 @click.option("--retry-after", default=None, type=float, help="Retry-After seconds sent with 429.")
 @click.option(
+    "--rate-limit",
+    default=None,
+    type=int,
+    help="Requests per second (one-second windows); 429 with Retry-After above it.",
+)
+@click.option(
     "--download-limit", default=10, show_default=True, type=int, help="Downloads per output."
 )
 @click.option("--ignore-idempotency", is_flag=True, help="Treat every Idempotency-Key as new.")
@@ -91,6 +97,7 @@ def emulator_command(
     credits: int | None,
     max_concurrent: int | None,
     retry_after: float | None,
+    rate_limit: int | None,
     download_limit: int,
     ignore_idempotency: bool,
     ignore_range: bool,
@@ -108,6 +115,7 @@ def emulator_command(
             credits=credits,
             max_concurrent_jobs=max_concurrent,
             retry_after=retry_after,
+            rate_limit=rate_limit,
             download_limit=download_limit,
             ignore_idempotency=ignore_idempotency,
             ignore_range=ignore_range,

@@ -157,6 +157,9 @@ class EmulatorConfig:
     max_concurrent_jobs: int | None = None
     #: Seconds sent as `Retry-After` with every 429 (None = no header).
     retry_after: float | None = None
+    #: Requests per one-second window before 429 with `Retry-After` (the rest of the window);
+    #: None = no limit (`ratelimit.py`).
+    rate_limit: int | None = None
     #: Treat every POST /jobs as new even when it carries a known Idempotency-Key.
     ignore_idempotency: bool = False
     #: Ignore `Range`/`If-Range` on downloads (always 200, `Accept-Ranges: none`).
@@ -191,6 +194,8 @@ class EmulatorConfig:
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ConfigError(f"{name} must be >= 0")
+        if self.rate_limit is not None and self.rate_limit < 1:
+            raise ConfigError("rate_limit must be >= 1")
         if self.download_limit < 1:
             raise ConfigError("download_limit must be >= 1")
         if self.synthetic_output_bytes < 0:
