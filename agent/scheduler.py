@@ -30,7 +30,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -236,6 +236,7 @@ class Scheduler:
         # that depends on one waits for that commit first (``_persisted``).
         self._commit_due = False
         self._commit_waiters: list[asyncio.Future[None]] = []
+        self._flushing: asyncio.Task[None] | None = None  # the store's async flush (PostgreSQL)
         store.group_commit = True
         store.on_dirty = self._commit_soon
         self._stopping = False
@@ -393,7 +394,7 @@ class Scheduler:
         if self._sidecar_io:  # writes still running in their threads end first
             await asyncio.wait(list(self._sidecar_io.values()))
         await self._disk.drain()
-        self._commit_now()
+        await self._committed()
         for item in self._due_sidecars(held_back=True):
             self._write_sidecar(*item)
 
@@ -455,8 +456,13 @@ class Scheduler:
         loop.call_soon(self._commit_now)
 
     def _commit_now(self) -> Exception | None:
-        """Commit now; every act waiting for it learns the outcome. Returns the error."""
+        """Commit now; every act waiting for it learns the outcome. Returns the error (with an
+        asynchronous store: None, the flush is started and its waiters learn the outcome)."""
         self._commit_due = False
+        if self.store.async_commit:
+            if self._flushing is None:
+                self._flushing = asyncio.create_task(self._flush())
+            return None
         waiters, self._commit_waiters = self._commit_waiters, []
         err: Exception | None = None
         try:
@@ -473,6 +479,39 @@ class Scheduler:
                 fut.set_exception(err)
         return err
 
+    async def _flush(self) -> None:
+        """The commit of a store whose commit is a network round trip (``async_commit``): one
+        flush at a time while acts wait or writes are queued; writes made during a flush go to
+        the next. A failed flush fails every act waiting now (their writes are gone or were made
+        on top of those that are) and stops: the next write or act tries again."""
+        try:
+            while self._commit_waiters or self.store.dirty:
+                waiters, self._commit_waiters = self._commit_waiters, []
+                try:
+                    await self.store.flush()
+                except Exception as exc:
+                    log.error("could not save the state: %s; the last steps are taken again", exc)
+                    for fut in (*waiters, *self._commit_waiters):
+                        if not fut.done():
+                            fut.set_exception(exc)
+                    self._commit_waiters = []
+                    return
+                for fut in waiters:
+                    if not fut.done():
+                        fut.set_result(None)
+        finally:
+            self._flushing = None
+
+    async def _committed(self) -> Exception | None:
+        """``_commit_now`` for a caller that can wait for an asynchronous store's flush."""
+        if not self.store.async_commit:
+            return self._commit_now()
+        try:
+            await self._persisted()
+        except Exception as exc:
+            return exc
+        return None
+
     async def _persisted(self) -> None:
         """Return once every transition written so far is committed: called before each act
         (a request that changes the remote job, a file placed, a ticket filed)."""
@@ -482,6 +521,13 @@ class Scheduler:
         self._commit_waiters.append(fut)
         self._commit_soon()
         await fut
+
+    @contextlib.asynccontextmanager
+    async def _once_persisted(self, cm: Any) -> AsyncIterator[Any]:
+        """Enter ``cm`` (a request not sent yet) once the writes before it are committed."""
+        await self._persisted()
+        async with cm as value:
+            yield value
 
     async def _drive(self, tid: int) -> None:
         try:
@@ -741,7 +787,10 @@ class Scheduler:
         try:
             while self._sidecars_due and not self._stopping:
                 await asyncio.sleep(SIDECAR_COALESCE_SECONDS)
-                self._commit_now()  # a view never shows a state a crash could take back
+                # A view never shows a state a crash could take back (nor, with an
+                # asynchronous store, one the database did not take).
+                if await self._committed() is not None and self.store.async_commit:
+                    continue
                 items = self._due_sidecars()
                 if not items:
                     continue
@@ -1164,10 +1213,11 @@ class Scheduler:
             # (disk full, read-only, permission, folder gone) spends no download.
             spent[0] += 1
             self.store.update_output(out.id, gets=spent[0])
-            err = self._commit_now()  # counted before it is sent (a synchronous caller)
-            if err is not None:
-                raise err
-            return self.api.open_download(
+            if not self.store.async_commit:
+                err = self._commit_now()  # counted before it is sent (a synchronous caller)
+                if err is not None:
+                    raise err
+            stream = self.api.open_download(
                 out.uri,
                 password=spec.download.password,
                 encoding=spec.download.encoding,
@@ -1175,6 +1225,9 @@ class Scheduler:
                 validator=validator,
                 chunk_size=self.cfg.download.chunk_size,
             )
+            if self.store.async_commit:  # sent once the count is flushed
+                return self._once_persisted(stream)
+            return stream
 
         try:
             key = f"down:{out.id}"

@@ -1,0 +1,150 @@
+"""The scheduler's group commit over an asynchronous store (PostgreSQL): an act waits for the
+flush that wrote its transition; transitions of one loop turn share one flush; writes made while
+a flush is in flight go to the next; a flush that fails fails every act waiting for it."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from agent.api import ApiClient
+from agent.config import Config, FolderConfig, LogConfig, StateConfig
+from agent.models import Phase
+from agent.scheduler import Scheduler
+from agent.store import WritesLost
+from agent.store.postgres import PgStore
+
+
+def make(tmp_path: Path, url: str) -> tuple[Scheduler, PgStore]:
+    cfg = Config(
+        folders=(FolderConfig(path=tmp_path),),
+        state=StateConfig(path=tmp_path / "unused.db"),
+        log=LogConfig(file=None),
+    )
+    store = PgStore.open(url)
+    return Scheduler(cfg, store, ApiClient("http://127.0.0.1:9/v2", "k")), store
+
+
+def add(store: PgStore, name: str) -> int:
+    return store.add_ticket(
+        path=f"/in/{name}.job",
+        root="/in",
+        sha256="s",
+        kind="conversion",
+        spec={},
+        inputs=[],
+        idem_prefix="p",
+        now=1.0,
+    ).id
+
+
+def committed_phase(url: str, tid: int) -> str | None:
+    with psycopg.connect(url) as other:
+        row = other.execute("SELECT phase FROM tickets WHERE id = %s", [tid]).fetchone()
+    return row[0] if row else None
+
+
+async def test_acts_wait_for_one_shared_flush(
+    tmp_path: Path, pg_url: str, monkeypatch: Any
+) -> None:
+    sched, store = make(tmp_path, pg_url)
+    a, b = add(store, "a"), add(store, "b")
+    await sched._persisted()
+    flushes: list[int] = []
+    real = store.flush
+
+    async def counted() -> None:
+        flushes.append(len(store._pending.stmts))
+        await real()
+
+    monkeypatch.setattr(store, "flush", counted)
+    seen: dict[int, str | None] = {}
+
+    async def step(tid: int) -> None:
+        store.update(tid, 2.0, event="creating", phase=Phase.CREATING)
+        assert committed_phase(pg_url, tid) == "pending"  # not yet: nothing acted on it
+        await sched._persisted()
+        seen[tid] = committed_phase(pg_url, tid)  # the "act": its transition is written
+
+    await asyncio.gather(step(a), step(b))
+    assert seen == {a: "creating", b: "creating"}
+    assert flushes == [4]  # one transaction for both (two updates, two history rows)
+    await sched._persisted()  # nothing left: returns at once
+    assert len(flushes) == 1
+    await sched.api.close()
+    await store.aclose()
+
+
+async def test_writes_made_during_a_flush_go_to_the_next(
+    tmp_path: Path, pg_url: str, monkeypatch: Any
+) -> None:
+    sched, store = make(tmp_path, pg_url)
+    a, b = add(store, "a"), add(store, "b")
+    await sched._persisted()
+    real = store.flush
+    in_flight = asyncio.Event()
+    release = asyncio.Event()
+    calls = 0
+
+    async def slow() -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            in_flight.set()
+            await release.wait()
+        await real()
+
+    monkeypatch.setattr(store, "flush", slow)
+    store.update(a, 2.0, event="creating", phase=Phase.CREATING)
+    first = asyncio.create_task(sched._persisted())
+    await in_flight.wait()
+    store.update(b, 2.0, event="creating", phase=Phase.CREATING)  # while the first is in flight
+    second = asyncio.create_task(sched._persisted())
+    await asyncio.sleep(0.05)
+    assert not first.done() and not second.done()
+    release.set()
+    await first
+    await second
+    assert calls == 2
+    assert committed_phase(pg_url, a) == committed_phase(pg_url, b) == "creating"
+    await sched.api.close()
+    await store.aclose()
+
+
+async def test_a_failed_flush_fails_every_waiting_act(
+    tmp_path: Path, pg_url: str, monkeypatch: Any
+) -> None:
+    sched, store = make(tmp_path, pg_url)
+    a, b = add(store, "a"), add(store, "b")
+    await sched._persisted()
+    real = store.flush
+    in_flight = asyncio.Event()
+    release = asyncio.Event()
+
+    async def slow() -> None:
+        in_flight.set()
+        await release.wait()
+        await real()
+
+    monkeypatch.setattr(store, "flush", slow)
+    store.update(a, 2.0, event="creating", phase=Phase.CREATING)
+    store.update(b, 2.0, event="renamed", path="/in/a.job")  # two active records: refused
+    first = asyncio.create_task(sched._persisted())
+    await in_flight.wait()
+    late = asyncio.create_task(sched._persisted())  # began to wait during the flight
+    await asyncio.sleep(0)
+    release.set()
+    for waiter in (first, late):
+        with pytest.raises(WritesLost):
+            await waiter
+    assert store.get(a).phase is Phase.PENDING  # read again from the database
+    assert committed_phase(pg_url, a) == "pending"
+    store.update(a, 3.0, event="creating", phase=Phase.CREATING)
+    await sched._persisted()
+    assert committed_phase(pg_url, a) == "creating"
+    await sched.api.close()
+    await store.aclose()
