@@ -13,7 +13,7 @@ import secrets
 import string
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -327,6 +327,10 @@ class EmulatorState:
         self.faults = FaultPlan(config.faults, config.seed)
         self.corrupt_rng = random.Random(f"{config.seed}:corrupt")
         self._synthetic: tuple[bytes, str] | None = None
+        #: Test hook (Python only, not reset): called as (route, method, path, status) after a
+        #: request's handler ran and before its answer is sent, e.g. to kill a client at the
+        #: exact moment the server has acted on its request but the answer is not out yet.
+        self.after_handler: Callable[[str, str, str, int], None] | None = None
         self.reset()
 
     def synthetic_output(self) -> tuple[bytes, str]:
