@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -287,3 +288,42 @@ async def test_a_state_file_on_a_fuse_mount_is_refused_at_start(
         assert list(backing.iterdir()) == []  # not even the lock file was made
         assert not (inbox / MARK_NAME).exists()
         assert len(emu.state.jobs) == 0
+
+
+async def test_an_agent_back_from_a_crash_leaves_its_tickets_in_a_folder_taken_over(
+    tmp_path: Path, make_emulator: MakeEmulator
+) -> None:
+    """A is killed while its job runs; B takes the folder over (A's pid is gone) and converts the
+    ticket itself. A, started again while B serves the folder, refuses it and does not resume its
+    own unfinished ticket there: its job's output is never fetched, nothing is written twice."""
+    emu = await make_emulator(processing_seconds=3)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    cfg_a, cfg_b = _config(tmp_path, emu, "a", inbox), _config(tmp_path, emu, "b", inbox)
+    log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
+    a = spawn_agent(cfg_a, "run", log=log_a)
+    b = a2 = None
+    try:
+        await wait_for_log(log_a, f"serving {inbox}")
+        _drop(inbox, range(1))
+        await wait_for(lambda: any(j.starts for j in emu.state.jobs.values()), 15, "A's job")
+        (a_job,) = emu.state.jobs
+        await stop_agent(a, signal.SIGKILL)
+        b = spawn_agent(cfg_b, "run", log=log_b)
+        await wait_for_log(log_b, f"took over {inbox}")
+        a2 = spawn_agent(cfg_a, "run", log=log_a)
+        await wait_for(lambda: len(REFUSAL.findall(_log(log_a))) >= 1, 15, "A's refusal")
+        await wait_for(lambda: (inbox / "p0.job.done").exists(), 30, "B converts p0")
+        # A's own job completes too; A, holding the folder back, never fetches its output.
+        await wait_for(lambda: emu.state.jobs[a_job].status == "completed", 15, "A's job done")
+        until = time.monotonic() + 6 * MARKS["heartbeat_seconds"]
+        while time.monotonic() < until:
+            job = emu.state.snapshot()["jobs"][0]
+            assert job["id"] == a_job and job["outputs"][0]["downloads_counter"] == 0, job
+            await asyncio.sleep(0.1)
+        assert sorted(p.name for p in inbox.glob("*.jpg")) == ["p0.jpg"]
+        assert a2.poll() is None
+    finally:
+        for p in (a, b, a2):
+            if p is not None:
+                await stop_agent(p)
