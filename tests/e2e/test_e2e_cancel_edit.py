@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -19,6 +19,7 @@ from e2e_harness import (
     wait_for_log,
     write_config,
 )
+from waits import WORK_ROUTES, any_of, files_stay, no_new_requests, same, stays_quiet
 
 from agent.emulator import RunningEmulator
 from agent.foldermark import MARK_NAME
@@ -68,8 +69,18 @@ async def test_deleting_a_ticket_while_its_job_runs_cancels_the_job_and_leaves_n
         await wait_for(lambda: emu.state.jobs[job_id].status == "canceled", 10, "job canceled")
         # While it runs, the agent's folder mark is there too (agent.foldermark).
         await wait_for(lambda: names(inbox) - {MARK_NAME} == {"photo.png"}, 5, "the sidecar to go")
-        await asyncio.sleep(1.0)  # and nothing comes back
-        assert proc.poll() is None
+        # and nothing comes back: no file (a late sidecar write), no job, no download, no exit;
+        # the window spans the slowest poll (0.5 s) and the deletion grace (0.5 s) twice over
+        sent = len(emu.state.requests)
+        await stays_quiet(
+            1.0,
+            any_of(
+                files_stay(inbox, {"photo.png"}, ignore={MARK_NAME}),
+                no_new_requests(emu, since=sent, routes=WORK_ROUTES),
+                same("the agent's exit code", proc.poll, None),
+            ),
+            "after the cancel nothing comes back",
+        )
     finally:
         await stop_agent(proc)
     assert names(inbox) == {"photo.png"}
@@ -114,8 +125,21 @@ async def test_renaming_a_ticket_while_its_job_runs_follows_it_without_a_second_
     try:
         job_id = await _photo_job_running(inbox, log, emu)
         (inbox / "photo.job").rename(inbox / "holiday.job")
+        renamed_at = time.monotonic()
+        await wait_for_log(log, "renamed from photo.job")
         await wait_for(lambda: (inbox / "holiday.job.done").exists(), 20, "holiday.job.done")
-        await asyncio.sleep(1.0)  # past the deletion grace (0.5 s): nothing is canceled
+        # nothing is canceled: no DELETE, the job stays completed, until well past the deletion
+        # grace (0.5 s) counted from the rename
+        sent = len(emu.state.requests)
+        await stays_quiet(
+            0.3,
+            any_of(
+                no_new_requests(emu, since=sent, routes={"delete", *WORK_ROUTES}),
+                same("the job's status", lambda: emu.state.jobs[job_id].status, "completed"),
+            ),
+            "a renamed ticket's job is not canceled",
+            until=renamed_at + 1.0,
+        )
     finally:
         await stop_agent(proc)
     assert len(emu.state.jobs) == 1 and emu.state.jobs[job_id].status == "completed"

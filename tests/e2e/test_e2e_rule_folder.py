@@ -19,14 +19,16 @@ from e2e_harness import (
     wait_for_log,
     write_config,
 )
-from waits import WORK_ROUTES, files_stay, first, no_new_requests, same, stays_quiet
+from waits import WORK_ROUTES, any_of, files_stay, no_new_requests, same, stays_quiet
 
 from agent.emulator import RunningEmulator
+from agent.foldermark import MARK_NAME
 
 MakeEmulator = Callable[..., Awaitable[RunningEmulator]]
 
 # Reconcile scans come every 0.2 s here, so the quiet window after the last ticket is done spans
 # several of them (a pass that took one of the folder's files up again would be seen at once).
+# The agent's folder mark (MARK_NAME) is there while it runs.
 RECONCILE = {"reconcile_interval": 0.2}
 QUIET = 1.0
 
@@ -47,13 +49,13 @@ async def test_a_rule_folder_converts_a_plain_png_dropped_in(
     try:
         await wait_for_log(log, "watching")
         (rule / "photo.png").write_bytes(png_bytes(color="navy"))
-        await wait_for(lambda: names(rule) == expected, 15, f"{sorted(expected)}")
+        await wait_for(lambda: names(rule) - {MARK_NAME} == expected, 15, f"{sorted(expected)}")
         sent = len(emu.state.requests)
         await stays_quiet(
             QUIET,
-            first(
+            any_of(
                 same("jobs created", lambda: emu.state.create_requests, 1),
-                files_stay(rule, expected),
+                files_stay(rule, expected, ignore={MARK_NAME}),
                 no_new_requests(emu, since=sent, routes=WORK_ROUTES),
             ),
             "reconcile passes find nothing new to do",
@@ -87,13 +89,13 @@ async def test_a_rule_folder_never_converts_its_own_outputs_even_after_a_restart
         await wait_for_log(log, "watching")
         (rule / "a.png").write_bytes(png_bytes(color="navy"))
         (rule / "b.png").write_bytes(png_bytes(color="olive"))
-        await wait_for(lambda: names(rule) == done, 15, "both tickets done")
+        await wait_for(lambda: names(rule) - {MARK_NAME} == done, 15, "both tickets done")
         sent = len(emu.state.requests)
         await stays_quiet(
             QUIET,
-            first(
+            any_of(
                 same("jobs created", lambda: emu.state.create_requests, 2),
-                files_stay(rule, done),
+                files_stay(rule, done, ignore={MARK_NAME}),
                 no_new_requests(emu, since=sent, routes=WORK_ROUTES),
             ),
             "the outputs (a.jpg, b.jpg) are not taken up as tickets",

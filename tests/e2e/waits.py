@@ -40,7 +40,7 @@ async def stays_quiet(
         await asyncio.sleep(min(POLL, max(0.0, end - time.monotonic())))
 
 
-def first(*checks: Callable[[], str | None]) -> Callable[[], str | None]:
+def any_of(*checks: Callable[[], str | None]) -> Callable[[], str | None]:
     """One problem check out of several: the first problem any of them names."""
 
     def check() -> str | None:
@@ -63,13 +63,15 @@ def same(label: str, read: Callable[[], Any], expected: Any) -> Callable[[], str
     return check
 
 
-def files_stay(folder: Path, expected: Iterable[str]) -> Callable[[], str | None]:
-    """A problem when the files under ``folder`` (relative names, recursive, hidden ones included)
-    are not exactly ``expected``: something was added, renamed or removed."""
-    want = set(expected)
+def files_stay(
+    folder: Path, expected: Iterable[str], *, ignore: Iterable[str] = ()
+) -> Callable[[], str | None]:
+    """A problem when the files under ``folder`` (relative names, recursive, hidden ones included,
+    ``ignore`` left out) are not exactly ``expected``: something was added, renamed or removed."""
+    want, skip = set(expected), set(ignore)
 
     def check() -> str | None:
-        have = {str(p.relative_to(folder)) for p in folder.rglob("*") if not p.is_dir()}
+        have = {str(p.relative_to(folder)) for p in folder.rglob("*") if not p.is_dir()} - skip
         if have == want:
             return None
         return f"files in {folder.name}: added {sorted(have - want)}, gone {sorted(want - have)}"
