@@ -56,16 +56,17 @@ def _ticket_row(db: Path) -> dict[str, Any]:
     return dict(rows[0])
 
 
-async def _kill_right_after_the_start_is_acted_on(
-    emu: RunningEmulator, cfg: Path, db: Path
+async def _kill_right_after(
+    emu: RunningEmulator, cfg: Path, db: Path, route: str, method: str
 ) -> dict[str, Any]:
-    """Run the agent; SIGKILL it the moment the server has started the job and before the
-    answer to the PATCH is sent. Returns the ticket's committed row at that moment."""
+    """Run the agent; SIGKILL it the moment the server has acted on its first ``method``
+    request on ``route`` and before the answer is sent. Returns the ticket's committed row at
+    that moment (and the status the answer would have had)."""
     seen: dict[str, Any] = {}
     holder: dict[str, subprocess.Popen[bytes]] = {}
 
-    def hook(route: str, method: str, path: str, status: int) -> None:
-        if route == "start" and method == "PATCH" and not seen:
+    def hook(r: str, m: str, path: str, status: int) -> None:
+        if r == route and m == method and not seen:
             os.kill(holder["proc"].pid, signal.SIGKILL)
             holder["proc"].wait(5)
             seen.update(_ticket_row(db), status=status)
@@ -73,13 +74,20 @@ async def _kill_right_after_the_start_is_acted_on(
     emu.state.after_handler = hook
     holder["proc"] = proc = spawn_agent(cfg)
     try:
-        await wait_for(lambda: bool(seen), 30, "the agent's start request")
+        await wait_for(lambda: bool(seen), 30, f"the agent's {method} on {route}")
     finally:
         emu.state.after_handler = None
         await stop_agent(proc, signal.SIGKILL)
+    return seen
+
+
+async def _kill_right_after_the_start_is_acted_on(
+    emu: RunningEmulator, cfg: Path, db: Path
+) -> dict[str, Any]:
+    row = await _kill_right_after(emu, cfg, db, "start", "PATCH")
     (job,) = emu.state.snapshot()["jobs"]
     assert (job["starts"], job["start_requests"]) == (1, 1), job  # the server did start it
-    return seen
+    return row
 
 
 async def test_a_start_whose_answer_was_lost_in_a_kill_is_not_sent_again_after_restart(
@@ -150,6 +158,27 @@ async def test_a_lost_create_answer_is_replayed_with_the_same_key_and_makes_one_
     (job,) = state["jobs"]  # one job, the one the first request made
     assert (job["status"], job["starts"], job["start_requests"]) == ("completed", 1, 1)
     assert sidecar(inbox, "a")["job_id"] == job["id"]
+    assert invariants(inbox, state) == []
+
+
+async def test_a_create_whose_answer_was_lost_in_a_kill_is_replayed_with_the_same_key(
+    tmp_path: Path, make_emulator: MakeEmulator
+) -> None:
+    # Kills the mutant whose Idempotency-Key changes between the attempts of the create step
+    # (here: before and after a restart): a new key makes a second job and strands the first.
+    emu = await make_emulator()
+    inbox, cfg, db = _inbox(tmp_path)
+    write_config(cfg, emu.base_url, [inbox], db)
+    row = await _kill_right_after(emu, cfg, db, "create", "POST")
+    assert (row["phase"], row["job_id"], row["status"]) == ("creating", None, 201)
+
+    code, out = await run_agent(cfg, "run", "--once", timeout=60)
+
+    assert code == 0, out
+    state = emu.state.snapshot()
+    assert list(state["create_requests_by_key"].values()) == [2], state["create_requests_by_key"]
+    (job,) = state["jobs"]
+    assert (job["status"], job["starts"], job["start_requests"]) == ("completed", 1, 1)
     assert invariants(inbox, state) == []
 
 
