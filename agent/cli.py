@@ -287,8 +287,21 @@ def why(ctx: click.Context, name: str, state: str | None, as_json: bool) -> None
     _, store = _open_readonly(ctx, state)
     recs = store.find(name)
     if not recs:
+        tombs = store.pruned(name)[:1]  # the newest tombstone: what happened last
         store.close()
-        _die(f"no ticket matches {name!r} (try `convert-agent list`)", EXIT_NOT_FOUND)
+        if not tombs:
+            _die(f"no ticket matches {name!r} (try `convert-agent list`)", EXIT_NOT_FOUND)
+        if as_json:
+            click.echo(json.dumps([t.public() for t in tombs], indent=2))
+            return
+        for t in tombs:
+            click.echo(f"{t.path}")
+            click.echo(
+                f"  pruned:  {_when(t.pruned_at)} — its record was removed by retention "
+                "(state.keep_days / state.keep_finished)"
+            )
+            click.echo(f"  outcome: {t.outcome}, finished {_when(t.finished_at)}")
+        return
     out = []
     for r in recs:
         out.append(

@@ -116,6 +116,9 @@ class DownloadConfig:
 @dataclass(frozen=True)
 class StateConfig:
     path: Path = field(default_factory=default_state_path)
+    # Retention: finished tickets are kept this many days and at most this many (0 = no limit).
+    keep_days: float = 30.0
+    keep_finished: int = 10_000
 
 
 @dataclass(frozen=True)
@@ -375,17 +378,24 @@ class _Reader:
         folders = self.folders(top.get("folders"))
         if "folders" in overrides:
             folders = _override_folders(folders, overrides["folders"])
+        state_fields = self.section(top, "state", ("path", "keep_days", "keep_finished"))
         state = StateConfig(
-            path=self.get(
-                self.section(top, "state", ("path",)),
+            path=self.get(state_fields, "state", "path", default_state_path(), self.path),
+            keep_days=self.get(
+                state_fields, "state", "keep_days", 30.0, self.number(0, 36500, example="30")
+            ),
+            keep_finished=self.get(
+                state_fields,
                 "state",
-                "path",
-                default_state_path(),
-                self.path,
-            )
+                "keep_finished",
+                10_000,
+                self.number(0, 100_000_000, integer=True, example="10000"),
+            ),
         )
         if "state_path" in overrides:
-            state = StateConfig(path=_absolute(Path(overrides["state_path"]), Path.cwd()))
+            state = dataclasses.replace(
+                state, path=_absolute(Path(overrides["state_path"]), Path.cwd())
+            )
         return Config(
             api=self.api(self.section(top, "api", _fields(ApiConfig)), env, overrides),
             folders=folders,

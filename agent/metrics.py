@@ -13,6 +13,7 @@ Must not raise into the pipeline, and must not do I/O except reading the store a
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -49,6 +50,20 @@ class _TicketCollector(Collector):
             f"{PREFIX}_tickets_waiting",
             "Unfinished tickets waiting before their next attempt (after an error or a gate)",
             value=waiting,
+        )
+
+
+class _RuntimeCollector(Collector):
+    """The event loop's live tasks at scrape time (a scrape runs on the agent's loop): a count
+    that must come back to its idle level once tickets end (the soak campaign reads it)."""
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            tasks = len(asyncio.all_tasks())
+        except RuntimeError:  # no running loop in this thread
+            return
+        yield GaugeMetricFamily(
+            f"{PREFIX}_asyncio_tasks", "Tasks alive on the agent's event loop", value=tasks
         )
 
 
@@ -100,6 +115,7 @@ class Metrics:
         for verdict in VERDICTS:
             self._verdicts.labels(verdict=verdict)
         reg.register(_TicketCollector(lambda: self.ticket_counts))
+        reg.register(_RuntimeCollector())
 
     # ------------------------------------------------------------------ hooks
 

@@ -179,6 +179,11 @@ def desktop_command(
     return None
 
 
+# Endings remembered, so that one told again (its ticket filed just after) is shown once; an
+# ending is told again within moments, so the newest few suffice over months of uptime.
+SEEN_ENDINGS = 1024
+
+
 class Notifications:
     """Listens to an agent and notifies the desktop when its tickets end."""
 
@@ -205,10 +210,15 @@ class Notifications:
 
     def on_change(self, rec: TicketRecord) -> None:
         """Agent listener (called on the agent's loop): note tickets that just ended."""
+        if not rec.phase.terminal:
+            self._seen.pop(rec.id, None)  # a ticket going on is no ending to remember
+            return
         key = (rec.phase, rec.finished_at)
         if self._seen.get(rec.id) == key:
             return  # the same ending told again (e.g. after the ticket file was renamed)
         self._seen[rec.id] = key
+        while len(self._seen) > SEEN_ENDINGS:  # bounded: the oldest endings are forgotten
+            del self._seen[next(iter(self._seen))]
         ended = ended_from(rec)
         if ended is None:
             return

@@ -97,6 +97,11 @@ SLOT_POLL_MIN = 0.1
 # request was refused within this many seconds.
 RATE_EVIDENCE_SECONDS = 5.0
 SIDECAR_MAX_BEHIND_SECONDS = 1.0
+# Retention (``retention``): a pass runs once the first ticket is picked up (or a minute after
+# start), then hourly, and sooner once this share of ``state.keep_finished`` was filed since.
+RETENTION_INTERVAL = 3600.0
+RETENTION_EARLY_SHARE = 10  # a pass after keep_finished / 10 filings (at least 100)
+PRUNE_BATCH = 500  # records per retention transaction
 
 
 class ProgressListener(Protocol):
@@ -264,6 +269,10 @@ class Scheduler:
                 blocked=lambda: self._stopping or self.auth_problem is not None,
             )
         self._sweep_task: asyncio.Task[None] | None = None
+        self._picked_up = asyncio.Event()  # the first ticket was taken up (retention may start)
+        self._prune_due = asyncio.Event()
+        self._retention_task: asyncio.Task[None] | None = None
+        self._filed_since_prune = 0
         for root in {str(f.path) for f in cfg.folders}:
             self._own_outputs |= store.output_names(root)
 
@@ -366,6 +375,8 @@ class Scheduler:
         )
         if self.sweeper is not None and self._sweep_task is None:
             self._sweep_task = asyncio.create_task(self.sweeper.run())
+        if self._retention_task is None:
+            self._retention_task = asyncio.create_task(self.retention(), name="retention")
         while not self._stopping:
             now = self.clock()
             while self._heap and self._heap[0][0] <= now:
@@ -386,6 +397,8 @@ class Scheduler:
         tasks = [*self._tasks.values(), *self._side_tasks]
         if self._sweep_task is not None:
             tasks.append(self._sweep_task)
+        if self._retention_task is not None:
+            tasks.append(self._retention_task)
         for t in tasks:
             t.cancel()
         for t in tasks:
@@ -397,6 +410,65 @@ class Scheduler:
         await self._committed()
         for item in self._due_sidecars(held_back=True):
             self._write_sidecar(*item)
+
+    # ------------------------------------------------------------------ retention
+
+    async def retention(self) -> None:
+        """Run retention passes until stopped (the daemon starts this): the first once a ticket
+        has been picked up (or after a minute), then hourly, and sooner after many filings."""
+        st = self.cfg.state
+        if st.keep_days <= 0 and st.keep_finished <= 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._picked_up.wait(), 60.0)
+        while not self._stopping:
+            self._prune_due.clear()
+            self._filed_since_prune = 0
+            await self.prune_pass()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._prune_due.wait(), RETENTION_INTERVAL)
+
+    async def prune_pass(self) -> int:
+        """One retention pass: batches of ``PRUNE_BATCH`` records, each its own transaction,
+        run only after the open group is committed (never inside it, so ``_persisted`` keeps its
+        meaning), with a pause as long as the batch took between batches (the loop spends at
+        most half its time on it). Returns the number of records removed."""
+        st = self.cfg.state
+        total = 0
+        while not self._stopping:
+            if self._commit_now() is not None:
+                break  # the state cannot be written now; the next pass tries again
+            if self.store.dirty:  # a store that commits asynchronously: wait, then look again
+                try:
+                    await self._persisted()
+                except Exception:
+                    break
+                continue
+            began = time.monotonic()
+            try:
+                res = self.store.prune(
+                    self.clock(),
+                    keep_days=st.keep_days,
+                    keep_finished=st.keep_finished,
+                    limit=PRUNE_BATCH,
+                )
+            except Exception as exc:  # e.g. disk full: retention waits for the next pass
+                log.warning("retention: could not prune the state file: %s", exc)
+                break
+            for tid in res.tickets:  # normally gone from memory already (ended long ago)
+                self._vol.pop(tid, None)
+                self.seen_this_run.discard(tid)
+                self._retry_when_filed.discard(tid)
+                self._sidecars_due.discard(tid)
+                self._sidecar_changed.pop(tid, None)
+            self._own_outputs.difference_update(res.forgotten_outputs)
+            total += len(res.tickets)
+            if not res.more:
+                break
+            await asyncio.sleep(time.monotonic() - began)
+        if total:
+            log.info("retention: %d finished tickets removed from the state file", total)
+        return total
 
     # ------------------------------------------------------------------ timer & tasks
 
@@ -548,7 +620,10 @@ class Scheduler:
 
     async def _step_until_wait(self, tid: int) -> None:
         while not self._stopping:
-            rec = self.store.get(tid)
+            try:
+                rec = self.store.get(tid)
+            except KeyError:
+                return  # removed by retention (it had ended long ago)
             if not rec.active or rec.root in self.held:
                 return
             if rec.phase.terminal:
@@ -1361,6 +1436,13 @@ class Scheduler:
             self._schedule(rec.id, self.clock() + 30.0)
             return
         self.store.update(rec.id, self.clock(), event="filed", filed=True)
+        if rec.phase is Phase.DONE:
+            self.seen_this_run.discard(rec.id)  # only the others decide `run --once`'s code
+        self._filed_since_prune += 1
+        if self._filed_since_prune >= max(
+            100, self.cfg.state.keep_finished // RETENTION_EARLY_SHARE
+        ):
+            self._prune_due.set()
         if rec.id in self._retry_when_filed:
             self._retry_when_filed.discard(rec.id)
             self.retry(self.store.get(rec.id))
@@ -1470,6 +1552,7 @@ class Scheduler:
             now=now,
         )
         log.info("%s: accepted (%s)", path.name, spec.kind)
+        self._picked_up.set()
         self.seen_this_run.add(rec.id)
         self._changed(rec)
         self._schedule(rec.id, 0.0)

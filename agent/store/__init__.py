@@ -6,12 +6,21 @@ single-instance lock of a state file in ``lock``. Callers import from here.
 
 from agent.store.contract import StateStore
 from agent.store.lock import StateLock
-from agent.store.records import InputRecord, OutputRecord, TicketRecord, WritesLost
-from agent.store.sqlite import Store, m001_initial, m002_output_validator
+from agent.store.records import (
+    InputRecord,
+    OutputRecord,
+    PrunedRecord,
+    PruneResult,
+    TicketRecord,
+    WritesLost,
+)
+from agent.store.sqlite import Store, m001_initial, m002_output_validator, m003_retention
 
 __all__ = [
     "InputRecord",
     "OutputRecord",
+    "PruneResult",
+    "PrunedRecord",
     "StateLock",
     "StateStore",
     "Store",
@@ -19,4 +28,5 @@ __all__ = [
     "WritesLost",
     "m001_initial",
     "m002_output_validator",
+    "m003_retention",
 ]

@@ -12,6 +12,8 @@ The contract, in words (docs/DESIGN.md, store and scheduler):
 - With ``async_commit`` the group is committed by ``await flush()`` (PostgreSQL, postgres.py);
   ``commit()`` is then the blocking form, for closing and for callers without an event loop.
 - A read-only store never writes and never caches.
+- Retention (``prune``) removes finished records in small batches, each its own transaction,
+  never inside an open group; a removed record leaves a bounded tombstone (``pruned``).
 
 It must not know about HTTP or folders: a store keeps strings and numbers.
 """
@@ -22,7 +24,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from agent.models import Phase, RemoteOutput
-from agent.store.records import InputRecord, OutputRecord, TicketRecord
+from agent.store.records import (
+    InputRecord,
+    OutputRecord,
+    PrunedRecord,
+    PruneResult,
+    TicketRecord,
+)
 
 
 class StateStore(Protocol):
@@ -100,6 +108,26 @@ class StateStore(Protocol):
     def update_output(self, output_id: int, **changes: Any) -> None: ...
 
     def output_names(self, root: str) -> set[str]: ...
+
+    # retention
+    def prune(
+        self, now: float, *, keep_days: float, keep_finished: int, limit: int = 500
+    ) -> PruneResult:
+        """One batch of retention: remove at most ``limit`` of the oldest finished records
+        (superseded by a newer request for their path, or ended and filed) that are older than
+        ``keep_days`` or beyond the ``keep_finished`` newest finished ones (0 = that limit off),
+        with their history, inputs and outputs, in a transaction of its own, committed before
+        it returns. A record with work left is never removed, and no live (unfiled) record is
+        touched. Each removed record leaves a tombstone (``pruned``), kept while it is among the
+        ``keep_finished`` newest tombstones. Raises ``RuntimeError`` if a group is open (the
+        caller commits first, so retention never commits or loses a grouped write). The
+        result names the records removed and the outputs no longer known as the agent's own;
+        ``more`` asks for another batch (the caller yields to other work in between)."""
+        ...
+
+    def pruned(self, name: str) -> list[PrunedRecord]:
+        """Tombstones whose path, file name or stem is ``name``, newest first."""
+        ...
 
     # meta
     def get_meta(self, key: str, default: str | None = None) -> str | None: ...

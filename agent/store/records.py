@@ -137,5 +137,46 @@ class OutputRecord:
         }
 
 
+@dataclass(frozen=True)
+class PrunedRecord:
+    """The tombstone of a ticket record retention removed (``StateStore.prune``)."""
+
+    id: int
+    path: str
+    root: str
+    outcome: str  # done | failed | canceled | superseded (a newer request took its path)
+    finished_at: float | None
+    pruned_at: float
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.path)
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> PrunedRecord:
+        return cls(**{f.name: row[f.name] for f in fields(cls)})
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "ticket": self.path,
+            "name": self.name,
+            "pruned": True,
+            "outcome": self.outcome,
+            "finished_at": self.finished_at,
+            "pruned_at": self.pruned_at,
+        }
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    """What one retention batch did."""
+
+    tickets: tuple[int, ...] = ()  # ids of the ticket records removed
+    tombstones: int = 0  # tombstones removed (past their own limit)
+    # Outputs no record or tombstone names any more: no longer known as the agent's own files.
+    forgotten_outputs: tuple[str, ...] = ()
+    more: bool = False  # another batch may have work
+
+
 class WritesLost(Exception):
     """A write of a group failed, so the whole group was rolled back (``Store.commit``)."""

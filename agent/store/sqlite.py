@@ -30,6 +30,8 @@ from agent.models import Phase, RemoteOutput
 from agent.store.records import (
     InputRecord,
     OutputRecord,
+    PrunedRecord,
+    PruneResult,
     TicketRecord,
     WritesLost,
     _decode_columns,
@@ -132,12 +134,55 @@ def m002_output_validator(db: Database) -> None:
     db.execute("ALTER TABLE outputs ADD COLUMN validator TEXT")
 
 
+def m003_retention(db: Database) -> None:
+    # Retention (``Store.prune``): finished records go oldest first, found through this index in
+    # the order they finished; a removed ticket leaves a tombstone (``why`` says it was pruned,
+    # and when) and the names of the outputs it placed (still the agent's own files, so a rule
+    # folder never takes one up as a new file). Both tables are bounded too.
+    db.execute(f"CREATE INDEX tickets_prunable ON tickets({_PRUNE_KEY}, id) WHERE {_PRUNABLE}")
+    db.execute("CREATE INDEX outputs_dest ON outputs(dest_name) WHERE dest_name IS NOT NULL")
+    db.execute(
+        """
+        CREATE TABLE pruned (
+            id INTEGER PRIMARY KEY,
+            path TEXT NOT NULL,
+            root TEXT NOT NULL,
+            outcome TEXT NOT NULL,       -- done | failed | canceled | superseded
+            finished_at REAL,
+            pruned_at REAL NOT NULL
+        )
+        """
+    )
+    db.execute("CREATE INDEX pruned_path ON pruned(path)")
+    db.execute(
+        """
+        CREATE TABLE pruned_outputs (
+            pruned_id INTEGER NOT NULL REFERENCES pruned(id),
+            path TEXT NOT NULL           -- absolute path of an output the pruned ticket placed
+        )
+        """
+    )
+    db.execute("CREATE INDEX pruned_outputs_owner ON pruned_outputs(pruned_id)")
+    db.execute("CREATE INDEX pruned_outputs_path ON pruned_outputs(path)")
+
+
+# A record retention may remove: superseded by a newer request for its path, or ended and filed
+# (its ticket file renamed); never one with work left. Ordered by when it finished.
+_PRUNABLE = "active = 0 OR filed = 1"
+_PRUNE_KEY = "COALESCE(finished_at, updated_at)"
+_TERMINAL = (str(Phase.DONE), str(Phase.FAILED), str(Phase.CANCELED))
+DEFAULT_TOMBSTONES = 10_000  # tombstones kept when ``keep_finished`` is 0 (no count limit)
+# Pages given back to the file system after each retention batch (``auto_vacuum=INCREMENTAL``):
+# about what a batch frees, so the file shrinks as it is pruned without one long stall.
+VACUUM_PAGES_PER_BATCH = 2000
+
+
 def _migrations() -> Any:
     """The schema's migrations, in order (sqlite-utils' Migrations, imported here)."""
     from sqlite_utils.migrations import Migrations
 
     m = Migrations("convert-agent")
-    for step in (m001_initial, m002_output_validator):
+    for step in (m001_initial, m002_output_validator, m003_retention):
         m()(step)
     return m
 
@@ -270,8 +315,13 @@ class Store:
 
         db = Database(conn, execute_plugins=False)
         db.execute("PRAGMA busy_timeout = 30000")
+        # Takes effect only in a file with no table yet: a new state file gives the space of
+        # pruned records back (``prune``); an older one reuses it (docs/decisions.md, Retention).
+        db.execute("PRAGMA auto_vacuum = INCREMENTAL")
         if str(path) != ":memory:":
             db.enable_wal()
+            # The WAL is cut back to this after a checkpoint (a retention pass writes a lot).
+            db.execute("PRAGMA journal_size_limit = 16777216")
         db.execute("PRAGMA synchronous = NORMAL")
         db.execute("PRAGMA foreign_keys = ON")
         _migrations().apply(db)
@@ -587,7 +637,7 @@ class Store:
 
     def output_names(self, root: str) -> set[str]:
         """Absolute paths of every output the agent placed under ``root`` (its own files)."""
-        return {
+        names = {
             os.path.join(os.path.dirname(r["path"]), r["dest_name"])
             for r in self._query(
                 """SELECT t.path, o.dest_name FROM outputs o JOIN tickets t ON t.id = o.ticket_id
@@ -595,6 +645,186 @@ class Store:
                 [root],
             )
         }
+        names.update(  # and those of pruned tickets, while their tombstones are kept
+            r["path"]
+            for r in self._query(
+                """SELECT o.path FROM pruned_outputs o JOIN pruned p ON p.id = o.pruned_id
+                   WHERE p.root = ?""",
+                [root],
+            )
+        )
+        return names
+
+    # ----------------------------------------------------------------- retention
+
+    def prune(
+        self, now: float, *, keep_days: float, keep_finished: int, limit: int = 500
+    ) -> PruneResult:
+        """Remove one batch (at most ``limit``) of the oldest finished records retention no
+        longer keeps, with their history, inputs and outputs, in one transaction of its own.
+
+        A record is finished once it is superseded (``active = 0``) or ended and filed; it is
+        kept while it finished less than ``keep_days`` ago *and* is among the ``keep_finished``
+        newest finished ones (0 turns either limit off). A record with work left is never
+        removed. Each removed record leaves a tombstone (``pruned``: path, outcome, when it
+        finished, when it was pruned, the outputs it placed); tombstones beyond
+        ``keep_finished`` (``DEFAULT_TOMBSTONES`` when 0) go too, oldest first. The space is
+        given back to the file system in steps (incremental vacuum) where the file allows it.
+
+        Must not run inside an open group (commit it first): raises ``RuntimeError`` then, so a
+        grouped write is never committed or rolled back by retention. Call it again while
+        ``more`` is true, yielding to other work between batches."""
+        if self.readonly:
+            raise RuntimeError("a read-only store does not prune")
+        conn = self.db.conn
+        if conn.in_transaction or self._lost is not None:
+            raise RuntimeError("prune() inside an open group: commit first")
+        cutoff = now - keep_days * 86400.0 if keep_days > 0 else float("-inf")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = self._prune_batch(now, cutoff, keep_finished, limit)
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+        if result.tickets or result.tombstones:
+            # Outside the transaction: a no-op unless the file was made with auto_vacuum. The
+            # pragma frees one page per step: ``executescript`` steps it to the end (``execute``
+            # would stop after the first page).
+            conn.executescript(f"PRAGMA incremental_vacuum({VACUUM_PAGES_PER_BATCH});")
+        return result
+
+    def _prune_batch(
+        self, now: float, cutoff: float, keep_finished: int, limit: int
+    ) -> PruneResult:
+        conn = self.db.conn
+        boundary: tuple[float, int] | None = None
+        if keep_finished > 0:
+            # The newest record past the count limit: it and everything older goes.
+            row = conn.execute(
+                f"SELECT {_PRUNE_KEY}, id FROM tickets WHERE {_PRUNABLE}"
+                f" ORDER BY {_PRUNE_KEY} DESC, id DESC LIMIT 1 OFFSET ?",
+                [keep_finished],
+            ).fetchone()
+            boundary = (row[0], row[1]) if row else None
+        # The newest record stays whatever the limits say: SQLite gives a new row the highest
+        # id + 1, and a reused id would reuse an idempotency key (a new request for the same
+        # bytes at the same path would get the pruned ticket's job back).
+        newest = conn.execute("SELECT max(id) FROM tickets").fetchone()[0]
+        victims: list[tuple[int, str, str, str, bool, float]] = []
+        rows = conn.execute(
+            f"SELECT id, {_PRUNE_KEY}, path, root, phase, active FROM tickets"
+            f" WHERE {_PRUNABLE} ORDER BY {_PRUNE_KEY}, id LIMIT ?",
+            [limit],
+        ).fetchall()
+        reached = len(rows) == limit  # every row of this batch is due: there may be more
+        for tid, key, path, root, phase, active in rows:
+            # Oldest first: what is due is a prefix of this list.
+            if not (key < cutoff or (boundary is not None and (key, tid) <= boundary)):
+                reached = False
+                break
+            if (active and phase not in _TERMINAL) or tid == newest:
+                continue  # work left (filed but not ended cannot happen), or the newest id
+            outcome = phase if phase in _TERMINAL else "superseded"
+            victims.append((tid, path, root, outcome, bool(active), key))
+        pruned_ids: list[int] = []
+        if victims:
+            ids = [v[0] for v in victims]
+            marks = ", ".join("?" * len(ids))
+            placed: dict[int, list[str]] = {}
+            for tid, dest in conn.execute(
+                f"SELECT ticket_id, dest_name FROM outputs WHERE ticket_id IN ({marks})"
+                " AND dest_name IS NOT NULL",
+                ids,
+            ):
+                placed.setdefault(tid, []).append(dest)
+            for tid, path, root, outcome, _active, key in victims:
+                cur = conn.execute(
+                    "INSERT INTO pruned (path, root, outcome, finished_at, pruned_at)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    [path, root, outcome, key, now],
+                )
+                where = os.path.dirname(path)
+                conn.executemany(
+                    "INSERT INTO pruned_outputs (pruned_id, path) VALUES (?, ?)",
+                    [(cur.lastrowid, os.path.join(where, d)) for d in placed.get(tid, ())],
+                )
+            for table in ("history", "inputs", "outputs"):
+                conn.execute(f"DELETE FROM {table} WHERE ticket_id IN ({marks})", ids)
+            conn.execute(f"DELETE FROM tickets WHERE id IN ({marks})", ids)
+            for tid in ids:
+                self._live.pop(tid, None)
+            pruned_ids = ids
+        # Tombstones beyond their own limit, oldest first (at most ``limit`` at a time).
+        cap = keep_finished if keep_finished > 0 else DEFAULT_TOMBSTONES
+        row = conn.execute(
+            "SELECT id FROM pruned ORDER BY id DESC LIMIT 1 OFFSET ?", [cap]
+        ).fetchone()
+        forgotten: list[str] = []
+        dropped = 0
+        more_tombstones = False
+        if row is not None:
+            old = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT id FROM pruned WHERE id <= ? ORDER BY id LIMIT ?", [row[0], limit + 1]
+                )
+            ]
+            more_tombstones = len(old) > limit
+            old = old[:limit]
+            marks = ", ".join("?" * len(old))
+            gone = [
+                r[0]
+                for r in conn.execute(
+                    f"SELECT path FROM pruned_outputs WHERE pruned_id IN ({marks})", old
+                )
+            ]
+            conn.execute(f"DELETE FROM pruned_outputs WHERE pruned_id IN ({marks})", old)
+            conn.execute(f"DELETE FROM pruned WHERE id IN ({marks})", old)
+            dropped = len(old)
+            forgotten = [p for p in dict.fromkeys(gone) if not self._names_output(p)]
+        more = more_tombstones or reached
+        return PruneResult(
+            tickets=tuple(pruned_ids),
+            tombstones=dropped,
+            forgotten_outputs=tuple(forgotten),
+            more=more,
+        )
+
+    def _names_output(self, path: str) -> bool:
+        """Whether a record or a tombstone still names ``path`` as an output it placed."""
+        conn = self.db.conn
+        if conn.execute("SELECT 1 FROM pruned_outputs WHERE path = ? LIMIT 1", [path]).fetchone():
+            return True
+        where, name = os.path.split(path)
+        return any(
+            os.path.dirname(p) == where
+            for (p,) in conn.execute(
+                "SELECT t.path FROM outputs o JOIN tickets t ON t.id = o.ticket_id"
+                " WHERE o.dest_name = ?",
+                [name],
+            )
+        )
+
+    def pruned(self, name: str) -> list[PrunedRecord]:
+        """Tombstones of pruned tickets whose path, file name or stem is ``name`` (newest
+        first), for ``why`` on a ticket retention removed."""
+        out = []
+        try:
+            rows = self._query(
+                "SELECT id, path, root, outcome, finished_at, pruned_at FROM pruned"
+                " ORDER BY id DESC"
+            )
+        except sqlite3.OperationalError:  # a reader of a file not migrated yet: no tombstones
+            return []
+        for row in rows:
+            rec = PrunedRecord.from_row(row)
+            base = rec.name
+            stem = base[: -len(".job")] if base.endswith(".job") else base
+            if name in (rec.path, base, stem) or rec.path.endswith(os.sep + name):
+                out.append(rec)
+        return out
 
     # ----------------------------------------------------------------- meta
 
