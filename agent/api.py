@@ -883,8 +883,9 @@ class ApiClient:
         return await self._retrying(attempt, idempotent=idempotent, retry_429=retry_429)
 
     def refused_elsewhere(self, within: float) -> bool:
-        """Whether a request other than a create or a start was answered 429/503 in the last
-        ``within`` seconds: then a 429 on a start is the request rate, not a concurrency limit."""
+        """Whether a request other than a create or a start was answered 429 (or any 503) in
+        the last ``within`` seconds: then a 429 on a start is the request rate, not the
+        concurrency limit."""
         return self._clock() - self._refused_elsewhere <= within
 
     async def _send(
@@ -922,10 +923,12 @@ class ApiClient:
             if resp.status in RETRY_STATUSES:
                 now = self._clock()
                 after = parse_retry_after(resp.headers.get("Retry-After"))
-                if resp.status in (429, 503):
+                # A 429 on a create or a start is the account's concurrency limit (api-contract
+                # §5.2; the scheduler learns it): honoured, but no reason to send less.
+                slot = resp.status == 429 and route in ("POST /jobs", "PATCH /jobs/{id}")
+                if resp.status in (429, 503) and not slot:
                     self.budget.push_back(now, after)
-                    if route not in ("POST /jobs", "PATCH /jobs/{id}"):
-                        self._refused_elsewhere = now
+                    self._refused_elsewhere = now
                 else:
                     self.budget.hold(now, after)
             return resp

@@ -15,10 +15,12 @@ The emulator process wraps ``agent.emulator.build_app`` with one benchmark-only 
 logs every request's arrival (``time.monotonic_ns``, one clock for every process on Linux) and
 every job's completion to a file: pickup latency, polling cost and notice times come from it.
 
-Benchmark config: ``api.requests_per_second`` is raised to 1000 (the config's maximum). The
-default of 20 is a politeness budget for the real service (no documented per-second limit, only
-concurrent-conversion caps); on loopback it would measure the budget, not the agent. Polling
-intervals stay at their defaults (min 1 s, max 5 s); the settle time is 0.05 s.
+Benchmark config: the shipped defaults (the adaptive request budget with its default ceiling,
+the learned concurrency limit), except ``tickets.settle_seconds: 0.05`` (a benchmark drops its
+tickets at once; the default 1 s would only add a second). The throughput rows also run the
+agent with the budget unbounded (``api.requests_per_second`` at the config's maximum) and report
+that figure beside the default one. The ``limits`` benchmark runs the defaults against an
+emulator with ``--max-concurrent 4 --retry-after 1`` and against one with ``--rate-limit 10``.
 """
 
 from __future__ import annotations
@@ -49,9 +51,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "bench" + "0" * 27
 SETTLE = 0.05
-BENCH_RPS = 1000
+UNBOUNDED_RPS = 100_000  # api.requests_per_second's maximum: the budget never paces
 SDK_POLL = (1.0, 1.5, 5.0, 0.25)  # first interval, growth, cap, upward jitter (api-contract §5.4)
-BENCHMARKS = ("throughput", "pickup", "download", "scale", "polling")
+BENCHMARKS = ("throughput", "pickup", "download", "scale", "polling", "limits")
 
 
 # =========================================================================== statistics
@@ -202,6 +204,9 @@ def serve_emulator(argv: Sequence[str]) -> None:
     p.add_argument("log")
     p.add_argument("--processing-seconds", type=float, default=0.0)
     p.add_argument("--synthetic-output-bytes", type=int, default=0)
+    p.add_argument("--max-concurrent", type=int, default=None)
+    p.add_argument("--retry-after", type=float, default=None)
+    p.add_argument("--rate-limit", type=int, default=None)
     args = p.parse_args(argv)
     out = open(args.log, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 (lives as long as the process)
 
@@ -217,6 +222,8 @@ def serve_emulator(argv: Sequence[str]) -> None:
     async def timing(request: web.Request, handler: Any) -> web.StreamResponse:
         out.write(f"{time.monotonic_ns()} {request.method} {request.path}\n")
         resp = await handler(request)
+        if resp.status == 429:
+            out.write(f"{time.monotonic_ns()} 429 {request.path}\n")
         listing = request.method == "GET" and request.path == "/v2/jobs"
         if listing and isinstance(resp, web.Response) and resp.body:
             # A list page tells the agent which jobs finished: log them as sent (polling bench).
@@ -232,6 +239,9 @@ def serve_emulator(argv: Sequence[str]) -> None:
             processing_seconds=args.processing_seconds,
             synthetic_output_bytes=args.synthetic_output_bytes,
             download_limit=1000,
+            max_concurrent_jobs=args.max_concurrent,
+            retry_after=args.retry_after,
+            rate_limit=args.rate_limit,
         )
         app = build_app(config)
         app.middlewares.insert(0, timing)
@@ -254,12 +264,15 @@ def serve_emulator(argv: Sequence[str]) -> None:
 class Emulator:
     """The emulator as a child process; ``events()`` reads its request log."""
 
-    def __init__(self, work: Path, processing: float = 0.0, synthetic: int = 0) -> None:
+    def __init__(
+        self, work: Path, processing: float = 0.0, synthetic: int = 0, *limits: str
+    ) -> None:
         work.mkdir(parents=True, exist_ok=True)
         self.log = work / f"emulator-{time.monotonic_ns()}.log"
         self.log.touch()
         cmd = [sys.executable, str(Path(__file__).resolve()), "--serve-emulator", str(self.log)]
         cmd += ["--processing-seconds", str(processing), "--synthetic-output-bytes", str(synthetic)]
+        cmd += list(limits)  # e.g. "--max-concurrent", "4"
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, cwd=ROOT)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().decode()
@@ -310,7 +323,7 @@ def write_config(path: Path, base_url: str, folder: Path, state: Path, **extra: 
     import yaml
 
     cfg: dict[str, Any] = {
-        "api": {"base_url": base_url, "key": KEY, "requests_per_second": BENCH_RPS},
+        "api": {"base_url": base_url, "key": KEY},
         "folders": [str(folder)],
         "state": {"path": str(state)},
         "tickets": {"settle_seconds": SETTLE},
@@ -423,7 +436,9 @@ def drop(folder: Path, stage: Path, n: int, prefix: str) -> float:
 # =========================================================================== 1. throughput
 
 
-def run_agent_batch(work: Path, emu: Emulator, n: int, name: str) -> BatchRun:
+def run_agent_batch(
+    work: Path, emu: Emulator, n: int, name: str, api: dict[str, Any] | None = None
+) -> BatchRun:
     """Tickets/s for ``n`` tickets dropped at once into a running agent's folder, and the CPU
     milliseconds per ticket meanwhile of the agent (all threads, and its event loop's thread)
     and of the emulator: a shared, noisy machine changes the rate more than the CPU taken, and
@@ -431,7 +446,7 @@ def run_agent_batch(work: Path, emu: Emulator, n: int, name: str) -> BatchRun:
     d = work / name
     inbox, stage = d / "inbox", d / "stage"
     make_tickets(inbox, stage, n, "t")
-    cfg = write_config(d / "config.yaml", emu.base_url, inbox, d / "state.db")
+    cfg = write_config(d / "config.yaml", emu.base_url, inbox, d / "state.db", api=api or {})
     agent = Agent(cfg, d / "agent.log")
     try:
         agent.wait_ready()
@@ -488,12 +503,12 @@ def bench_throughput(work: Path, q: bool, reps: int) -> tuple[list[Row], dict[st
         ("b 2 s conversions", 2.0, 200 if q else 1000, 24 if q else 80, None, 5.0),
     ]
     for label, processing, n, sdk_n, floor, factor in plans:
-        agent_rates, sdk_rates = [], []
+        agent_rates, sdk_rates, unbounded_rates = [], [], []
         agent_cpu, loop_cpu, emu_cpu = [], [], []
         for rep in range(reps):
             emu = Emulator(work, processing)
             try:
-                order = [("agent", rep), ("sdk", rep)]
+                order = [("agent", rep), ("unbounded", rep), ("sdk", rep)]
                 if rep % 2:
                     order.reverse()
                 for who, r in order:
@@ -503,13 +518,18 @@ def bench_throughput(work: Path, q: bool, reps: int) -> tuple[list[Row], dict[st
                         agent_cpu.append(run.agent_ms)
                         loop_cpu.append(run.loop_ms)
                         emu_cpu.append(run.emulator_ms)
+                    elif who == "unbounded":
+                        unbounded = {"requests_per_second": UNBOUNDED_RPS}
+                        run = run_agent_batch(work, emu, n, f"tp-unb-{r}", unbounded)
+                        unbounded_rates.append(run.per_s)
                     else:
                         sdk_rates.append(run_sdk_batch(work, emu, sdk_n, f"tp-sdk-{r}"))
             finally:
                 emu.stop()
             log(
                 f"  throughput {label} rep {rep + 1}: agent {agent_rates[-1]:.1f}/s "
-                f"({agent_cpu[-1]:.1f} ms CPU/ticket), SDK {sdk_rates[-1]:.2f}/s"
+                f"({agent_cpu[-1]:.1f} ms CPU/ticket), budget unbounded "
+                f"{unbounded_rates[-1]:.1f}/s, SDK {sdk_rates[-1]:.2f}/s"
             )
         rat = paired_ratios(agent_rates, sdk_rates)
         met = rat["median"] is not None and rat["median"] >= factor
@@ -522,6 +542,7 @@ def bench_throughput(work: Path, q: bool, reps: int) -> tuple[list[Row], dict[st
             "sdk_tickets": sdk_n,
             "processing_seconds": processing,
             "agent_per_s": agent_rates,
+            "agent_unbounded_budget_per_s": unbounded_rates,
             "sdk_per_s": sdk_rates,
             "agent_cpu_ms_per_ticket": agent_cpu,
             "agent_loop_cpu_ms_per_ticket": loop_cpu,
@@ -537,6 +558,16 @@ def bench_throughput(work: Path, q: bool, reps: int) -> tuple[list[Row], dict[st
                 rat,
                 target,
                 met,
+            )
+        )
+        rows.append(
+            Row(
+                "1 throughput",
+                f"{label[0]} same, budget unbounded (vs defaults)",
+                summarize(unbounded_rates),
+                "tickets/s",
+                summarize(agent_rates),
+                paired_ratios(unbounded_rates, agent_rates),
             )
         )
         for what, values in (
@@ -980,6 +1011,130 @@ def bench_polling(work: Path, q: bool, reps: int) -> tuple[list[Row], dict[str, 
     return rows, raw
 
 
+# =========================================================================== 6. limits
+
+
+def limited_run(
+    work: Path, name: str, n: int, processing: float, limits: Sequence[str]
+) -> tuple[float, float, list[tuple[int, str, str]]]:
+    """``n`` tickets through the agent (defaults) against an emulator with ``limits``: the drop
+    time and the end (monotonic seconds), and the emulator's request log."""
+    d = work / name
+    inbox, stage = d / "inbox", d / "stage"
+    make_tickets(inbox, stage, n, "l")
+    emu = Emulator(work, processing, 0, *limits)
+    try:
+        cfg = write_config(d / "config.yaml", emu.base_url, inbox, d / "state.db")
+        agent = Agent(cfg, d / "agent.log")
+        try:
+            agent.wait_ready()
+            emu.new_events()
+            t0 = drop(inbox, stage, n, "l")
+            end = wait_until(
+                lambda: count_suffix(inbox, ".job.done", ".job.failed") >= n,
+                900,
+                f"{n} tickets",
+                step=0.1,
+            )
+            failed = count_suffix(inbox, ".job.failed")
+            if failed:
+                raise RuntimeError(f"{failed} tickets failed; see {agent.log}")
+        finally:
+            agent.stop()
+        events = emu.new_events()
+    finally:
+        emu.stop()
+        shutil.rmtree(d, ignore_errors=True)
+    return t0, end, events
+
+
+def request_counts(
+    events: Sequence[tuple[int, str, str]], since: float = 0.0, until: float = float("inf")
+) -> tuple[int, int]:
+    """(requests, of which answered 429) the emulator logged between two monotonic times."""
+    inside = [(m, p) for t, m, p in events if since <= t / 1e9 <= until]
+    refused = sum(1 for m, _ in inside if m == "429")
+    requests = sum(1 for m, _ in inside if m not in ("429", "FINISH", "LISTED"))
+    return requests, refused
+
+
+def bench_limits(work: Path, q: bool, reps: int) -> tuple[list[Row], dict[str, Any]]:
+    rows: list[Row] = []
+    raw: dict[str, Any] = {}
+    # (a) a contract of 4 concurrent conversions; 1 s conversions.
+    n, slots, processing = (40 if q else 80), 4, 1.0
+    ideal = n / slots * processing
+    times, shares = [], []
+    for rep in range(reps):
+        t0, end, events = limited_run(
+            work, f"lim-mc-{rep}", n, processing, ["--max-concurrent", "4", "--retry-after", "1"]
+        )
+        requests, refused = request_counts(events)
+        times.append(end - t0)
+        shares.append(100.0 * refused / max(1, requests))
+        log(
+            f"  limits max-concurrent rep {rep + 1}: {times[-1]:.1f}s (ideal {ideal:.0f}s), "
+            f"{refused} of {requests} requests answered 429"
+        )
+    raw["max_concurrent"] = {"tickets": n, "ideal_s": ideal, "seconds": times, "pct_429": shares}
+    over = [t / ideal for t in times]
+    rows += [
+        Row(
+            "6 limits",
+            f"--max-concurrent 4: {n} × 1 s, time vs ideal {ideal:.0f} s",
+            summarize(times),
+            "s",
+            summarize([ideal]),
+            summarize(over),
+            "≤1.2× ideal",
+            bool(over) and statistics.median(over) <= 1.2,
+        ),
+        Row(
+            "6 limits",
+            "--max-concurrent 4: requests answered 429",
+            summarize(shares),
+            "%",
+            target="≤2 %",
+            met=bool(shares) and statistics.median(shares) <= 2.0,
+        ),
+    ]
+    # (b) 10 requests per second; instant conversions, more tickets than it lets through.
+    n, limit, warmup = (80 if q else 160), 10, 30.0
+    rates, refusals = [], []
+    for rep in range(reps):
+        t0, end, events = limited_run(work, f"lim-rl-{rep}", n, 0.0, ["--rate-limit", str(limit)])
+        # From 30 s after the drop until 5 s before the last ticket (the tail has less to do).
+        since, until = t0 + warmup, end - 5.0
+        requests, refused = request_counts(events, since, until)
+        span = max(1e-9, until - since)
+        rates.append(100.0 * requests / span / limit)
+        refusals.append(100.0 * refused / max(1, requests))
+        log(
+            f"  limits rate-limit rep {rep + 1}: {end - t0:.0f}s for {n}; after {warmup:.0f}s "
+            f"{requests / span:.2f} requests/s, {refused} of {requests} answered 429"
+        )
+    raw["rate_limit"] = {"tickets": n, "limit": limit, "pct_of_limit": rates, "pct_429": refusals}
+    rows += [
+        Row(
+            "6 limits",
+            f"--rate-limit {limit}: request rate after {warmup:.0f} s ({n} tickets)",
+            summarize(rates),
+            "% of limit",
+            target="80–100 %",
+            met=bool(rates) and 80.0 <= statistics.median(rates) <= 100.0,
+        ),
+        Row(
+            "6 limits",
+            f"--rate-limit {limit}: answered 429 after {warmup:.0f} s",
+            summarize(refusals),
+            "%",
+            target="≤5 %",
+            met=bool(refusals) and statistics.median(refusals) <= 5.0,
+        ),
+    ]
+    return rows, raw
+
+
 # =========================================================================== main
 
 
@@ -1016,6 +1171,7 @@ RUNNERS: dict[str, Callable[[Path, bool, int], tuple[list[Row], dict[str, Any]]]
     "download": bench_download,
     "scale": bench_scale,
     "polling": bench_polling,
+    "limits": bench_limits,
 }
 
 
@@ -1066,7 +1222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "mode": "quick" if args.quick else "full",
         "repetitions": reps,
         "machine": machine(),
-        "config": {"requests_per_second": BENCH_RPS, "settle_seconds": SETTLE},
+        "config": {"defaults": True, "settle_seconds": SETTLE, "unbounded_rps": UNBOUNDED_RPS},
         "seconds": time.monotonic() - started,
         "rows": [dataclasses.asdict(r) for r in rows],
         "raw": raw,

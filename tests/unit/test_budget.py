@@ -260,3 +260,4 @@ async def test_a_refused_start_is_raised_at_once_and_not_counted_as_elsewhere(ai
         await api.close()
     assert len(calls) == 2  # no retries into the limit: the scheduler decides
     assert not api.refused_elsewhere(10.0)
+    assert api.budget.cuts == 0  # the concurrency limit is no reason to send less
