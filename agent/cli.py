@@ -28,7 +28,8 @@ from agent import __version__
 from agent.config import Config, load_config
 from agent.errors import AgentError, ConfigError
 from agent.models import Phase
-from agent.store import StateLock, Store, TicketRecord
+from agent.store import StateLock, StateStore, Store, TicketRecord
+from agent.store.urls import redact_url
 
 if TYPE_CHECKING:
     from agent.control import Control
@@ -167,8 +168,15 @@ def run(
     sys.exit(code)
 
 
-def _open_readonly(ctx: click.Context, state: str | None) -> tuple[Config, Store]:
+def _open_readonly(ctx: click.Context, state: str | None) -> tuple[Config, StateStore]:
     cfg = _config(ctx, (), state)
+    if cfg.state.url:
+        from agent.daemon import open_state_readonly
+
+        try:
+            return cfg, open_state_readonly(cfg)
+        except ConfigError as err:
+            _die(err.message, EXIT_CONFIG)
     try:
         return cfg, Store.open_readonly(cfg.state.path)
     except FileNotFoundError:
@@ -214,7 +222,7 @@ def status(ctx: click.Context, state: str | None, as_json: bool) -> None:
         "running": pid is not None,
         "pid": pid,
         "paused": store.get_meta("paused") == "1",
-        "state": str(cfg.state.path),
+        "state": redact_url(cfg.state.url) if cfg.state.url else str(cfg.state.path),
         "folders": [str(f.path) for f in cfg.folders],
         "tickets": counts,
         "marks": marks,
@@ -394,7 +402,12 @@ def _set_paused(ctx: click.Context, state: str | None, as_json: bool, paused: bo
         _remote(cfg, "POST", "/api/pause" if paused else "/api/resume")
         _emit(as_json, {"paused": paused, "running": True}, f"intake {word}")
         return
-    store = Store.open(cfg.state.path)
+    from agent.daemon import open_state
+
+    try:
+        store = open_state(cfg)
+    except ConfigError as err:
+        _die(err.message, EXIT_CONFIG)
     try:
         store.set_meta("paused", "1" if paused else None)
     finally:

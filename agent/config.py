@@ -27,6 +27,7 @@ import platformdirs
 
 from agent.errors import ConfigError
 from agent.models import VerifyMode
+from agent.store.urls import url_problem, url_secrets
 from agent.ticket import FieldError, Node, load_yaml, validate_defaults
 
 APP_NAME = "convert-agent"
@@ -34,6 +35,7 @@ DEFAULT_BASE_URL = "https://api.api2convert.com/v2"
 ENV_API_KEY = "API2CONVERT_API_KEY"
 ENV_BASE_URL = "API2CONVERT_BASE_URL"
 ENV_CONFIG = "CONVERT_AGENT_CONFIG"
+ENV_STATE_URL = "CONVERT_AGENT_STATE_URL"
 MAX_CONFIG_BYTES = 1024 * 1024
 MAX_INCLUDE_PATTERNS = 64
 
@@ -116,6 +118,9 @@ class DownloadConfig:
 @dataclass(frozen=True)
 class StateConfig:
     path: Path = field(default_factory=default_state_path)
+    # A PostgreSQL state (postgresql://…) instead of the file at ``path``; its password is a
+    # secret (``Config.secrets``, never in a repr or a message: agent.store.urls.redact_url).
+    url: str | None = field(default=None, repr=False)
     # Retention: finished tickets are kept this many days and at most this many (0 = no limit).
     keep_days: float = 30.0
     keep_finished: int = 10_000
@@ -164,7 +169,7 @@ class Config:
 
     def secrets(self) -> tuple[str, ...]:
         """Every secret this configuration holds, for redaction before anything is printed."""
-        return tuple(s for s in (self.api.key,) if s)
+        return tuple(s for s in (self.api.key, *url_secrets(self.state.url)) if s)
 
 
 # --------------------------------------------------------------------------- loading
@@ -378,7 +383,7 @@ class _Reader:
         folders = self.folders(top.get("folders"))
         if "folders" in overrides:
             folders = _override_folders(folders, overrides["folders"])
-        state_fields = self.section(top, "state", ("path", "keep_days", "keep_finished"))
+        state_fields = self.section(top, "state", ("path", "url", "keep_days", "keep_finished"))
         state = StateConfig(
             path=self.get(state_fields, "state", "path", default_state_path(), self.path),
             keep_days=self.get(
@@ -396,6 +401,7 @@ class _Reader:
             state = dataclasses.replace(
                 state, path=_absolute(Path(overrides["state_path"]), Path.cwd())
             )
+        state = self.state_url(state, top, env)
         return Config(
             api=self.api(self.section(top, "api", _fields(ApiConfig)), env, overrides),
             folders=folders,
@@ -411,6 +417,27 @@ class _Reader:
             marks=self.marks(self.section(top, "marks", _fields(MarksConfig))),
             source=self.source,
         )
+
+    def state_url(
+        self, state: StateConfig, top: Mapping[str, Node], env: Mapping[str, str]
+    ) -> StateConfig:
+        """``state.url``, or ``CONVERT_AGENT_STATE_URL`` (which wins): checked, never quoted."""
+        url: str | None = None
+        if env.get(ENV_STATE_URL, "").strip():
+            url = env[ENV_STATE_URL].strip()
+            problem = url_problem(url)
+            if problem is not None:
+                raise self.error(problem, ENV_STATE_URL, None)
+        else:
+            node = top.get("state")
+            fields = node.value if node is not None and node.kind == "map" else {}
+            found = fields.get("url")
+            if found is not None and not (found.kind == "scalar" and found.value is None):
+                url = self.text(found, "state.url").strip()
+                problem = url_problem(url)
+                if problem is not None:
+                    raise self.error(problem, "state.url", found.line)
+        return dataclasses.replace(state, url=url) if url else state
 
     def api(
         self, fields: dict[str, Node], env: Mapping[str, str], overrides: Mapping[str, Any]

@@ -33,7 +33,8 @@ from agent.foldermark import FolderMarks, Identity, default_agent_name
 from agent.metrics import Metrics
 from agent.models import Phase
 from agent.scheduler import ProgressListener, Scheduler
-from agent.store import StateLock, Store, TicketRecord
+from agent.store import StateLock, StateStore, Store, TicketRecord
+from agent.store.urls import redact_url
 from agent.watcher import Watcher, filesystem_type, is_network_filesystem
 
 log = logging.getLogger("agent")
@@ -57,7 +58,48 @@ def state_location_problem(path: Path, mountinfo: str | None = None) -> str | No
     )
 
 
-def agent_identity(store: Store, state_path: Path) -> Identity:
+def open_state(cfg: Config) -> StateStore:
+    """The state the configuration names: PostgreSQL with ``state.url`` (psycopg is imported
+    only then), else the file at ``state.path``. A database that cannot be opened is a
+    ``ConfigError`` (exit 3 at start) that names it without its password."""
+    url = cfg.state.url
+    if not url:
+        return Store.open(cfg.state.path)
+    import psycopg
+
+    from agent.store.postgres import PgStore, StateBusy, _safe_text
+
+    try:
+        return PgStore.open(url)
+    except StateBusy as exc:
+        raise ConfigError(_safe_text(exc, url), key="state.url") from None
+    except (psycopg.Error, RuntimeError, OSError) as exc:
+        raise ConfigError(
+            f"cannot open the PostgreSQL state {redact_url(url)}: {_safe_text(exc, url)} — "
+            "check state.url (or CONVERT_AGENT_STATE_URL) and that the server runs",
+            key="state.url",
+        ) from None
+
+
+def open_state_readonly(cfg: Config) -> StateStore:
+    """The state for ``status``/``list``/``why``: never written (``ConfigError`` as above)."""
+    url = cfg.state.url
+    if not url:
+        return Store.open_readonly(cfg.state.path)
+    import psycopg
+
+    from agent.store.postgres import PgStore, _safe_text
+
+    try:
+        return PgStore.open_readonly(url)
+    except psycopg.Error as exc:
+        raise ConfigError(
+            f"cannot read the PostgreSQL state {redact_url(url)}: {_safe_text(exc, url)}",
+            key="state.url",
+        ) from None
+
+
+def agent_identity(store: StateStore, state_path: Path, url: str | None = None) -> Identity:
     """This agent as its folder marks name it: a random id kept in the state, so a restart
     (after a crash too) is the same agent."""
     agent_id = store.get_meta("agent_id")
@@ -68,7 +110,11 @@ def agent_identity(store: Store, state_path: Path) -> Identity:
     return Identity(
         agent_id=agent_id,
         name=default_agent_name(agent_id),
-        state=f"sqlite:{host}:{os.path.realpath(state_path)}",
+        state=(
+            f"postgresql:{redact_url(url)}"
+            if url
+            else f"sqlite:{host}:{os.path.realpath(state_path)}"
+        ),
         host=host,
     )
 
@@ -176,7 +222,7 @@ class Agent:
         self.cfg = cfg
         self.clock = clock
         self._stop = asyncio.Event()
-        self.store: Store | None = None
+        self.store: StateStore | None = None
         self.scheduler: Scheduler | None = None
         self.watcher: Watcher | None = None
         self.marks: FolderMarks | None = None
@@ -283,7 +329,7 @@ class Agent:
         Returns 0, or with ``once`` 1 when any ticket seen in this run did not succeed.
         """
         cfg = self.cfg
-        problem = state_location_problem(cfg.state.path)
+        problem = None if cfg.state.url else state_location_problem(cfg.state.path)
         if problem is not None:
             raise ConfigError(problem, key="state.path")
         lock = StateLock(cfg.state.path)
@@ -292,9 +338,9 @@ class Agent:
         runner: asyncio.Task[None] | None = None
         marking: asyncio.Task[None] | None = None
         try:
-            store = self.store = Store.open(cfg.state.path)
+            store = self.store = open_state(cfg)
             marks = self.marks = FolderMarks(
-                agent_identity(store, cfg.state.path),
+                agent_identity(store, cfg.state.path, cfg.state.url),
                 [(f.path, share) for f, share in self._shares()],
                 stale=cfg.marks.stale_seconds,
             )

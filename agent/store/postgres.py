@@ -44,7 +44,6 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote, urlsplit, urlunsplit
 
 import psycopg
 from psycopg.rows import dict_row
@@ -53,10 +52,13 @@ from agent.models import Phase, RemoteOutput
 from agent.store.records import (
     InputRecord,
     OutputRecord,
+    PrunedRecord,
+    PruneResult,
     TicketRecord,
     WritesLost,
     _decode_columns,
 )
+from agent.store.urls import redact_url, url_secrets
 
 ID_BLOCK = 1000  # ids reserved by one nextval (the sequence's increment)
 ID_LOW_WATER = 500  # a flush reserves the next block when fewer ids than this are left
@@ -75,31 +77,6 @@ _BOOL_COLS = ("active", "filed", "start_sent")
 
 class StateBusy(Exception):
     """Another agent writes this state database (one writer until team mode's claims)."""
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (for messages and views)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<an unparsable database URL>"
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
-
-
-def url_secrets(url: str) -> tuple[str, ...]:
-    """The secrets a state URL holds (its password, as written and decoded), for redaction."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return ()
-    if not parts.password:
-        return ()
-    raw = parts.netloc.rpartition("@")[0].partition(":")[2]
-    return tuple(sorted({s for s in (raw, unquote(raw)) if s}, key=len, reverse=True))
 
 
 # --------------------------------------------------------------------------- schema
@@ -175,9 +152,33 @@ CREATE INDEX history_ticket ON history(ticket_id);
 CREATE TABLE meta (key text PRIMARY KEY, value text NOT NULL);
 """
 
+# Retention (``prune``, as sqlite.m003_retention): finished records oldest first, tombstones.
+_PRUNABLE = "(NOT active OR filed)"
+_PRUNE_KEY = "COALESCE(finished_at, updated_at)"
+DEFAULT_TOMBSTONES = 10_000  # tombstones kept when ``keep_finished`` is 0 (no count limit)
+_M002 = f"""
+CREATE INDEX tickets_prunable ON tickets(({_PRUNE_KEY}), id) WHERE {_PRUNABLE};
+CREATE INDEX outputs_dest ON outputs(dest_name) WHERE dest_name IS NOT NULL;
+CREATE TABLE pruned (
+    id bigserial PRIMARY KEY,
+    path text NOT NULL,
+    root text NOT NULL,
+    outcome text NOT NULL,
+    finished_at double precision,
+    pruned_at double precision NOT NULL
+);
+CREATE INDEX pruned_path ON pruned(path);
+CREATE TABLE pruned_outputs (
+    pruned_id bigint NOT NULL REFERENCES pruned(id),
+    path text NOT NULL
+);
+CREATE INDEX pruned_outputs_owner ON pruned_outputs(pruned_id);
+CREATE INDEX pruned_outputs_path ON pruned_outputs(path);
+"""
+
 # (name, SQL), in order; each runs once, in one transaction with its row in the migrations table.
 # Team mode's claim columns (owner, fence, lease_until) and agents table come with its migration.
-MIGRATIONS: tuple[tuple[str, str], ...] = (("m001_initial", _M001),)
+MIGRATIONS: tuple[tuple[str, str], ...] = (("m001_initial", _M001), ("m002_retention", _M002))
 
 
 def migrate(conn: psycopg.Connection[dict[str, Any]]) -> None:
@@ -1072,6 +1073,14 @@ class PgStore:
                 [root],
             )
         }
+        names.update(  # and those of pruned tickets, while their tombstones are kept
+            r["path"]
+            for r in self._rows(
+                """SELECT o.path FROM pruned_outputs o JOIN pruned p ON p.id = o.pruned_id
+                   WHERE p.root = %s""",
+                [root],
+            )
+        )
         for tid, outs in self._m.outputs.items():  # and those placed but not flushed yet
             rec = self._m.recs.get(tid)
             if rec is not None and rec.root == root:
@@ -1081,6 +1090,154 @@ class PgStore:
                     if o.dest_name is not None
                 )
         return names
+
+    # ----------------------------------------------------------------- retention
+
+    def prune(
+        self, now: float, *, keep_days: float, keep_finished: int, limit: int = 500
+    ) -> PruneResult:
+        """One batch of retention (as ``sqlite.Store.prune``, the contract's words): at most
+        ``limit`` of the oldest finished records no longer kept leave, with their history,
+        inputs and outputs, each leaving a tombstone, in one transaction of its own (a short
+        blocking exchange, like a cold read). Raises ``RuntimeError`` while writes wait for a
+        flush (the caller flushes first). Ids come from a sequence and are never reused, so
+        the newest record needs no keeping here."""
+        if self.readonly:
+            raise RuntimeError("a read-only store does not prune")
+        if self.dirty:
+            raise RuntimeError("prune() while writes wait for a flush: flush first")
+        cutoff = now - keep_days * 86400.0 if keep_days > 0 else float("-inf")
+        conn = self._reader()
+        try:
+            with conn.transaction():
+                result = self._prune_batch(conn, now, cutoff, keep_finished, limit)
+        except psycopg.Error as exc:
+            raise _safe_error(exc, self._url) from None
+        for tid in result.tickets:
+            rec = self._m.recs.get(tid)
+            if rec is not None and self._m.by_path.get(rec.path) == tid:
+                del self._m.by_path[rec.path]
+            self._forget(tid)
+        return result
+
+    def _prune_batch(
+        self,
+        conn: psycopg.Connection[dict[str, Any]],
+        now: float,
+        cutoff: float,
+        keep_finished: int,
+        limit: int,
+    ) -> PruneResult:
+        boundary: tuple[float, int] | None = None
+        if keep_finished > 0:
+            row = conn.execute(
+                f"SELECT {_PRUNE_KEY} AS k, id FROM tickets WHERE {_PRUNABLE}"
+                f" ORDER BY {_PRUNE_KEY} DESC, id DESC LIMIT 1 OFFSET %s",
+                [keep_finished],
+            ).fetchone()
+            boundary = (row["k"], row["id"]) if row else None
+        rows = conn.execute(
+            f"SELECT id, {_PRUNE_KEY} AS k, path, root, phase, active FROM tickets"
+            f" WHERE {_PRUNABLE} ORDER BY {_PRUNE_KEY}, id LIMIT %s FOR UPDATE",
+            [limit],
+        ).fetchall()
+        reached = len(rows) == limit
+        victims = []
+        for r in rows:
+            key, tid = r["k"], r["id"]
+            if not (key < cutoff or (boundary is not None and (key, tid) <= boundary)):
+                reached = False
+                break
+            if r["active"] and r["phase"] not in _TERMINAL:
+                continue
+            outcome = r["phase"] if r["phase"] in _TERMINAL else "superseded"
+            victims.append((tid, r["path"], r["root"], outcome, key))
+        ids = [v[0] for v in victims]
+        if ids:
+            placed: dict[int, list[str]] = {}
+            for r in conn.execute(
+                "SELECT ticket_id, dest_name FROM outputs WHERE ticket_id = ANY(%s)"
+                " AND dest_name IS NOT NULL",
+                [ids],
+            ):
+                placed.setdefault(r["ticket_id"], []).append(r["dest_name"])
+            for tid, path, root, outcome, key in victims:
+                row = conn.execute(
+                    "INSERT INTO pruned (path, root, outcome, finished_at, pruned_at)"
+                    " VALUES (%s, %s, %s, %s, %s) RETURNING id",
+                    [path, root, outcome, key, now],
+                ).fetchone()
+                assert row is not None
+                where = os.path.dirname(path)
+                for dest in placed.get(tid, ()):
+                    conn.execute(
+                        "INSERT INTO pruned_outputs (pruned_id, path) VALUES (%s, %s)",
+                        [row["id"], os.path.join(where, dest)],
+                    )
+            for table in ("history", "inputs", "outputs"):
+                conn.execute(f"DELETE FROM {table} WHERE ticket_id = ANY(%s)", [ids])
+            conn.execute("DELETE FROM tickets WHERE id = ANY(%s)", [ids])
+        cap = keep_finished if keep_finished > 0 else DEFAULT_TOMBSTONES
+        row = conn.execute(
+            "SELECT id FROM pruned ORDER BY id DESC LIMIT 1 OFFSET %s", [cap]
+        ).fetchone()
+        forgotten: list[str] = []
+        dropped = 0
+        more_tombstones = False
+        if row is not None:
+            old = [
+                r["id"]
+                for r in conn.execute(
+                    "SELECT id FROM pruned WHERE id <= %s ORDER BY id LIMIT %s",
+                    [row["id"], limit + 1],
+                )
+            ]
+            more_tombstones = len(old) > limit
+            old = old[:limit]
+            gone = [
+                r["path"]
+                for r in conn.execute(
+                    "SELECT path FROM pruned_outputs WHERE pruned_id = ANY(%s)", [old]
+                )
+            ]
+            conn.execute("DELETE FROM pruned_outputs WHERE pruned_id = ANY(%s)", [old])
+            conn.execute("DELETE FROM pruned WHERE id = ANY(%s)", [old])
+            dropped = len(old)
+            forgotten = [p for p in dict.fromkeys(gone) if not self._names_output(conn, p)]
+        return PruneResult(
+            tickets=tuple(ids),
+            tombstones=dropped,
+            forgotten_outputs=tuple(forgotten),
+            more=more_tombstones or reached,
+        )
+
+    @staticmethod
+    def _names_output(conn: psycopg.Connection[dict[str, Any]], path: str) -> bool:
+        """Whether a record or a tombstone still names ``path`` as an output it placed."""
+        if conn.execute("SELECT 1 FROM pruned_outputs WHERE path = %s LIMIT 1", [path]).fetchone():
+            return True
+        where, name = os.path.split(path)
+        return any(
+            os.path.dirname(r["path"]) == where
+            for r in conn.execute(
+                "SELECT t.path FROM outputs o JOIN tickets t ON t.id = o.ticket_id"
+                " WHERE o.dest_name = %s",
+                [name],
+            )
+        )
+
+    def pruned(self, name: str) -> list[PrunedRecord]:
+        """Tombstones whose path, file name or stem is ``name``, newest first."""
+        out = []
+        for row in self._rows(
+            "SELECT id, path, root, outcome, finished_at, pruned_at FROM pruned ORDER BY id DESC"
+        ):
+            rec = PrunedRecord.from_row(row)
+            base = rec.name
+            stem = base[: -len(".job")] if base.endswith(".job") else base
+            if name in (rec.path, base, stem) or rec.path.endswith(os.sep + name):
+                out.append(rec)
+        return out
 
     # ----------------------------------------------------------------- meta
 

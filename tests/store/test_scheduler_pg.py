@@ -140,7 +140,7 @@ async def test_a_failed_flush_fails_every_waiting_act(
     release.set()
     for waiter in (first, late):
         with pytest.raises(WritesLost):
-            await waiter
+            await asyncio.wait_for(waiter, 5.0)
     assert store.get(a).phase is Phase.PENDING  # read again from the database
     assert committed_phase(pg_url, a) == "pending"
     store.update(a, 3.0, event="creating", phase=Phase.CREATING)

@@ -1,0 +1,222 @@
+"""A real agent process with its state in PostgreSQL (``state.url``): tickets converted against the
+emulator, outputs verified; a SIGKILL in the middle and a restart resume without a second job or
+a second start; a wrong or unreachable ``state.url`` is refused at start with exit 3, and its
+password is shown nowhere."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import yaml
+from pg_server import PgServer
+from PIL import Image
+
+from agent.emulator import RunningEmulator
+
+KEY = "pg00" * 8
+MakeEmulator = Callable[..., Awaitable[RunningEmulator]]
+
+
+@pytest.fixture
+def emulator_key() -> str:
+    return KEY
+
+
+def png(color: str) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (24, 16), color).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def config(tmp: Path, base_url: str, inbox: Path, url: str | None, **extra: Any) -> Path:
+    state: dict[str, Any] = {"path": str(tmp / "state.db")}
+    if url is not None:
+        state["url"] = url
+    cfg = {
+        "api": {"base_url": base_url, "key": KEY, "requests_per_second": 1000},
+        "folders": [str(inbox)],
+        "state": state,
+        "tickets": {"settle_seconds": 0.1, "parse_grace_seconds": 1},
+        "polling": {"min_interval": 0.1, "max_interval": 0.3, "reconcile_interval": 2},
+        "log": {"file": False, "level": "info"},
+        "dashboard": {"enabled": False},
+        "notifications": {"enabled": False},
+        **extra,
+    }
+    path = tmp / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def env() -> dict[str, str]:
+    keep = ("API2CONVERT_", "CONVERT_AGENT_", "DISPLAY", "WAYLAND_DISPLAY", "DBUS_SESSION")
+    return {k: v for k, v in os.environ.items() if not k.startswith(keep)}
+
+
+def spawn(cfg: Path, log: Path, *args: str) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "agent", "--config", str(cfg), *(args or ("run",))],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env(),
+        )
+
+
+async def finish(proc: subprocess.Popen[bytes], timeout: float = 60.0) -> int:
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None:
+        if time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            raise AssertionError("the agent did not finish in time")
+        await asyncio.sleep(0.05)
+    return proc.returncode
+
+
+async def wait_until(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+def phases(url: str) -> dict[str, str]:
+    with psycopg.connect(url) as conn:
+        try:
+            rows = conn.execute("SELECT path, phase FROM tickets WHERE active").fetchall()
+        except psycopg.errors.UndefinedTable:  # the agent has not migrated the database yet
+            return {}
+    return {os.path.basename(p): ph for p, ph in rows}
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def check_outputs(inbox: Path, snap: dict[str, Any], stems: list[str]) -> None:
+    sums = {o["checksum"] for j in snap["jobs"] for o in j["outputs"]}
+    for stem in stems:
+        assert (inbox / f"{stem}.job.done").exists(), sorted(p.name for p in inbox.iterdir())
+        assert md5(inbox / f"{stem}.jpg") in sums
+        assert not (inbox / f"{stem} (1).jpg").exists()
+    assert not [p for p in inbox.iterdir() if p.name.endswith(".part")]
+
+
+async def test_an_agent_on_postgresql_converts_and_resumes_after_a_kill(
+    tmp_path: Path, make_emulator: MakeEmulator, pg_url: str
+) -> None:
+    emu = await make_emulator(processing_seconds=1.5)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    stems = [f"p{i}" for i in range(4)]
+    for i, stem in enumerate(stems):
+        (inbox / f"{stem}.png").write_bytes(png(["red", "green", "blue", "gray"][i]))
+        (inbox / f"{stem}.job").write_text(f"input: {stem}.png\ntarget: jpg\n")
+    secret = "Pw-7f3kQx"  # the server trusts loopback: any password is accepted
+    url = pg_url.replace("postgres@", f"postgres:{secret}@", 1)
+    cfg = config(tmp_path, emu.base_url, inbox, url)
+    log = tmp_path / "agent.log"
+    proc = spawn(cfg, log)
+    try:
+        # Killed once every ticket's job is started (recorded in PostgreSQL) and none is done.
+        await wait_until(
+            lambda: set(phases(pg_url).values()) == {"processing"} and len(phases(pg_url)) == 4,
+            30,
+            "every ticket processing",
+        )
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        before = emu.state.snapshot()
+        assert before["jobs_created"] == 4
+        assert not list(inbox.glob("*.jpg"))
+        code = await finish(spawn(cfg, log, "run", "--once"))
+        assert code == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    snap = emu.state.snapshot()
+    check_outputs(inbox, snap, stems)
+    assert snap["jobs_created"] == 4  # the restart created no second job
+    assert all(n == 1 for n in snap["create_requests_by_key"].values())
+    assert all(j["start_requests"] == 1 for j in snap["jobs"])  # and started none twice
+    assert set(phases(pg_url).values()) == {"done"}
+    assert not (tmp_path / "state.db").exists()  # the state is in PostgreSQL only
+    # status, list and why read it too; the password is in no output, log, sidecar or mark.
+    for args in (("status", "--json"), ("list", "--json"), ("why", "p1")):
+        out = subprocess.run(
+            [sys.executable, "-m", "agent", "--config", str(cfg), *args],
+            capture_output=True,
+            text=True,
+            env=env(),
+            timeout=60,
+        )
+        assert out.returncode == 0, (args, out.stdout, out.stderr)
+        assert "p1" in out.stdout or '"done": 4' in out.stdout, out.stdout
+        assert secret not in out.stdout + out.stderr
+    assert secret not in log.read_text()
+    for f in inbox.iterdir():
+        if f.suffix in (".yaml", ".json") or f.name.startswith("."):
+            assert secret not in f.read_text(errors="replace"), f
+
+
+async def test_a_wrong_or_unreachable_state_url_exits_3_without_its_password(
+    tmp_path: Path, make_emulator: MakeEmulator, pg_server: PgServer
+) -> None:
+    emu = await make_emulator()
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    secret = "pw-Zq81x"
+    with socket_closed() as port:
+        cases = {
+            "unreachable": f"postgresql://agent:{secret}@127.0.0.1:{port}/state",
+            "no such database": pg_server.url("missing_db", password=secret),
+            "not a postgresql url": f"mysql://agent:{secret}@127.0.0.1/state",
+        }
+        for what, url in cases.items():
+            cfg = config(tmp_path, emu.base_url, inbox, url)
+            log = tmp_path / f"{what}.log"
+            code = await finish(spawn(cfg, log, "run", "--once"), 30)
+            out = log.read_text()
+            assert code == 3, (what, out)
+            assert "state" in out and secret not in out, (what, out)
+        # The same from the environment, which wins over the file.
+        cfg = config(tmp_path, emu.base_url, inbox, None)
+        log = tmp_path / "env.log"
+        with open(log, "ab") as out_f:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "agent", "--config", str(cfg), "run", "--once"],
+                stdout=out_f,
+                stderr=subprocess.STDOUT,
+                env={**env(), "CONVERT_AGENT_STATE_URL": cases["unreachable"]},
+            )
+        assert await finish(proc, 30) == 3
+        text = log.read_text()
+        assert str(port) in text and secret not in text, text
+
+
+class socket_closed:
+    """A loopback port nothing listens on (bound, then closed)."""
+
+    def __enter__(self) -> int:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+
+    def __exit__(self, *exc: object) -> None:
+        return None
