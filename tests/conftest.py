@@ -1,9 +1,12 @@
-"""Fixtures shared by the suites that run against an emulator started in the test's own loop."""
+"""Fixtures shared by the suites that run against an emulator started in the test's own loop, and
+the CI rule: under CI=true a skipped test fails the run unless it is marked `allow_skip(reason=...)`
+(a missing or broken system package must not leave CI green)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -27,3 +30,70 @@ async def make_emulator(
     yield make
     for emu in started:
         await emu.stop()
+
+
+# --------------------------------------------------------------------------- CI: no silent skips
+
+
+def in_ci() -> bool:
+    """CI=true (as GitHub Actions, GitLab and most CI services set it)."""
+    return os.environ.get("CI", "").strip().lower() == "true"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "allow_skip(reason): this test may skip even under CI=true, and `reason` says why its "
+        "skip does not hide a broken CI machine (e.g. a kernel setting a runner may differ in)",
+    )
+
+
+def _why(longrepr: object) -> str:
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        return str(longrepr[2])
+    return str(longrepr)
+
+
+CI_SKIP = (
+    "skipped under CI=true, where a skip fails the run (a missing or broken system package "
+    "would otherwise leave CI green): {why}. Install what it needs (.ci/run installs the system "
+    "packages), or mark the test @pytest.mark.allow_skip(reason=...) if its skip is expected."
+)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    if not (report.skipped and in_ci()) or hasattr(report, "wasxfail"):
+        return
+    marker = item.get_closest_marker("allow_skip")
+    if marker is not None and (marker.kwargs.get("reason") or marker.args):
+        return
+    report.outcome = "failed"
+    report.longrepr = CI_SKIP.format(why=_why(report.longrepr))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Any:
+    """A whole module skipped at import (``pytest.skip(allow_module_level=True)``) fails too."""
+    outcome = yield
+    report: pytest.CollectReport = outcome.get_result()
+    if report.skipped and in_ci():
+        report.outcome = "failed"
+        report.longrepr = CI_SKIP.format(why=_why(report.longrepr))
+
+
+def unavailable(why: str, install: str) -> NoReturn:
+    """A system package a test needs is missing or broken: under CI=true the test fails, naming
+    the package and how to install it; elsewhere it is skipped with the same words."""
+    message = f"{why} (install: {install}; .ci/run installs it as root with apt)"
+    if in_ci():
+        pytest.fail(f"CI=true and {message}", pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(name="unavailable")
+def unavailable_fixture() -> Callable[[str, str], NoReturn]:
+    """``unavailable(why, install)``: fail under CI=true, skip elsewhere (see ``unavailable``)."""
+    return unavailable

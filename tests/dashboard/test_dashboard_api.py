@@ -7,6 +7,7 @@ import asyncio
 import json
 import re
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -80,8 +81,12 @@ async def test_pause_holds_new_tickets_and_resume_lets_them_go(
         assert (await c.get("/api/status"))["paused"] is True
         drop_ticket(tmp_path / "inbox", "held")
         await c.wait_phase("held.job", {"pending"})
-        await asyncio.sleep(0.5)
-        assert (await c.ticket("held.job"))["phase"] == "pending"
+        # taken up and held: no job is created while paused (a running intake sends it at once)
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:
+            assert emu.state.create_requests == 0, "a job was created while paused"
+            assert (await c.ticket("held.job"))["phase"] == "pending"
+            await asyncio.sleep(0.05)
         assert emu.state.create_requests == 0
         assert await c.post("/api/resume") == {"paused": False}
         await c.wait_phase("held.job", {"done"})

@@ -2,6 +2,9 @@
 by Selenium; no browser is ever downloaded): the page lists the tickets of a real run, shows
 progress and a failure's text, and its Retry button runs the failed ticket again.
 
+When selenium, Chromium or its driver is missing or cannot start, the test fails under CI=true
+(naming the packages) and is skipped elsewhere.
+
 The screenshot goes to the test's temporary folder; with ``CONVERT_AGENT_SCREENSHOTS=1`` (or when
 ``docs/dashboard.png`` is missing) it also refreshes ``docs/dashboard.png``.
 
@@ -12,6 +15,7 @@ step runs in a thread (``asyncio.to_thread``).
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -30,27 +34,27 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 DOCS_SHOT = Path(__file__).resolve().parents[2] / "docs" / "dashboard.png"
 
-webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
-if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-    pytest.skip(
-        "headless Chromium test needs Debian's chromium and chromium-driver "
-        f"({CHROMIUM}, {CHROMEDRIVER}); `.ci/run` installs them",
-        allow_module_level=True,
-    )
+try:
+    from selenium.webdriver.common.by import By
+except ImportError:  # the browser fixture says so (and fails under CI=true)
+    By = None
 
-from selenium.common.exceptions import (  # noqa: E402
-    StaleElementReferenceException,
-    WebDriverException,
-)
-from selenium.webdriver.chrome.service import Service  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+CHROMIUM_PACKAGES = "apt-get install chromium chromium-driver"
 
 Driver = Any  # selenium.webdriver.Chrome
 
 
 @pytest.fixture
-def browser() -> Iterator[Driver]:
+def browser(unavailable: Callable[[str, str], None]) -> Iterator[Driver]:
+    if importlib.util.find_spec("selenium") is None:
+        unavailable("selenium is not installed", "pip install -e '.[test]' (scripts/test does)")
+    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
+    if missing:
+        unavailable(f"the headless Chromium test needs {', '.join(missing)}", CHROMIUM_PACKAGES)
+    from selenium import webdriver
+    from selenium.common.exceptions import WebDriverException
+    from selenium.webdriver.chrome.service import Service
+
     profile = tempfile.mkdtemp(prefix="convert-agent-chromium-")
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
@@ -71,7 +75,7 @@ def browser() -> Iterator[Driver]:
         driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
     except WebDriverException as exc:  # installed but unusable (no shared memory, …)
         shutil.rmtree(profile, ignore_errors=True)
-        pytest.skip(f"chromium could not start: {exc.msg}")
+        unavailable(f"chromium is installed but could not start: {exc.msg}", CHROMIUM_PACKAGES)
     driver.set_page_load_timeout(20)
     try:
         yield driver
@@ -98,6 +102,9 @@ def _rows(driver: Driver) -> dict[str, dict[str, str]]:
 
 
 def _until(driver: Driver, cond: Callable[[Driver], Any], what: str, timeout: float = 20) -> Any:
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.support.ui import WebDriverWait
+
     wait = WebDriverWait(
         driver, timeout, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,)
     )

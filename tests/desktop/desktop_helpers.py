@@ -68,6 +68,19 @@ async def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
         await asyncio.sleep(0.05)
 
 
+async def quiet_for(seconds: float, problem: Callable[[], str | None], what: str) -> None:
+    """A bounded quiet check: poll ``problem()`` for ``seconds``, failing at once when it names
+    one (after the event that shows the agent has acted was waited for)."""
+    started = time.monotonic()
+    while True:
+        found = problem()
+        if found:
+            raise AssertionError(f"{what}: after {time.monotonic() - started:.2f}s, {found}")
+        if time.monotonic() - started >= seconds:
+            return
+        await asyncio.sleep(0.05)
+
+
 async def wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> int | None:
     """The exit code, or None when the process is still running after ``timeout``."""
     deadline = time.monotonic() + timeout

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from desktop_helpers import agent_env, write_config
+from desktop_helpers import agent_env, quiet_for, wait_for, write_config
 
 from agent.config import Config, FolderConfig, LogConfig
 from agent.emulator import RunningEmulator
@@ -216,11 +216,15 @@ async def test_menu_lines_and_actions_go_through_the_facade(tmp_path: Path) -> N
     by["Retry failed"].action()
     by["Open folder"].action()
     by["Open log"].action()
-    await asyncio.sleep(0.05)
+    # the actions reach the agent on its loop: wait for them there, then no more come
+    await wait_for(lambda: len(agent.calls) >= 2, 5, "pause and retry to reach the agent")
+    await quiet_for(
+        0.1, lambda: None if len(agent.calls) == 2 else f"calls {agent.calls}", "one call each"
+    )
     assert agent.calls == ["pause", "retry None"]
     assert opened == [str(tmp_path / "in"), str(tmp_path / "agent.log")]
     {i.text: i for i in menu.visible()}["Resume intake"].action()
-    await asyncio.sleep(0.05)
+    await wait_for(lambda: len(agent.calls) >= 3, 5, "resume to reach the agent")
     assert agent.calls[-1] == "resume"
 
     agent.dashboard = types.SimpleNamespace(open_url="http://127.0.0.1:1/?token=t")

@@ -11,12 +11,12 @@ agent's ``CAP_DAC_OVERRIDE`` dropped when the tests run as root.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ctypes
 import hashlib
 import os
 import subprocess
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 import yaml
 from e2e_harness import agent_cmd, png_bytes, stop_agent, wait_for, write_config
+from waits import any_of, no_new_requests, same, stays_quiet
 
 from agent import downloader
 from agent.emulator import FaultSpec, RunningEmulator
@@ -308,13 +309,30 @@ async def test_folder_that_disappears_waits_and_is_not_canceled(
     else:
         await wait_for(in_phase(db, "processing"), 20, "the job to be processing")
     os.rename(inbox, away)  # the share is unmounted
+    vanished_at = time.monotonic()
     try:
         await wait_for(waiting_with(db, "folder unavailable"), 30, "the ticket to wait")
         rec = record(db)
         assert rec is not None and "mount it again" in rec["error"]["message"]
-        await asyncio.sleep(
-            2.0
-        )  # longer than the cancel grace: a vanished folder is not a deletion
+        sent = len(emu.state.requests)
+
+        def phase() -> str | None:
+            r = record(db)
+            bad = r is not None and r["phase"] in ("canceled", "failed")
+            return f"the ticket is {r['phase']}: {r['error']}" if bad and r else None
+
+        # a vanished folder is not a deletion: past a reconcile pass (2 s) and the cancel grace
+        # (0.5 s) from the moment it went, nothing is canceled, failed or written in its place
+        await stays_quiet(
+            1.0,
+            any_of(
+                phase,
+                same("the folder exists", inbox.exists, False),
+                no_new_requests(emu, since=sent, routes={"delete"}),
+            ),
+            "a vanished folder's ticket waits",
+            until=vanished_at + 3.0,
+        )
         rec = record(db)
         assert rec is not None and rec["phase"] not in ("canceled", "failed"), rec
         assert not inbox.exists()  # nothing recreated the folder or wrote in its place
