@@ -67,6 +67,7 @@ def test_a_tree_that_runs_out_of_watches_leaves_none_behind(
     assert len(calls) == 3 and kernel_watches(trees.inotify.fd) == 0
 
 
+@pytest.mark.allow_skip(reason="a runner whose fs.inotify.max_queued_events is large skips it")
 def test_overflow_is_reported(tmp_path: Path, trees: inotify.Trees) -> None:
     limit = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
     if limit > 100_000:

@@ -199,9 +199,18 @@ async def test_rule_folder_plain_files_and_ignore_hook(tmp_path: Path, run) -> N
     (tmp_path / "out.jpg").write_bytes(b"ours")
     (tmp_path / "t.job").write_text("x")
     (tmp_path / "doc.pdf").write_bytes(b"pdf")
-    await col.wait_for(lambda ev: len(ev) == 2)
-    await asyncio.sleep(SETTLE * 2)
-    assert sorted(col.kinds()) == [("plain", "photo.jpg"), ("ticket", "t.job")]
+    await col.wait_for(lambda ev: len(ev) >= 2)
+    # A barrier instead of a sleep: a ticket written after the others settles no earlier than
+    # they do, so once it is announced out.jpg and doc.pdf have been judged too.
+    (tmp_path / "zz-barrier.job").write_text("x")
+    await col.wait_for(
+        lambda ev: ("ticket", "zz-barrier.job") in [(e.kind, e.path.name) for e in ev]
+    )
+    assert sorted(col.kinds()) == [
+        ("plain", "photo.jpg"),
+        ("ticket", "t.job"),
+        ("ticket", "zz-barrier.job"),
+    ]
 
 
 async def test_recursive_folder_and_hidden_subfolders(tmp_path: Path, run) -> None:
@@ -316,6 +325,7 @@ async def test_watched_folder_renamed_away_and_made_again(tmp_path: Path, run) -
 
 
 @needs_inotify
+@pytest.mark.allow_skip(reason="a runner whose fs.inotify.max_queued_events is large skips it")
 async def test_events_the_kernel_dropped_start_a_scan_at_once(tmp_path: Path, run) -> None:
     limit = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
     if limit > 100_000:
