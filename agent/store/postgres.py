@@ -269,9 +269,13 @@ def _conninfo(url: str, *, timeout_ms: int | None = None) -> dict[str, Any]:
         "keepalives_interval": 2,
         "keepalives_count": 3,
     }
+    # The server drops a session whose agent vanished (its machine died, its network went) in
+    # about 25 s, so the writer's lock is free again for the agent that restarts.
+    options = "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3"
     if timeout_ms is not None:
         kw["tcp_user_timeout"] = timeout_ms
-        kw["options"] = f"-c statement_timeout={timeout_ms}"
+        options += f" -c statement_timeout={timeout_ms}"
+    kw["options"] = options
     return kw
 
 
