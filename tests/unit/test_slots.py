@@ -92,8 +92,12 @@ def test_probes_one_higher_while_starts_wait_and_a_refusal_sets_it_back():
     assert s.released() == [4]  # the contract may have grown: try one more
     assert s.limit == 4
     assert s.ask(4, START)
-    assert s.refused(4, START)  # it has not
+    w.running.add(4)  # its start is under way (the ticket holds its slot)
+    assert not s.ask(5, START)  # so 5 waits
+    w.running.discard(4)
+    assert s.refused(4, START)  # the contract has not grown
     assert s.limit == 3
+    assert list(s.waiting) == [4, 5]  # the refused one first: it asked before
 
 
 def test_a_limit_set_by_hand_is_kept_and_never_probed():
