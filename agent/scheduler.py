@@ -61,7 +61,7 @@ from agent.models import (
     TicketSpec,
     VerifyMode,
 )
-from agent.store import OutputRecord, StateStore, TicketRecord
+from agent.store import OutputRecord, StateStore, TicketRecord, WritesLost
 from agent.sweep import Sweeper, Watched
 from agent.ticket import parse_ticket, ticket_text_for_plain_file
 from agent.watcher import WatchEvent
@@ -97,6 +97,8 @@ SLOT_POLL_MIN = 0.1
 # request was refused within this many seconds.
 RATE_EVIDENCE_SECONDS = 5.0
 SIDECAR_MAX_BEHIND_SECONDS = 1.0
+# A ticket whose step a PostgreSQL state did not take (the database away) tries again this soon.
+STATE_RETRY_SECONDS = 3.0
 # Retention (``retention``): a pass runs once the first ticket is picked up (or a minute after
 # start), then hourly, and sooner once this share of ``state.keep_finished`` was filed since.
 RETENTION_INTERVAL = 3600.0
@@ -242,6 +244,7 @@ class Scheduler:
         self._commit_due = False
         self._commit_waiters: list[asyncio.Future[None]] = []
         self._flushing: asyncio.Task[None] | None = None  # the store's async flush (PostgreSQL)
+        self._flush_failed: str | None = None  # what the last failed flush said (logged once)
         store.group_commit = True
         store.on_dirty = self._commit_soon
         self._stopping = False
@@ -562,12 +565,19 @@ class Scheduler:
                 try:
                     await self.store.flush()
                 except Exception as exc:
-                    log.error("could not save the state: %s; the last steps are taken again", exc)
+                    if str(exc) != self._flush_failed:  # once, not at every attempt
+                        self._flush_failed = str(exc)
+                        log.error(
+                            "could not save the state: %s; the last steps are taken again", exc
+                        )
                     for fut in (*waiters, *self._commit_waiters):
                         if not fut.done():
                             fut.set_exception(exc)
                     self._commit_waiters = []
                     return
+                if self._flush_failed is not None:
+                    self._flush_failed = None
+                    log.info("the state is saved again")
                 for fut in waiters:
                     if not fut.done():
                         fut.set_result(None)
@@ -607,10 +617,17 @@ class Scheduler:
                 await self._step_until_wait(tid)
         except asyncio.CancelledError:
             raise
-        except Exception:  # a bug must not take the agent down: park the ticket and say so
-            log.exception("internal error while handling ticket #%s; it will be retried", tid)
+        except Exception as exc:  # a bug must not take the agent down: park the ticket, say so
+            delay = 60.0
+            if isinstance(exc, WritesLost) and self.store.async_commit:
+                # The state database did not take a step (it is away): taken again soon, once
+                # the store has read back what the database holds.
+                log.warning("ticket #%s: %s; its last step is taken again", tid, exc)
+                delay = STATE_RETRY_SECONDS
+            else:
+                log.exception("internal error while handling ticket #%s; it will be retried", tid)
             self._vol.pop(tid, None)  # what we knew of the remote job is in doubt now
-            self._schedule(tid, self.clock() + 60.0)
+            self._schedule(tid, self.clock() + delay)
         finally:
             self._tasks.pop(tid, None)
             if tid in self._rerun:

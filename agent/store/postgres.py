@@ -301,6 +301,7 @@ class PgStore:
         self._ids: list[int] = []  # [next, end) of the current block
         self._spare: tuple[int, int] | None = None  # the next block, reserved ahead
         self._retry_at = 0.0  # monotonic time of the next attempt to read the mirror again
+        self._unreachable = "the state database cannot be reached; the agent waits for it"
 
     def __repr__(self) -> str:
         return f"PgStore({self.url!r}, readonly={self.readonly})"
@@ -573,7 +574,7 @@ class PgStore:
         raises ``WritesLost`` while it cannot be read."""
         now = time.monotonic()
         if now < self._retry_at:
-            raise WritesLost("the state database cannot be reached; the agent waits for it")
+            raise WritesLost(self._unreachable)
         self._retry_at = now + RECONNECT_PAUSE
         try:
             async with asyncio.timeout(FLUSH_TIMEOUT):
@@ -586,10 +587,11 @@ class PgStore:
                         rows.append(await cur.fetchall())
         except Exception as exc:
             self._drop_writer(exc)
-            raise WritesLost(
+            self._unreachable = (
                 f"the state database cannot be reached ({_safe_text(exc, self._url)}); "
                 "the agent waits for it"
-            ) from None
+            )
+            raise WritesLost(self._unreachable) from None
         self._retry_at = 0.0
         self._install(rows)
 

@@ -13,13 +13,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 import yaml
+from conftest import pg_server_or_skip
 from pg_server import PgServer
 from PIL import Image
 
@@ -171,6 +172,60 @@ async def test_an_agent_on_postgresql_converts_and_resumes_after_a_kill(
     for f in inbox.iterdir():
         if f.suffix in (".yaml", ".json") or f.name.startswith("."):
             assert secret not in f.read_text(errors="replace"), f
+
+
+@pytest.fixture(scope="module")
+def own_server() -> Iterator[PgServer]:
+    """A server of this module's own: one test stops and restarts it."""
+    yield from pg_server_or_skip()
+
+
+async def test_the_agent_waits_while_the_database_is_away_and_goes_on_when_it_is_back(
+    tmp_path: Path, make_emulator: MakeEmulator, own_server: PgServer
+) -> None:
+    emu = await make_emulator(processing_seconds=3.0)
+    url = own_server.create_db("lost")
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    stems = [f"q{i}" for i in range(3)]
+    for i, stem in enumerate(stems):
+        (inbox / f"{stem}.png").write_bytes(png(["red", "green", "blue"][i]))
+        (inbox / f"{stem}.job").write_text(f"input: {stem}.png\ntarget: jpg\n")
+    cfg = config(tmp_path, emu.base_url, inbox, url)
+    log = tmp_path / "agent.log"
+    proc = spawn(cfg, log, "run", "--once")
+    try:
+        await wait_until(
+            lambda: len(phases(url)) == 3 and set(phases(url).values()) == {"processing"},
+            30,
+            "every ticket processing",
+        )
+        own_server.stop("immediate")
+        # The jobs finish meanwhile; the agent cannot record it and so takes no further step.
+        await wait_until(
+            lambda: "could not save the state" in log.read_text(), 20, "the loss noticed"
+        )
+        await wait_until(
+            lambda: all(j["status"] == "completed" for j in emu.state.snapshot()["jobs"]),
+            20,
+            "the jobs completed",
+        )
+        assert not list(inbox.glob("*.jpg"))  # nothing placed that is not recorded first
+        assert proc.poll() is None  # it waits, it does not give up
+        own_server.pg_ctl_start()
+        assert await finish(proc, 60) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if not (own_server.data / "postmaster.pid").exists():
+            own_server.pg_ctl_start()
+    snap = emu.state.snapshot()
+    check_outputs(inbox, snap, stems)
+    assert snap["jobs_created"] == 3
+    assert all(j["start_requests"] == 1 for j in snap["jobs"])
+    assert set(phases(url).values()) == {"done"}
+    assert "internal error" not in log.read_text()
 
 
 async def test_a_wrong_or_unreachable_state_url_exits_3_without_its_password(
