@@ -35,7 +35,9 @@ class ConversionSlots:
         self.limit: int | None = self.manual
         self.creates_wait = False  # a create was refused at the limit: creates take slots too
         self.holders: set[int] = set()
-        self.waiting: dict[int, str] = {}  # ticket → START/CREATE, in the order they asked
+        self.waiting: dict[int, str] = {}  # ticket → START/CREATE
+        self._asked: dict[int, int] = {}  # ticket → when it first asked (a counter): its place
+        self._seq = 0
         self._holds = holds
         self._clock = clock
         self._since = clock()  # the limit was last set (learned, confirmed or probed)
@@ -50,6 +52,9 @@ class ConversionSlots:
             return True
         if kind == CREATE and not self.creates_wait:
             return True
+        if tid not in self._asked:
+            self._seq += 1
+            self._asked[tid] = self._seq
         self._prune()
         self._probe()
         if self.limit is None:
@@ -78,13 +83,15 @@ class ConversionSlots:
         if kind == CREATE:
             self.creates_wait = True
         self._since = self._clock()
-        self.waiting = {tid: kind, **{t: k for t, k in self.waiting.items() if t != tid}}
+        self.waiting[tid] = kind  # back in line, at the place it first asked for
+        self._asked.setdefault(tid, 0)
         return True
 
     def forget(self, tid: int) -> None:
         """The ticket no longer wants a slot (canceled, failed, gone)."""
         self.waiting.pop(tid, None)
         self.holders.discard(tid)
+        self._asked.pop(tid, None)
 
     def released(self) -> list[int]:
         """The waiting tickets that may go now, first in line first."""
@@ -95,7 +102,11 @@ class ConversionSlots:
         if self.limit is None:
             return list(self.waiting)
         free = self.limit - len(self.holders)
-        return self._line()[: max(0, free)]
+        return self.line()[: max(0, free)]
+
+    def line(self) -> list[int]:
+        """The waiting tickets, first to go first."""
+        return self._line()
 
     def next_probe(self) -> float | None:
         """When the limit is next raised by one (None: not learned, or set by hand)."""
@@ -109,12 +120,15 @@ class ConversionSlots:
         kinds = dict(self.waiting)
         if extra is not None:
             kinds.setdefault(*extra)
-        return [t for t, k in kinds.items() if k == START] + [
-            t for t, k in kinds.items() if k != START
-        ]
+        order = sorted(kinds, key=lambda t: self._asked.get(t, 0))
+        return [t for t in order if kinds[t] == START] + [t for t in order if kinds[t] != START]
 
     def _prune(self) -> None:
-        self.holders = {t for t in self.holders if self._holds(t)}
+        gone = {t for t in self.holders if not self._holds(t)}
+        self.holders -= gone
+        for t in gone:
+            if t not in self.waiting:
+                self._asked.pop(t, None)
 
     def _probe(self) -> None:
         if self.manual is None and self.limit is not None and self.waiting:

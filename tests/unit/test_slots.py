@@ -42,7 +42,7 @@ def test_a_refused_start_teaches_the_limit_and_holds_later_starts_in_order():
     assert s.refused(5, START)  # 429 with four of ours running
     assert s.limit == 4
     assert [t for t in range(6, 10) if s.ask(t, START)] == []
-    assert list(s.waiting) == [5, 6, 7, 8, 9]
+    assert s.line() == [5, 6, 7, 8, 9]
     assert s.released() == []
     w.running.discard(2)  # one finished
     assert s.released() == [5]  # the refused one first
@@ -53,7 +53,7 @@ def test_a_refused_start_teaches_the_limit_and_holds_later_starts_in_order():
     assert s.released() == [6, 7]
     assert not s.ask(8, START)
     assert s.ask(6, START) and s.ask(7, START)
-    assert list(s.waiting) == [8, 9]
+    assert s.line() == [8, 9]
 
 
 def test_a_refusal_with_nothing_running_is_not_a_concurrency_limit():
@@ -97,14 +97,14 @@ def test_probes_one_higher_while_starts_wait_and_a_refusal_sets_it_back():
     w.running.discard(4)
     assert s.refused(4, START)  # the contract has not grown
     assert s.limit == 3
-    assert list(s.waiting) == [4, 5]  # the refused one first: it asked before
+    assert s.line() == [4, 5]  # the refused one first: it asked before
 
 
 def test_a_limit_set_by_hand_is_kept_and_never_probed():
     w = World()
     s = w.slots(manual=2)
     assert start_all(w, s, range(1, 6)) == [1, 2]
-    assert list(s.waiting) == [3, 4, 5]
+    assert s.line() == [3, 4, 5]
     w.now = PROBE_SECONDS * 10
     assert s.released() == [] and s.limit == 2 and s.next_probe() is None
     w.running.discard(1)
