@@ -53,7 +53,7 @@ KEY = "bench" + "0" * 27
 SETTLE = 0.05
 UNBOUNDED_RPS = 100_000  # api.requests_per_second's maximum: the budget never paces
 SDK_POLL = (1.0, 1.5, 5.0, 0.25)  # first interval, growth, cap, upward jitter (api-contract §5.4)
-BENCHMARKS = ("throughput", "pickup", "download", "scale", "polling", "limits")
+BENCHMARKS = ("throughput", "pickup", "download", "scale", "polling", "limits", "retention")
 
 
 # =========================================================================== statistics
@@ -1165,6 +1165,149 @@ def machine() -> dict[str, Any]:
     return facts
 
 
+# =========================================================================== 7. retention
+
+
+def bench_retention(work: Path, q: bool, reps: int) -> tuple[list[Row], dict[str, Any]]:
+    """A state file that already holds many finished tickets (issue 13): start-up to a new
+    ticket's sidecar, `status` while the first retention pass runs, and pickup latency (rename →
+    POST /jobs) while that pass removes all but the newest 10,000 records."""
+    n = 100_000 if q else 1_000_000
+    d = work / "retention"
+    inbox, stage = d / "inbox", d / "stage"
+    inbox.mkdir(parents=True)
+    make_tickets(inbox, stage, 200, "r")
+    state = d / "state.db"
+    t0 = time.monotonic()
+    subprocess.run(
+        [
+            sys.executable,
+            "scripts/gen_state.py",
+            str(state),
+            "--tickets",
+            str(n),
+            "--root",
+            str(inbox),
+        ],
+        check=True,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+    )
+    size_before = state.stat().st_size
+    log(
+        f"  retention: generated {n} tickets ({size_before / 2**20:.0f} MiB) in "
+        f"{time.monotonic() - t0:.0f}s"
+    )
+    emu = Emulator(work)
+    ready_s: list[float] = []
+    status_s: list[float] = []
+    pickup_ms: list[float] = []
+    pass_s = None
+    removed = None
+    try:
+        cfg = write_config(d / "config.yaml", emu.base_url, inbox, state)
+        (inbox / "fresh.txt").write_text("fresh\n")
+        (inbox / "fresh.job").write_text("input: fresh.txt\ntarget: md\n")
+        sidecar = inbox / "fresh.status.yaml"
+        t0 = time.monotonic()
+        agent = Agent(cfg, d / "agent.log")
+        try:
+            ready_s.append(wait_until(sidecar.exists, 120, sidecar.name, step=0.005) - t0)
+
+            def pass_over() -> bool:
+                return "retention: " in agent.log.read_text(errors="replace")
+
+            emu.new_events()
+            i = 0
+            while not pass_over() and i < 200:
+                if i % 20 == 0:
+                    s0 = time.monotonic()
+                    subprocess.run(
+                        [sys.executable, "-m", "agent", "--config", str(cfg), "status"],
+                        check=True,
+                        capture_output=True,
+                        cwd=ROOT,
+                    )
+                    status_s.append(time.monotonic() - s0)
+                name = f"r{i}.job"
+                s0_ns = time.monotonic_ns()
+                os.rename(stage / name, inbox / name)
+                posted: list[int] = []
+
+                def got_post(posted: list[int] = posted) -> bool:
+                    posted += [t for t, m, p in emu.new_events() if m == "POST" and p == "/v2/jobs"]
+                    return bool(posted)
+
+                wait_until(got_post, 30, f"POST /jobs for {name}", step=0.005)
+                if not pass_over():
+                    pickup_ms.append((posted[0] - s0_ns) / 1e6)
+                i += 1
+                time.sleep(0.1)
+            wait_until(pass_over, 1800, "the first retention pass", step=0.5)
+            pass_s = time.monotonic() - t0
+            for line in agent.log.read_text(errors="replace").splitlines():
+                if "retention: " in line:
+                    removed = int(line.split("retention: ", 1)[1].split()[0])
+        finally:
+            agent.stop()
+    finally:
+        emu.stop()
+    size_after = state.stat().st_size
+    shutil.rmtree(d, ignore_errors=True)
+    p99 = percentile(pickup_ms, 99)
+    allowed_ms = SETTLE * 1000 + 500
+    rows = [
+        Row(
+            "7 retention",
+            f"start → fresh ticket's sidecar ({n} done)",
+            summarize(ready_s),
+            "s",
+            target="≤2 s",
+            met=bool(ready_s) and statistics.median(ready_s) <= 2.0,
+        ),
+        Row(
+            "7 retention",
+            "`status` wall time during the first pass",
+            summarize([s * 1000 for s in status_s]),
+            "ms",
+            target="≤300 ms",
+            met=bool(status_s) and statistics.median(status_s) <= 0.3,
+        ),
+        Row(
+            "7 retention",
+            f"pickup p99 during the first pass ({len(pickup_ms)})",
+            summarize([p99] if p99 is not None else []),
+            "ms",
+            target=f"≤ settle + 500 = {allowed_ms:.0f} ms",
+            met=p99 is not None and p99 <= allowed_ms,
+        ),
+        Row(
+            "7 retention",
+            f"first pass: start → done ({removed} removed)",
+            summarize([pass_s] if pass_s is not None else []),
+            "s",
+        ),
+        Row(
+            "7 retention",
+            "state file before → after the pass",
+            summarize([size_after / 2**20]),
+            "MiB",
+            target=f"from {size_before / 2**20:.0f} MiB",
+        ),
+    ]
+    raw = {
+        "tickets": n,
+        "ready_s": ready_s,
+        "status_s": status_s,
+        "pickup_ms": pickup_ms,
+        "pass_s": pass_s,
+        "removed": removed,
+        "size_before": size_before,
+        "size_after": size_after,
+    }
+    return rows, raw
+
+
 RUNNERS: dict[str, Callable[[Path, bool, int], tuple[list[Row], dict[str, Any]]]] = {
     "throughput": bench_throughput,
     "pickup": bench_pickup,
@@ -1172,6 +1315,7 @@ RUNNERS: dict[str, Callable[[Path, bool, int], tuple[list[Row], dict[str, Any]]]
     "scale": bench_scale,
     "polling": bench_polling,
     "limits": bench_limits,
+    "retention": bench_retention,
 }
 
 
