@@ -138,14 +138,19 @@ async def agent_env(
     procs: list[subprocess.Popen[bytes]] = []
 
     async def start(
-        inbox: Path, ticket: str, files: dict[str, bytes], **emu_config: Any
+        inbox: Path,
+        ticket: str,
+        files: dict[str, bytes],
+        reconcile: float = 2.0,
+        **emu_config: Any,
     ) -> tuple[RunningEmulator, Path, Path]:
         emu = await make_emulator(**emu_config)
         for name, data in files.items():
             (inbox / name).write_bytes(data)
         (inbox / "a.job").write_text(ticket)
         db = tmp_path / "state" / "state.db"
-        cfg = write_config(tmp_path / "c.yaml", emu.base_url, [inbox], db)
+        polling = {"reconcile_interval": reconcile}
+        cfg = write_config(tmp_path / "c.yaml", emu.base_url, [inbox], db, polling=polling)
         procs.append(spawn(cfg, tmp_path / "agent.log"))
         return emu, db, tmp_path / "agent.log"
 
@@ -291,6 +296,9 @@ async def test_read_only_folder_waits_and_resumes_when_writable(
 # --------------------------------------------------------------------------- vanished folder
 
 
+RECONCILE = 0.5  # a reconcile pass every 0.5 s in the vanished-folder test
+
+
 @pytest.mark.parametrize("when", ["creating", "processing"])
 async def test_folder_that_disappears_waits_and_is_not_canceled(
     tmp_path: Path, agent_env: Any, when: str
@@ -307,6 +315,7 @@ async def test_folder_that_disappears_waits_and_is_not_canceled(
         {"a.png": png_bytes()},
         processing_seconds=1.5,
         faults=faults,
+        reconcile=RECONCILE,
     )
     if when == "creating":
         await wait_for(
@@ -327,8 +336,9 @@ async def test_folder_that_disappears_waits_and_is_not_canceled(
             bad = r is not None and r["phase"] in ("canceled", "failed")
             return f"the ticket is {r['phase']}: {r['error']}" if bad and r else None
 
-        # a vanished folder is not a deletion: past a reconcile pass (2 s) and the cancel grace
-        # (0.5 s) from the moment it went, nothing is canceled, failed or written in its place
+        # a vanished folder is not a deletion: past a reconcile pass (which might report its
+        # tickets gone) and the cancel grace (0.5 s) after it, counted from the moment the folder
+        # went, nothing is canceled, failed or written in its place
         await stays_quiet(
             1.0,
             any_of(
@@ -337,7 +347,7 @@ async def test_folder_that_disappears_waits_and_is_not_canceled(
                 no_new_requests(emu, since=sent, routes={"delete"}),
             ),
             "a vanished folder's ticket waits",
-            until=vanished_at + 3.0,
+            until=vanished_at + RECONCILE + 0.5 + 0.5,
         )
         rec = record(db)
         assert rec is not None and rec["phase"] not in ("canceled", "failed"), rec
