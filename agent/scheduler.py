@@ -1446,6 +1446,13 @@ class Scheduler:
             if older is not None:  # an older view still being written lands first
                 await asyncio.wait([older])
             await self._persisted()  # the outcome first
+            if (
+                rec.phase is Phase.FAILED
+                and rec.job_id
+                and not rec.start_sent
+                and rec.kind == TicketKind.CONVERSION
+            ):
+                await self._drop_staged_job(rec)
             # The folder (sidecar, rename) is fsynced once for every ticket of the batch.
             await self._disk.run(disk, sync=ticket.parent)
         except AgentError as err:
@@ -1618,6 +1625,20 @@ class Scheduler:
             return  # renamed: the record follows the new name (_follow_rename)
         if rec.active and not rec.phase.terminal:
             await self._cancel(rec, "the ticket file was deleted", "deleted")
+
+    async def _drop_staged_job(self, rec: TicketRecord) -> None:
+        """A ticket failed before its job was started (a refused upload, an input that never
+        came): its staged job is canceled, so nothing of it is left on the account. It cost
+        nothing (only a start is charged); a cancel that fails is logged, and the job expires."""
+        try:
+            await self.api.cancel_job(rec.job_id or "")
+        except AgentError as err:
+            log.warning(
+                "%s: could not cancel its staged job %s: %s (it expires on the server)",
+                rec.name,
+                rec.job_id,
+                err.message,
+            )
 
     async def _cancel(self, rec: TicketRecord, reason: str, cause: str) -> None:
         task = self._tasks.pop(rec.id, None)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import pytest
 from e2e_harness import invariants, png_bytes, run_agent, sidecar, write_config
 
 from agent.emulator import FaultSpec, RunningEmulator
@@ -13,12 +12,7 @@ from agent.emulator import FaultSpec, RunningEmulator
 MakeEmulator = Callable[..., Awaitable[RunningEmulator]]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug (issue 14): a ticket that fails for good while uploading leaves its "
-    "staged job on the server; Scheduler._fail does not cancel it",
-)
-async def test_a_ticket_failed_while_uploading_leaves_no_staged_job(
+async def test_a_ticket_failed_while_uploading_cancels_its_staged_job(
     tmp_path: Path, make_emulator: MakeEmulator
 ) -> None:
     emu = await make_emulator(faults=(FaultSpec("upload", "error", param=400),))
@@ -34,4 +28,5 @@ async def test_a_ticket_failed_while_uploading_leaves_no_staged_job(
     assert sidecar(inbox, "a")["phase"] == "failed"
     state = emu.state.snapshot()
     assert len(state["jobs"]) == 1  # created, then the upload was refused
+    assert state["jobs"][0]["status"] == "canceled", state["jobs"][0]["status"]
     assert invariants(inbox, state) == []  # the job must not be left staged
