@@ -43,7 +43,8 @@ FIELDS = ("name", "file", "original", "replacement", "why", "tests")
 # 3 internal error, 4 usage error, 5 no tests collected.
 KILLED_EXIT = 1
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
-_SUMMARY = re.compile(r"^(FAILED|ERROR) (\S+?)(?: - .*)?$")
+# A parametrized id may hold spaces ("test_x[input: a\\ntarget: pdf]"): the brackets go whole.
+_SUMMARY = re.compile(r"^(FAILED|ERROR) (\S+?(?:\[.*?\])?)(?: - .*)?$")
 
 
 class GateError(Exception):

@@ -124,3 +124,5 @@ def test_the_first_failing_node_id_is_read_from_the_short_summary() -> None:
     assert gate.first_failure(out) == "tests/a.py::test_x[../evil-b]"
     assert gate.first_failure("ERROR tests/b.py::test_y\n") == "tests/b.py::test_y (error)"
     assert gate.first_failure("3 passed in 0.1s\n") is None
+    spaced = "FAILED tests/t.py::test_z[input: a\\ntarget: pdf-2] - Failed: DID NOT RAISE\n"
+    assert gate.first_failure(spaced) == "tests/t.py::test_z[input: a\\ntarget: pdf-2]"
