@@ -57,6 +57,7 @@ from agent.store.records import (
     TicketRecord,
     WritesLost,
     _decode_columns,
+    named,
 )
 from agent.store.urls import redact_url, url_secrets
 
@@ -909,9 +910,7 @@ class PgStore:
         """Active tickets whose path, file name or stem is ``name`` (for ``why``/``retry``)."""
         out = []
         for rec in self.tickets():
-            base = rec.name
-            stem = base[: -len(".job")] if base.endswith(".job") else base
-            if name in (rec.path, base, stem) or rec.path.endswith(os.sep + name):
+            if named(rec.path, name):
                 out.append(rec)
         return out
 
@@ -1239,9 +1238,7 @@ class PgStore:
             "SELECT id, path, root, outcome, finished_at, pruned_at FROM pruned ORDER BY id DESC"
         ):
             rec = PrunedRecord.from_row(row)
-            base = rec.name
-            stem = base[: -len(".job")] if base.endswith(".job") else base
-            if name in (rec.path, base, stem) or rec.path.endswith(os.sep + name):
+            if named(rec.path, name):
                 out.append(rec)
         return out
 

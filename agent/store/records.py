@@ -178,5 +178,13 @@ class PruneResult:
     more: bool = False  # another batch may have work
 
 
+def named(path: str, name: str) -> bool:
+    """Whether a ticket at ``path`` is the one a user means by ``name`` (``why``, ``retry``,
+    ``cancel``): its full path, its file name, its stem (without ``.job``) or a tail of its path."""
+    base = os.path.basename(path)
+    stem = base[: -len(".job")] if base.endswith(".job") else base
+    return name in (path, base, stem) or path.endswith(os.sep + name)
+
+
 class WritesLost(Exception):
     """A write of a group failed, so the whole group was rolled back (``Store.commit``)."""

@@ -35,6 +35,7 @@ from agent.store.records import (
     TicketRecord,
     WritesLost,
     _decode_columns,
+    named,
 )
 
 if TYPE_CHECKING:
@@ -560,9 +561,7 @@ class Store:
         """Active tickets whose path, file name or stem is ``name`` (for ``why``/``retry``)."""
         out = []
         for rec in self.tickets():
-            base = rec.name
-            stem = base[: -len(".job")] if base.endswith(".job") else base
-            if name in (rec.path, base, stem) or rec.path.endswith(os.sep + name):
+            if named(rec.path, name):
                 out.append(rec)
         return out
 
@@ -826,9 +825,7 @@ class Store:
             return []
         for row in rows:
             rec = PrunedRecord.from_row(row)
-            base = rec.name
-            stem = base[: -len(".job")] if base.endswith(".job") else base
-            if name in (rec.path, base, stem) or rec.path.endswith(os.sep + name):
+            if named(rec.path, name):
                 out.append(rec)
         return out
 
