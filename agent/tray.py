@@ -466,6 +466,12 @@ def run_with_tray(agent: Agent, tray: Tray, *, once: bool = False) -> int:
     result: dict[str, Any] = {}
 
     def agent_main() -> None:
+        # SIGINT/SIGTERM must reach the main thread: a signal the kernel hands to this thread
+        # (or to a thread started from it, which inherits the mask) leaves the handler waiting
+        # until the main thread runs Python again, and pystray's Xorg loop sleeps in select()
+        # until the next X event. Blocked here, they always interrupt that select().
+        if hasattr(signal, "pthread_sigmask"):
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         try:
             result["code"] = asyncio.run(agent.run(once=once))
         except BaseException as exc:  # handed to the main thread
