@@ -469,7 +469,9 @@ def run_with_tray(agent: Agent, tray: Tray, *, once: bool = False) -> int:
         # SIGINT/SIGTERM must reach the main thread: a signal the kernel hands to this thread
         # (or to a thread started from it, which inherits the mask) leaves the handler waiting
         # until the main thread runs Python again, and pystray's Xorg loop sleeps in select()
-        # until the next X event. Blocked here, they always interrupt that select().
+        # until the next X event. Blocked here, they always interrupt that select(). (The
+        # notification commands run from here inherit the mask: short, and SIGKILLed at their
+        # timeout; the menu's openers start from the main thread.)
         if hasattr(signal, "pthread_sigmask"):
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         try:
