@@ -48,6 +48,7 @@ log = logging.getLogger("agent.tray")
 APP = "convert-agent"
 REFRESH_SECONDS = 30.0  # also without changes: "done today" rolls over, quota waits end
 DEBOUNCE_SECONDS = 0.3  # a burst of ticket changes is one refresh
+SHOW_RETRY_SECONDS = 0.5  # the icon could not be updated (its loop not up yet): again soon
 CLOSE_TIMEOUT = 2.0  # after the agent stopped, the icon's loop has this long to end
 ACTIVE_PHASES = ("pending", "creating", "uploading", "starting", "processing", "downloading")
 
@@ -414,7 +415,14 @@ class Tray:
                 log.debug("tray: no snapshot: %s", exc)
             else:
                 self.summary = summarize(snap, time.time())
-                self._show()
+                try:
+                    self._show()
+                except Exception as exc:  # e.g. pystray's Xorg loop not running yet (it learns
+                    # its own thread only after it called setup): draw it all again soon
+                    log.debug("tray: not shown yet: %s", exc)
+                    self._drawn, self._title = None, ""
+                    await asyncio.sleep(SHOW_RETRY_SECONDS)
+                    continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._kick.wait(), REFRESH_SECONDS)
             await asyncio.sleep(DEBOUNCE_SECONDS)

@@ -410,9 +410,15 @@ async def test_xorg_backend_docks_opens_the_dashboard_on_click_and_stops(
         await wait_for(lambda: _icon(desktop) is not None, 10, "the icon window")
         wid, _, icon = _icon(desktop)  # type: ignore[misc]
         assert desktop.parent(wid) != desktop.root_id(), "the icon is not docked in the tray"
-        await wait_for(
-            lambda: "0 active" in (_icon(desktop) or ("", "", ""))[1], 10, "the counts as its name"
-        )
+        try:
+            await wait_for(
+                lambda: "0 active" in (_icon(desktop) or ("", "", ""))[1],
+                10,
+                "the counts as its name",
+            )
+        except AssertionError as exc:  # what the icon is called now, and what the agent said
+            name = (_icon(desktop) or ("", "", ""))[1]
+            raise AssertionError(f"{exc} (name now {name!r}); its log:\n{_log(r)}") from None
         # No menu on plain X: a click opens the dashboard. On a loaded machine the first click
         # can land before the icon listens for buttons, so click again a few times.
         for _ in range(4):

@@ -4,6 +4,7 @@ pystray, and `run` choosing headless or refusing `--tray` when there is no displ
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import sys
 import types
@@ -287,3 +288,38 @@ async def test_run_tray_without_a_display_is_an_error_and_auto_is_headless(
     assert out.count("running headless, without a tray icon") == 1
     code, out = await run("--no-tray")
     assert code == 0 and "headless" not in out
+
+
+class LateIcon(FakeIcon):
+    """An icon whose loop is not up yet: setting the title fails until ``up`` (pystray's Xorg
+    backend raises AttributeError for a title set before its main loop knows its thread)."""
+
+    up = False
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "title" and "title" in self.__dict__ and not type(self).up:
+            raise AttributeError("'Icon' object has no attribute '_thread'")
+        super().__setattr__(name, value)
+
+
+async def test_an_icon_that_cannot_be_updated_yet_is_updated_once_it_can(tmp_path: Path) -> None:
+    agent = FakeAgent(tmp_path)
+
+    async def snapshot() -> dict[str, Any]:
+        return snap(counts={**COUNTS, "processing": 2, "downloading": 0, "done": 0, "failed": 0})
+
+    agent.snapshot = snapshot  # type: ignore[attr-defined]
+    late = types.SimpleNamespace(Icon=LateIcon, Menu=FakeMenu, MenuItem=FakeItem)
+    LateIcon.up = False
+    tray = Tray(agent, late)  # type: ignore[arg-type]
+    task = asyncio.create_task(tray.watch())
+    try:
+        await asyncio.sleep(0.2)  # the first refresh failed: the watch must go on, not die
+        assert not task.done(), task
+        assert "2 active" not in tray.icon.title
+        LateIcon.up = True
+        await wait_for(lambda: "2 active" in tray.icon.title, 3, "the title once the icon is up")
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
