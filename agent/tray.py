@@ -407,6 +407,7 @@ class Tray:
     async def watch(self) -> None:
         """On the agent's loop until it ends: re-read the snapshot when told, or now and then."""
         self._kick = asyncio.Event()
+        first = True
         while True:
             self._kick.clear()
             try:
@@ -422,6 +423,15 @@ class Tray:
                     log.debug("tray: not shown yet: %s", exc)
                     self._drawn, self._title = None, ""
                     await asyncio.sleep(SHOW_RETRY_SECONDS)
+                    continue
+                if first:
+                    # Drawn once more a second after the first time: under load the Xorg icon
+                    # sometimes kept its "starting" name after the first update (seen about once
+                    # in 25 runs beside a soak; the cause inside pystray/python-xlib is not
+                    # found), and an update is otherwise only sent when something changes.
+                    first = False
+                    self._drawn, self._title = None, ""
+                    await asyncio.sleep(1.0)
                     continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._kick.wait(), REFRESH_SECONDS)
