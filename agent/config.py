@@ -154,6 +154,16 @@ class MarksConfig:
 
 
 @dataclass(frozen=True)
+class TeamConfig:
+    """Team mode (several agents sharing a PostgreSQL ``state.url``; docs/team-mode.md): how
+    this agent names itself to the others, and how long a claim on a ticket lives without a
+    renewal (another agent takes the ticket over once it ran out)."""
+
+    agent_name: str = ""  # "" = this machine's host name
+    lease_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
 class Config:
     api: ApiConfig = ApiConfig()
     folders: tuple[FolderConfig, ...] = ()
@@ -165,6 +175,7 @@ class Config:
     dashboard: DashboardConfig = DashboardConfig()
     notifications: NotificationsConfig = NotificationsConfig()
     marks: MarksConfig = MarksConfig()
+    team: TeamConfig = TeamConfig()
     source: Path | None = None  # the configuration file read, if any
 
     def secrets(self) -> tuple[str, ...]:
@@ -371,6 +382,7 @@ class _Reader:
                 "dashboard",
                 "notifications",
                 "marks",
+                "team",
             ),
         )
         version = top.get("version")
@@ -415,6 +427,7 @@ class _Reader:
                 self.section(top, "notifications", _fields(NotificationsConfig))
             ),
             marks=self.marks(self.section(top, "marks", _fields(MarksConfig))),
+            team=self.team(self.section(top, "team", _fields(TeamConfig))),
             source=self.source,
         )
 
@@ -717,6 +730,14 @@ class _Reader:
                 node.line if node else None,
             )
         return config
+
+    def team(self, fields: dict[str, Node]) -> TeamConfig:
+        return TeamConfig(
+            agent_name=self.get(fields, "team", "agent_name", "", self.text),
+            lease_seconds=self.get(
+                fields, "team", "lease_seconds", 60.0, self.number(4, 3600, example="60")
+            ),
+        )
 
     def log(self, fields: dict[str, Node]) -> LogConfig:
         file: Path | None = default_log_file()

@@ -22,14 +22,15 @@ import threading
 import time
 from collections.abc import Callable, Coroutine, Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from agent import __version__
 from agent.api import ApiClient
 from agent.config import Config, FolderConfig, share_names
 from agent.dashboard import Dashboard
 from agent.errors import ConfigError
-from agent.foldermark import FolderMarks, Identity, default_agent_name
+from agent.foldermark import FolderMarks, Identity, default_agent_name, pid_alive
+from agent.leases import Leases
 from agent.metrics import Metrics
 from agent.models import Phase
 from agent.scheduler import ProgressListener, Scheduler
@@ -67,10 +68,17 @@ def open_state(cfg: Config) -> StateStore:
         return Store.open(cfg.state.path)
     import psycopg
 
+    from agent.store import TeamMember
     from agent.store.postgres import PgStore, StateBusy, _safe_text
+    from agent.store.shares import PathMap
 
+    host = socket.gethostname()
+    me = TeamMember(
+        name=cfg.team.agent_name or host, host=host, pid=os.getpid(), lease=cfg.team.lease_seconds
+    )
+    shares = PathMap(zip((f.path for f in cfg.folders), share_names(cfg.folders), strict=True))
     try:
-        return PgStore.open(url)
+        return PgStore.open(url, team=me, paths=shares)
     except StateBusy as exc:
         raise ConfigError(_safe_text(exc, url), key="state.url") from None
     except (psycopg.Error, RuntimeError, OSError) as exc:
@@ -99,9 +107,12 @@ def open_state_readonly(cfg: Config) -> StateStore:
         ) from None
 
 
-def agent_identity(store: StateStore, state_path: Path, url: str | None = None) -> Identity:
+def agent_identity(
+    store: StateStore, state_path: Path, url: str | None = None, name: str = ""
+) -> Identity:
     """This agent as its folder marks name it: a random id kept in the state, so a restart
-    (after a crash too) is the same agent."""
+    (after a crash too) is the same agent (and the agents of a team, sharing one state, are
+    one to the marks)."""
     agent_id = store.get_meta("agent_id")
     if agent_id is None:
         agent_id = secrets.token_hex(8)
@@ -109,7 +120,7 @@ def agent_identity(store: StateStore, state_path: Path, url: str | None = None) 
     host = socket.gethostname()
     return Identity(
         agent_id=agent_id,
-        name=default_agent_name(agent_id),
+        name=name or default_agent_name(agent_id),
         state=(
             f"postgresql:{redact_url(url)}"
             if url
@@ -226,6 +237,7 @@ class Agent:
         self.scheduler: Scheduler | None = None
         self.watcher: Watcher | None = None
         self.marks: FolderMarks | None = None
+        self.leases: Leases | None = None  # team mode (a PostgreSQL state)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.ready = threading.Event()  # set once resumed work is queued and folders are watched
         self.listeners: list[Callable[[TicketRecord], None]] = []
@@ -337,12 +349,17 @@ class Agent:
         store = api = dashboard = marks = None
         runner: asyncio.Task[None] | None = None
         marking: asyncio.Task[None] | None = None
+        leasing: asyncio.Task[None] | None = None
         try:
             store = self.store = open_state(cfg)
+            team = getattr(store, "team", None) is not None
             marks = self.marks = FolderMarks(
-                agent_identity(store, cfg.state.path, cfg.state.url),
+                agent_identity(
+                    store, cfg.state.path, cfg.state.url, cfg.team.agent_name if team else ""
+                ),
                 [(f.path, share) for f, share in self._shares()],
                 stale=cfg.marks.stale_seconds,
+                team=team,
             )
             await asyncio.to_thread(marks.check)
             api = ApiClient(
@@ -360,6 +377,19 @@ class Agent:
             )
             sched.progress = self.progress
             sched.metrics = self.metrics
+            if team:
+                claims = cast(Any, store)
+                leases = self.leases = Leases(
+                    claims,
+                    cfg.team.lease_seconds,
+                    on_lost=sched.team_lost,
+                    on_gained=sched.team_gained,
+                )
+                sched.team, sched.claims = leases, claims
+                sched.act_need = min(cfg.api.timeout, cfg.team.lease_seconds / 2)
+                await asyncio.to_thread(claims.reclaim_own, pid_alive)
+                await leases.beat()  # the first heartbeat, and the tickets of stopped agents
+                leasing = asyncio.create_task(leases.run(), name="team-leases")
             served = set(marks.served())
             for f in cfg.folders:
                 if f.path not in served:
@@ -400,6 +430,13 @@ class Agent:
                 runner.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await runner
+            if leasing is not None:
+                leasing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await leasing
+            if store is not None and getattr(store, "team", None) is not None:
+                # Only now (nothing acts any more): the team takes the rest over at once.
+                await cast(Any, store).leave()
             if marks is not None:
                 # Only now: nothing acts on the folders any more.
                 await asyncio.to_thread(marks.release_all)

@@ -317,8 +317,15 @@ class FolderMarks:
         alive: Callable[[int], bool] = pid_alive,
         confirm_delay: float = 0.2,
         sleep: Callable[[float], None] = time.sleep,
+        team: bool = False,
     ) -> None:
         self.me = me
+        # Team mode: the agents of one shared PostgreSQL state are one agent to the marks (same
+        # id, same state): they serve a folder together under one mark, which any of them
+        # renews, and which outsiders (agents with another state) see as live.
+        self.team = team
+        self._team_seen: dict[Path, tuple[bytes, float]] = {}  # a teammate's mark, when seen
+        self.heartbeat_hint = stale / 6  # about how often marks are renewed (team mode)
         self.wall = wall
         self.confirm_delay = confirm_delay
         self._sleep = sleep
@@ -396,6 +403,9 @@ class FolderMarks:
     def _try_take(self, f: FolderState) -> Change | None:
         mark = read_mark(f.path)
         verdict = self.judge.judge(f.path, mark)
+        if self.team and mark is not None and verdict.verdict == "ours":
+            f.token, f.seq, f.message = mark.token, mark.seq, ""
+            return Change(f.path, "gained", f"serving {f.path} (share {f.share}) with the team")
         if verdict.verdict == "live":
             assert mark is not None
             message = describe_owner(f.path, mark, self.wall())
@@ -428,8 +438,26 @@ class FolderMarks:
             # it stale. The link decides between us (an OSError keeps the folder ours).
             if self._create(f):
                 return None
-        elif mark.token == f.token:
-            f.seq += 1
+        elif self.team and (not mark.valid or self._teammate(mark)):
+            # One mark for the team: whoever wrote it last renews it while the others watch
+            # it change (each renewing it too would make it churn, and a FUSE cache may show a
+            # teammate's write half done: read again next time).
+            if mark.valid:
+                f.token = mark.token
+                now = self.wall()
+                seen = self._team_seen.get(f.path)
+                by_other = (mark.pid, mark.host) != (self.me.pid, self.me.host)
+                if seen is None or seen[0] != mark.raw:
+                    self._team_seen[f.path] = (mark.raw, now)
+                    if by_other:
+                        return None  # it changes: its writer renews it
+                elif by_other and now - seen[1] < 2 * self.heartbeat_hint:
+                    return None
+                f.seq = mark.seq
+            else:
+                return None
+        if mark is not None and mark.token == f.token:
+            f.seq = max(f.seq, mark.seq) + 1
             tmp = self._tmp(f.path)
             data = mark_bytes(
                 self.me, share=f.share, folder=f.path, token=f.token, seq=f.seq, now=self.wall()
@@ -451,8 +479,11 @@ class FolderMarks:
 
     # ------------------------------------------------------------------ file steps
 
+    def _teammate(self, mark: Mark) -> bool:
+        return mark.valid and mark.agent_id == self.me.agent_id and mark.state == self.me.state
+
     def _tmp(self, folder: Path) -> Path:
-        return folder / f"{MARK_NAME}.{self.me.agent_id[:12]}.tmp"
+        return folder / f"{MARK_NAME}.{self.me.agent_id[:12]}.{self.me.pid}.tmp"
 
     def _create(self, f: FolderState, *, confirm: bool = True) -> bool:
         """Write a new mark in full, link it into place (fails if one exists), read it back
@@ -488,7 +519,7 @@ class FolderMarks:
     def _remove_if_same(self, folder: Path, raw: bytes) -> bool:
         """Remove the mark only if it is still the one judged (a rename gives it to one taker)."""
         mark_path = folder / MARK_NAME
-        private = folder / f"{MARK_NAME}.{self.me.agent_id[:12]}.old"
+        private = folder / f"{MARK_NAME}.{self.me.agent_id[:12]}.{self.me.pid}.old"
         try:
             os.rename(mark_path, private)
         except FileNotFoundError:

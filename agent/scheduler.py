@@ -52,6 +52,7 @@ from agent.errors import (
     TicketError,
     from_os_error,
 )
+from agent.leases import ClaimStore, Leases
 from agent.lifecycle import JobOutcome
 from agent.models import (
     InputKind,
@@ -61,7 +62,7 @@ from agent.models import (
     TicketSpec,
     VerifyMode,
 )
-from agent.store import OutputRecord, StateStore, TicketRecord, WritesLost
+from agent.store import LeaseLost, OutputRecord, StateStore, TicketRecord, WritesLost
 from agent.sweep import Sweeper, Watched
 from agent.ticket import parse_ticket, ticket_text_for_plain_file
 from agent.watcher import WatchEvent
@@ -99,6 +100,10 @@ RATE_EVIDENCE_SECONDS = 5.0
 SIDECAR_MAX_BEHIND_SECONDS = 1.0
 # A ticket whose step a PostgreSQL state did not take (the database away) tries again this soon.
 STATE_RETRY_SECONDS = 3.0
+# Team mode: a new ticket an agent over its share leaves to the others is looked at again after
+# about this long, and taken regardless after this many tries (nobody else took it).
+CLAIM_RETRY_SECONDS = 1.5
+CLAIM_FAIR_TRIES = 3
 # Retention (``retention``): a pass runs once the first ticket is picked up (or a minute after
 # start), then hourly, and sooner once this share of ``state.keep_finished`` was filed since.
 RETENTION_INTERVAL = 3600.0
@@ -231,6 +236,7 @@ class Scheduler:
         self._vol: dict[int, _Volatile] = {}
         self._parse_retry: dict[str, float] = {}  # ticket path → first failed parse
         self._pending_paths: set[str] = set()  # tickets seen but not yet recorded
+        self._claim_tries: dict[str, int] = {}  # team mode: claims left to others so far
         self._own_outputs: set[str] = set()
         self._side_tasks: set[asyncio.Task[None]] = set()
         self._sidecars_due: set[int] = set()  # tickets whose sidecar is behind the store
@@ -276,6 +282,10 @@ class Scheduler:
         self._prune_due = asyncio.Event()
         self._retention_task: asyncio.Task[None] | None = None
         self._filed_since_prune = 0
+        # Team mode (agent/leases.py, docs/team-mode.md): claims on ticket paths, leases.
+        self.team: Leases | None = None
+        self.claims: ClaimStore | None = None
+        self.act_need = 0.0  # seconds a lease must still live for an act to begin
         for root in {str(f.path) for f in cfg.folders}:
             self._own_outputs |= store.output_names(root)
 
@@ -594,20 +604,30 @@ class Scheduler:
             return exc
         return None
 
-    async def _persisted(self) -> None:
+    async def _persisted(self, rec: TicketRecord | None = None) -> None:
         """Return once every transition written so far is committed: called before each act
-        (a request that changes the remote job, a file placed, a ticket filed)."""
-        if not self.store.dirty:
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._commit_waiters.append(fut)
-        self._commit_soon()
-        await fut
+        (a request that changes the remote job, a file placed, a ticket filed) on ``rec``. In
+        team mode, also once this agent's claim on ``rec`` is sure to live long enough for the
+        act (``LeaseLost`` if it is not held any more or cannot be renewed)."""
+        if self.store.dirty:
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._commit_waiters.append(fut)
+            self._commit_soon()
+            await fut
+        if rec is not None and self.team is not None:
+            await self._leased(rec)
+
+    async def _leased(self, rec: TicketRecord) -> None:
+        assert self.team is not None and self.claims is not None
+        if self.claims.holds(rec.path):
+            await self.team.ready(self.act_need)
+        if not self.claims.holds(rec.path):
+            raise LeaseLost(f"{Path(rec.path).name}: another agent holds this ticket now")
 
     @contextlib.asynccontextmanager
-    async def _once_persisted(self, cm: Any) -> AsyncIterator[Any]:
+    async def _once_persisted(self, cm: Any, rec: TicketRecord) -> AsyncIterator[Any]:
         """Enter ``cm`` (a request not sent yet) once the writes before it are committed."""
-        await self._persisted()
+        await self._persisted(rec)
         async with cm as value:
             yield value
 
@@ -643,9 +663,13 @@ class Scheduler:
                 return  # removed by retention (it had ended long ago)
             if not rec.active or rec.root in self.held:
                 return
+            if self.claims is not None and not self.claims.holds(rec.path):
+                return  # another agent holds it (taken over while this one was away)
             if rec.phase.terminal:
                 if not rec.filed:
                     await self._file(rec)
+                if self.claims is not None and self.store.get(tid).filed:
+                    self._release(rec.path)
                 self._vol.pop(tid, None)
                 return
             now = self.clock()
@@ -957,7 +981,7 @@ class Scheduler:
             held = self._slot_or_wait(rec, slots_mod.CREATE)
             if held is not None:
                 return held
-            await self._persisted()  # the idempotency key and "creating" first
+            await self._persisted(rec)  # the idempotency key and "creating" first
             try:
                 job = await self.api.create_job(
                     [c.to_api() for c in spec.conversions], idempotency_key=rec.idem_key
@@ -1044,7 +1068,7 @@ class Scheduler:
             pending = [i for i in self.store.inputs(rec.id) if not i.sent]
         root = Path(rec.root)
         for inp in pending:
-            await self._persisted()
+            await self._persisted(rec)
             if inp.kind == InputKind.URL:
                 r = await self.api.add_remote_input(rec.job_id, inp.value)
             else:
@@ -1085,7 +1109,7 @@ class Scheduler:
         held = self._slot_or_wait(rec, slots_mod.START)
         if held is not None:
             return held
-        await self._persisted()  # start_sent first
+        await self._persisted(rec)  # start_sent first
         try:
             job = await self.api.start_job(rec.job_id)
         except RateLimited as err:
@@ -1318,7 +1342,7 @@ class Scheduler:
                 chunk_size=self.cfg.download.chunk_size,
             )
             if self.store.async_commit:  # sent once the count is flushed
-                return self._once_persisted(stream)
+                return self._once_persisted(stream, rec)
             return stream
 
         try:
@@ -1370,7 +1394,7 @@ class Scheduler:
     ) -> None:
         # The link is made here, on the loop, so the watcher never sees the new name before it
         # is known as ours; the folder's fsync (milliseconds) runs in a worker thread.
-        await self._persisted()  # the digest first: a crash after the link finds the file
+        await self._persisted(rec)  # the digest first: a crash after the link finds the file
         dest = downloader.place(part, folder_path, name, policy, sync_dir=False)
         if dest is None:
             self.store.update_output(out.id, state="skipped", dest_name=None)
@@ -1445,7 +1469,7 @@ class Scheduler:
             older = self._sidecar_io.get(rec.id)
             if older is not None:  # an older view still being written lands first
                 await asyncio.wait([older])
-            await self._persisted()  # the outcome first
+            await self._persisted(rec)  # the outcome first
             if (
                 rec.phase is Phase.FAILED
                 and rec.job_id
@@ -1492,10 +1516,77 @@ class Scheduler:
     async def _ingest(self, path: Path, fcfg: FolderConfig | None) -> None:
         key = str(path)
         try:
-            await self._ingest_inner(path, fcfg)
+            if self.claims is None or await self._claimed(path, fcfg):
+                await self._ingest_inner(path, fcfg)
         finally:
             if key not in self._parse_retry:
                 self._pending_paths.discard(key)
+                if self.claims is not None and self.claims.holds(key):
+                    rec = self.store.active_for_path(key)
+                    if rec is None or (rec.phase.terminal and rec.filed):
+                        self._release(key)  # nothing to do here: free for the team
+
+    async def _claimed(self, path: Path, fcfg: FolderConfig | None) -> bool:
+        """Team mode: claim a ticket's path before looking at it. Another live agent's claim
+        leaves it to that agent; an agent over its share of the team's work leaves new tickets
+        to the others a moment, then takes them if nobody did."""
+        assert self.claims is not None
+        key = str(path)
+        if self.claims.holds(key):
+            return True
+        fair = self._claim_tries.get(key, 0) < CLAIM_FAIR_TRIES
+        try:
+            verdict = await self.claims.claim(key, fair=fair)
+        except Exception as exc:
+            log.warning("%s: cannot claim it in the state database now (%s)", path.name, exc)
+            verdict = "busy"
+        if verdict == "ok":
+            self._claim_tries.pop(key, None)
+            return True
+        if verdict == "busy":
+            self._claim_tries[key] = self._claim_tries.get(key, 0) + 1
+            self._spawn_side(self._ingest_later(path, fcfg, CLAIM_RETRY_SECONDS))
+        else:
+            self._claim_tries.pop(key, None)
+        return False
+
+    async def _ingest_later(self, path: Path, fcfg: FolderConfig | None, delay: float) -> None:
+        await asyncio.sleep(delay * (0.5 + self.rand()))
+        if not self._stopping and path.exists():
+            await self._ingest(path, fcfg)
+
+    def _release(self, path: str) -> None:
+        assert self.claims is not None
+        try:
+            self.claims.release(path)
+        except WritesLost as exc:  # the database is away: the claim lapses with its lease
+            log.debug("%s: claim not released now: %s", path, exc)
+
+    def team_lost(self, tids: list[int]) -> None:
+        """Leases: these tickets were taken over by another agent; nothing more here."""
+        for tid in tids:
+            self._vol.pop(tid, None)
+            self._sidecars_due.discard(tid)
+            task = self._tasks.get(tid)
+            if task is not None:
+                task.cancel()
+
+    def team_gained(self, tids: list[int], paths_: list[str]) -> None:
+        """Leases: tickets taken over from a stopped agent go on from their stored phase;
+        claimed paths with no record are looked at again."""
+        for tid in tids:
+            rec = self.store.get(tid)
+            log.info(
+                "%s: taken over from a stopped agent (%s); it goes on",
+                Path(rec.path).name,
+                rec.phase,
+            )
+            self.seen_this_run.add(tid)
+            if tid not in self._tasks:
+                self._schedule(tid, 0.0)
+        for p in paths_:
+            path = Path(p)
+            self._spawn_side(self._ingest(path, self.folder_for(path)))
 
     async def _ingest_inner(self, path: Path, fcfg: FolderConfig | None) -> None:
         key = str(path)
@@ -1658,7 +1749,7 @@ class Scheduler:
             and rec.kind == TicketKind.CONVERSION
         ):
             try:
-                await self._persisted()
+                await self._persisted(rec)
                 await self.api.cancel_job(rec.job_id)
             except AgentError as err:
                 log.warning("%s: could not cancel job %s: %s", rec.name, rec.job_id, err.message)

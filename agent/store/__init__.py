@@ -8,9 +8,11 @@ from agent.store.contract import StateStore
 from agent.store.lock import StateLock
 from agent.store.records import (
     InputRecord,
+    LeaseLost,
     OutputRecord,
     PrunedRecord,
     PruneResult,
+    TeamMember,
     TicketRecord,
     WritesLost,
 )
@@ -18,12 +20,14 @@ from agent.store.sqlite import Store, m001_initial, m002_output_validator, m003_
 
 __all__ = [
     "InputRecord",
+    "LeaseLost",
     "OutputRecord",
     "PruneResult",
     "PrunedRecord",
     "StateLock",
     "StateStore",
     "Store",
+    "TeamMember",
     "TicketRecord",
     "WritesLost",
     "m001_initial",

@@ -51,14 +51,17 @@ from psycopg.rows import dict_row
 from agent.models import Phase, RemoteOutput
 from agent.store.records import (
     InputRecord,
+    LeaseLost,
     OutputRecord,
     PrunedRecord,
     PruneResult,
+    TeamMember,
     TicketRecord,
     WritesLost,
     _decode_columns,
     named,
 )
+from agent.store.shares import PathMap
 from agent.store.urls import redact_url, url_secrets
 
 ID_BLOCK = 1000  # ids reserved by one nextval (the sequence's increment)
@@ -69,6 +72,9 @@ READ_TIMEOUT_MS = 3000  # a cold read's statement timeout and TCP user timeout
 WRITER_LOCK = 0x636F6E76  # the advisory lock of the one writer ("conv")
 MIGRATION_LOCK = 0x6D696772  # serialises migrations of agents starting together ("migr")
 RECONNECT_PAUSE = 1.0  # seconds between attempts to read the mirror again after a loss
+FENCE_MARGIN = 2.0  # seconds a claim must still live for a flush to write under it
+FAIR_SLACK = 2  # claims an agent may hold above its share of the team's before it leaves
+# new tickets to the others
 
 _TERMINAL = (str(Phase.DONE), str(Phase.FAILED), str(Phase.CANCELED))
 _TICKET_COLS = frozenset(f.name for f in dataclasses.fields(TicketRecord)) - {"id"}
@@ -177,9 +183,36 @@ CREATE INDEX pruned_outputs_owner ON pruned_outputs(pruned_id);
 CREATE INDEX pruned_outputs_path ON pruned_outputs(path);
 """
 
+# Team mode (docs/team-mode.md): the agents of a team, and one claim per ticket path (a share
+# path, ``shares.PathMap``): its owner, a fencing number that rises on every takeover and a lease
+# in the server's time. A claim covers every record of its path.
+_M003 = """
+CREATE TABLE agents (
+    id bigserial PRIMARY KEY,
+    name text NOT NULL,
+    host text NOT NULL,
+    pid integer NOT NULL,
+    started_at timestamptz NOT NULL DEFAULT now(),
+    heartbeat_at timestamptz NOT NULL DEFAULT now(),
+    stopped_at timestamptz
+);
+CREATE TABLE claims (
+    path text PRIMARY KEY,
+    owner bigint NOT NULL REFERENCES agents(id),
+    fence bigint NOT NULL DEFAULT 1,
+    lease_until timestamptz NOT NULL,
+    claimed_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX claims_owner ON claims(owner);
+CREATE INDEX claims_lease ON claims(lease_until);
+"""
+
 # (name, SQL), in order; each runs once, in one transaction with its row in the migrations table.
-# Team mode's claim columns (owner, fence, lease_until) and agents table come with its migration.
-MIGRATIONS: tuple[tuple[str, str], ...] = (("m001_initial", _M001), ("m002_retention", _M002))
+MIGRATIONS: tuple[tuple[str, str], ...] = (
+    ("m001_initial", _M001),
+    ("m002_retention", _M002),
+    ("m003_team", _M003),
+)
 
 
 def migrate(conn: psycopg.Connection[dict[str, Any]]) -> None:
@@ -213,6 +246,7 @@ class _Group:
     stmts: list[tuple[str, Sequence[Any]]] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)
     gone: set[int] = field(default_factory=set)  # tickets made inactive by it
+    paths: set[str] = field(default_factory=set)  # share paths written (team mode: fenced)
 
     def __bool__(self) -> bool:
         return bool(self.stmts)
@@ -237,19 +271,38 @@ _LOAD_SQL = (
     " ORDER BY o.ticket_id, o.idx",
     "SELECT key, value FROM meta",
 )
+# Team mode: the mirror holds the records of the paths this agent holds a claim on.
+_HELD = "t.path IN (SELECT path FROM claims WHERE owner = %(me)s)"
+_TEAM_LOAD_SQL = (
+    f"SELECT t.* FROM tickets t WHERE t.active AND {_HELD} ORDER BY t.id",
+    "SELECT i.* FROM inputs i JOIN tickets t ON t.id = i.ticket_id WHERE t.active"
+    f" AND {_HELD} ORDER BY i.ticket_id, i.idx",
+    "SELECT o.* FROM outputs o JOIN tickets t ON t.id = o.ticket_id WHERE t.active"
+    f" AND {_HELD} ORDER BY o.ticket_id, o.idx",
+    "SELECT key, value FROM meta",
+    "SELECT path, fence FROM claims WHERE owner = %(me)s",
+)
+# The fence of a flush: every path it writes is still claimed by this agent with time left,
+# and stays so until it commits (FOR SHARE: a takeover's UPDATE waits for it); else a division
+# by zero aborts the whole transaction.
+_FENCE_SQL = (
+    "SELECT 1 / (SELECT CASE WHEN count(*) = %(n)s THEN 1 ELSE 0 END FROM"
+    " (SELECT path FROM claims WHERE path = ANY(%(paths)s) AND owner = %(me)s"
+    " AND lease_until > now() + make_interval(secs => %(margin)s) FOR SHARE) c)"
+)
 
 
-def _build_mirror(rows: Sequence[list[dict[str, Any]]]) -> _Mirror:
-    tickets, inputs, outputs, meta = rows
+def _build_mirror(rows: Sequence[list[dict[str, Any]]], pm: PathMap) -> _Mirror:
+    tickets, inputs, outputs, meta = rows[:4]
     m = _Mirror()
     for r in tickets:
-        rec = TicketRecord.from_row(r)
+        rec = _ticket(r, pm)
         m.recs[rec.id] = rec
         m.by_path[rec.path] = rec.id
         m.inputs[rec.id] = []
         m.outputs[rec.id] = []
     for r in inputs:
-        inp = InputRecord.from_row(r)
+        inp = _input(r, pm)
         m.inputs[inp.ticket_id].append(inp)
         m.input_tid[inp.id] = inp.ticket_id
     for r in outputs:
@@ -258,6 +311,21 @@ def _build_mirror(rows: Sequence[list[dict[str, Any]]]) -> _Mirror:
         m.output_tid[out.id] = out.ticket_id
     m.meta = {r["key"]: r["value"] for r in meta}
     return m
+
+
+def _ticket(row: Mapping[str, Any], pm: PathMap) -> TicketRecord:
+    """A ticket row as this agent sees it (its paths on this machine's mounts)."""
+    rec = TicketRecord.from_row(row)
+    if not pm:
+        return rec
+    return dataclasses.replace(rec, path=pm.loc(rec.path), root=pm.loc(rec.root))
+
+
+def _input(row: Mapping[str, Any], pm: PathMap) -> InputRecord:
+    inp = InputRecord.from_row(row)
+    if not pm or inp.abs_path is None:
+        return inp
+    return dataclasses.replace(inp, abs_path=pm.loc(inp.abs_path))
 
 
 def _conninfo(url: str, *, timeout_ms: int | None = None) -> dict[str, Any]:
@@ -286,8 +354,21 @@ class PgStore:
 
     async_commit = True
 
-    def __init__(self, url: str, *, readonly: bool = False) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        readonly: bool = False,
+        team: TeamMember | None = None,
+        paths: PathMap | None = None,
+    ) -> None:
         self._url = url
+        self.team = team
+        self.agent_id: int | None = None  # our row in ``agents`` (team mode)
+        self._pm = paths if paths is not None else PathMap()
+        self._held: dict[str, int] = {}  # share path → fence of our claim (team mode)
+        self._lease_conn: psycopg.AsyncConnection[Any] | None = None
+        self._lease_lock = asyncio.Lock()
         self.url = redact_url(url)  # what may be shown
         self.readonly = readonly
         self.group_commit = False
@@ -310,27 +391,45 @@ class PgStore:
     # ----------------------------------------------------------------- opening
 
     @classmethod
-    def open(cls, url: str) -> PgStore:
-        """Open (migrating) a state database for the one writer. Raises ``StateBusy`` when
-        another agent writes it, ``psycopg.Error`` (with no password in it) when it cannot be
-        reached."""
-        store = cls(url)
+    def open(
+        cls, url: str, *, team: TeamMember | None = None, paths: PathMap | None = None
+    ) -> PgStore:
+        """Open (migrating) a state database: for the one writer, or with ``team`` as one
+        agent of a team (claims and leases; ``paths`` maps this machine's mounts to shares).
+        Raises ``StateBusy`` when a lone writer and a team would share it, ``psycopg.Error``
+        (with no password in it) when it cannot be reached."""
+        store = cls(url, team=team, paths=paths)
+        lock = "pg_try_advisory_lock_shared" if team else "pg_try_advisory_lock"
+        unlock = "pg_advisory_unlock_shared" if team else "pg_advisory_unlock"
         try:
             conn = store._reader()
             try:
                 migrate(conn)
-                busy = conn.execute(
-                    "SELECT pg_try_advisory_lock(%s) AS ok", [WRITER_LOCK]
-                ).fetchone()
+                busy = conn.execute(f"SELECT {lock}(%s) AS ok", [WRITER_LOCK]).fetchone()
                 if busy and busy["ok"]:
-                    conn.execute("SELECT pg_advisory_unlock(%s)", [WRITER_LOCK])
-                store._m = _build_mirror([conn.execute(sql).fetchall() for sql in _LOAD_SQL])
+                    conn.execute(f"SELECT {unlock}(%s)", [WRITER_LOCK])
+                if team is not None and busy and busy["ok"]:
+                    row = conn.execute(
+                        "INSERT INTO agents (name, host, pid) VALUES (%s, %s, %s) RETURNING id",
+                        [team.name, team.host, team.pid],
+                    ).fetchone()
+                    assert row is not None
+                    store.agent_id = int(row["id"])
+                    # The team's one id to folder marks, made by whichever agent came first.
+                    conn.execute(
+                        "INSERT INTO meta (key, value) VALUES ('agent_id', %s)"
+                        " ON CONFLICT (key) DO NOTHING",
+                        [os.urandom(8).hex()],
+                    )
+                store._m = _build_mirror(store._load_rows(conn), store._pm)
             except psycopg.Error as exc:
                 raise _safe_error(exc, url) from None
             if not busy or not busy["ok"]:
                 raise StateBusy(
-                    f"another agent is using the state database {store.url}; "
-                    "one agent per database until team mode"
+                    f"an agent outside team mode is using the state database {store.url}"
+                    if team
+                    else f"another agent is using the state database {store.url}; "
+                    "several agents share one only in team mode"
                 )
             store._ids = store._reserve_sync()
         except BaseException:
@@ -359,6 +458,7 @@ class PgStore:
                 with contextlib.suppress(Exception):
                     self._writer_conn.pgconn.finish()
                 self._writer_conn = None
+            self._drop_lease()
 
     async def aclose(self) -> None:
         """Close the writer's connection on its own loop (then ``close``)."""
@@ -425,7 +525,11 @@ class PgStore:
 
     async def _take_lock(self, conn: psycopg.AsyncConnection[Any]) -> bool:
         """The one writer's advisory lock; a session of ours the server still holds (its network
-        died under it) is ended first."""
+        died under it) is ended first. A team's agents share it (they are fenced by claims)."""
+        if self.team is not None:
+            cur = await conn.execute("SELECT pg_try_advisory_lock_shared(%s)", [WRITER_LOCK])
+            row = await cur.fetchone()
+            return bool(row and row[0])
         cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", [WRITER_LOCK])
         row = await cur.fetchone()
         if row and row[0]:
@@ -494,7 +598,7 @@ class PgStore:
         if self._inflight is not None:
             raise RuntimeError("a flush is in flight")
         if self._lost is not None:
-            self._install([self._rows(sql) for sql in _LOAD_SQL])
+            self._install(self._load_rows(self._reader()))
             lost, self._lost = self._lost, None
             raise lost
         if not self._pending:
@@ -503,13 +607,13 @@ class PgStore:
         try:
             conn = self._reader()
             with conn.pipeline(), conn.transaction():
-                for sql, params in group.stmts:
+                for sql, params in self._fenced(group):
                     conn.execute(sql, params)
         except Exception as exc:
             self._pending = _Group()
-            lost = self._lost_by(exc)
+            lost = self._lost_by(exc, group)
             try:
-                self._install([self._rows(sql) for sql in _LOAD_SQL])
+                self._install(self._load_rows(self._reader()))
             except Exception:
                 self._lost = lost
             raise lost from None
@@ -538,13 +642,13 @@ class PgStore:
             async with asyncio.timeout(FLUSH_TIMEOUT):
                 conn = await self._writer()
                 async with conn.pipeline(), conn.transaction():
-                    for sql, params in group.stmts:
+                    for sql, params in self._fenced(group):
                         await conn.execute(sql, params)
         except BaseException as exc:
             self._inflight = None
             self._pending = _Group()
             self._drop_writer(exc)
-            lost = self._lost_by(exc)
+            lost = self._lost_by(exc, group)
             self._lost = lost
             if isinstance(exc, asyncio.CancelledError):
                 raise
@@ -555,7 +659,21 @@ class PgStore:
         self._inflight = None
         self._landed(group)
 
-    def _lost_by(self, exc: BaseException) -> WritesLost:
+    def _fenced(self, group: _Group) -> list[tuple[str, Any]]:
+        """The group's statements, behind the fence of its paths in team mode."""
+        if self.team is None or not group.paths:
+            return list(group.stmts)
+        paths = sorted(group.paths)
+        fence = {"n": len(paths), "paths": paths, "me": self.agent_id, "margin": FENCE_MARGIN}
+        return [(_FENCE_SQL, fence), *group.stmts]
+
+    def _lost_by(self, exc: BaseException, group: _Group | None = None) -> WritesLost:
+        if isinstance(exc, psycopg.errors.DivisionByZero) and group is not None:
+            names = ", ".join(sorted(self._pm.loc(p) for p in group.paths)[:3])
+            return LeaseLost(
+                f"this agent's claim on {names} ran out or was taken over before its last "
+                "writes were saved; they were undone and the ticket is taken from the database"
+            )
         return WritesLost(
             f"the state database did not take the last writes ({_safe_text(exc, self._url)});"
             " they were undone"
@@ -582,9 +700,9 @@ class PgStore:
                 conn = await self._writer()
                 rows = []
                 async with conn.transaction():
-                    for sql in _LOAD_SQL:
+                    for sql, params in self._load_queries():
                         cur = conn.cursor(row_factory=dict_row)
-                        await cur.execute(sql)
+                        await cur.execute(sql, params)
                         rows.append(await cur.fetchall())
         except Exception as exc:
             self._drop_writer(exc)
@@ -622,10 +740,26 @@ class PgStore:
         for out in m.outputs.pop(tid, []):
             m.output_tid.pop(out.id, None)
 
+    def _load_queries(self) -> list[tuple[str, dict[str, Any]]]:
+        """What the mirror is read from: every active record, or (team mode) those of the
+        paths this agent holds, and its claims."""
+        if self.team is None:
+            return [(sql, {}) for sql in _LOAD_SQL]
+        return [(sql, {"me": self.agent_id}) for sql in _TEAM_LOAD_SQL]
+
+    def _load_rows(self, conn: psycopg.Connection[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+        try:
+            with conn.transaction():
+                return [conn.execute(sql, p).fetchall() for sql, p in self._load_queries()]
+        except psycopg.Error as exc:
+            raise _safe_error(exc, self._url) from None
+
     def _install(self, rows: Sequence[list[dict[str, Any]]]) -> None:
         """A mirror read from the database replaces this one; writes queued meanwhile were
         made on the old one and are dropped."""
-        self._m = _build_mirror(rows)
+        self._m = _build_mirror(rows, self._pm)
+        if self.team is not None:
+            self._held = {r["path"]: int(r["fence"]) for r in rows[4]}
         self._pending = _Group()
 
     # ----------------------------------------------------------------- tickets
@@ -648,12 +782,16 @@ class PgStore:
         """Record a new request for ``path``; the previous record for that path becomes
         history (as ``sqlite.Store.add_ticket``)."""
         self._writable()
+        if not self.holds(path):
+            raise LeaseLost(f"{path}: this agent holds no claim on it")
         m = self._m
         old = m.by_path.pop(path, None)
         if old is not None:
             m.recs[old] = dataclasses.replace(m.recs[old], active=False)
             self._pending.gone.add(old)
-        self._q("UPDATE tickets SET active = false WHERE path = %s AND active", [path])
+        pm = self._pm
+        self._pending.paths.add(pm.s(path))
+        self._q("UPDATE tickets SET active = false WHERE path = %s AND active", [pm.s(path)])
         tid = self._next_id()
         key = hashlib.sha256(f"{idem_prefix}\0{path}\0{sha256}\0{tid}".encode()).hexdigest()[:40]
         err = json.dumps(error) if error else None
@@ -681,9 +819,10 @@ class PgStore:
             "updated_at": now,
             "finished_at": now if phase.terminal else None,
         }
+        stored = {**cols, "path": pm.s(path), "root": pm.s(root)}
         self._q(
             f"INSERT INTO tickets ({', '.join(cols)}) VALUES ({', '.join(['%s'] * len(cols))})",
-            list(cols.values()),
+            list(stored.values()),
         )
         rec = TicketRecord(**_decode_columns(cols))
         m.recs[tid] = rec
@@ -704,7 +843,7 @@ class PgStore:
             self._q(
                 "INSERT INTO inputs (id, ticket_id, idx, kind, value, abs_path, upload_uuid)"
                 " VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                [inp.id, tid, idx, ikind, value, abs_path, inp.upload_uuid],
+                [inp.id, tid, idx, ikind, value, pm.shared(abs_path), inp.upload_uuid],
             )
             ins.append(inp)
             m.input_tid[inp.id] = tid
@@ -761,7 +900,7 @@ class PgStore:
         rows = self._rows("SELECT * FROM tickets WHERE id = %s", [ticket_id])
         if not rows:
             raise KeyError(ticket_id)
-        return TicketRecord.from_row(rows[0])
+        return _ticket(rows[0], self._pm)
 
     def _active(self) -> list[TicketRecord]:
         recs = self._m.recs
@@ -771,11 +910,11 @@ class PgStore:
         """Active tickets under ``root`` with these bytes at another path (was it renamed?)."""
         if self.readonly:
             return [
-                TicketRecord.from_row(r)
+                _ticket(r, self._pm)
                 for r in self._rows(
                     "SELECT * FROM tickets WHERE active AND root = %s AND sha256 = %s"
                     " AND path != %s ORDER BY id",
-                    [root, sha256, path],
+                    [self._pm.s(root), sha256, self._pm.s(path)],
                 )
             ]
         return [
@@ -784,8 +923,10 @@ class PgStore:
 
     def active_for_path(self, path: str) -> TicketRecord | None:
         if self.readonly:
-            rows = self._rows("SELECT * FROM tickets WHERE path = %s AND active", [path])
-            return TicketRecord.from_row(rows[0]) if rows else None
+            rows = self._rows(
+                "SELECT * FROM tickets WHERE path = %s AND active", [self._pm.s(path)]
+            )
+            return _ticket(rows[0], self._pm) if rows else None
         tid = self._m.by_path.get(path)
         return None if tid is None else self._m.recs[tid]
 
@@ -828,14 +969,29 @@ class PgStore:
         self._set_ticket(self.get(ticket_id), changes)
         self._written()
 
+    def _fence_tid(self, tid: int | None) -> None:
+        """Team mode: a write for a ticket joins its group behind the fence of its path; a
+        ticket this agent does not hold (not in the mirror) is not written at all."""
+        if self.team is None:
+            return
+        rec = self._m.recs.get(tid) if tid is not None else None
+        if rec is None:
+            raise LeaseLost(f"ticket #{tid} is not held by this agent")
+        self._pending.paths.add(self._pm.s(rec.path))
+
     def _set_ticket(self, rec: TicketRecord, cols: Mapping[str, Any]) -> TicketRecord:
         """Queue the UPDATE of ``cols`` (as stored) and keep the mirror in step."""
         bad = set(cols) - _TICKET_COLS
         if bad:
             raise ValueError(f"unknown ticket columns: {sorted(bad)}")
+        stored = dict(cols)
+        self._pending.paths.add(self._pm.s(rec.path))
+        if "path" in stored:
+            stored["path"] = self._pm.s(stored["path"])
+            self._pending.paths.add(stored["path"])
         self._q(
             f"UPDATE tickets SET {', '.join(f'{k} = %s' for k in cols)} WHERE id = %s",
-            [*cols.values(), rec.id],
+            [*stored.values(), rec.id],
         )
         new = dataclasses.replace(rec, **_decode_columns(cols))
         m = self._m
@@ -875,7 +1031,7 @@ class PgStore:
         """Active tickets with work left: not terminal, or terminal but not yet filed."""
         if self.readonly:
             return [
-                TicketRecord.from_row(r)
+                _ticket(r, self._pm)
                 for r in self._rows(
                     "SELECT * FROM tickets WHERE active AND (phase NOT IN (%s, %s, %s)"
                     " OR NOT filed) ORDER BY id",
@@ -904,7 +1060,7 @@ class PgStore:
         sql += " ORDER BY id"
         if limit:
             sql += f" LIMIT {int(limit)}"
-        return [TicketRecord.from_row(r) for r in self._rows(sql, args)]
+        return [_ticket(r, self._pm) for r in self._rows(sql, args)]
 
     def find(self, name: str) -> list[TicketRecord]:
         """Active tickets whose path, file name or stem is ``name`` (for ``why``/``retry``)."""
@@ -956,7 +1112,7 @@ class PgStore:
         if ins is not None:
             return list(ins)
         return [
-            InputRecord.from_row(r)
+            _input(r, self._pm)
             for r in self._rows(
                 "SELECT * FROM inputs WHERE ticket_id = %s ORDER BY idx", [ticket_id]
             )
@@ -964,6 +1120,7 @@ class PgStore:
 
     def mark_input_sent(self, input_id: int, remote_id: str | None) -> None:
         self._writable()
+        self._fence_tid(self._m.input_tid.get(input_id))
         self._q(
             "UPDATE inputs SET sent = true, remote_id = %s WHERE id = %s", [remote_id, input_id]
         )
@@ -978,6 +1135,7 @@ class PgStore:
     def record_outputs(self, ticket_id: int, outputs: Sequence[RemoteOutput]) -> None:
         """Insert outputs not seen before, refresh uri/status/checksum of the others."""
         self._writable()
+        self._fence_tid(ticket_id)
         m = self._m
         held = m.outputs.get(ticket_id)
         if held is None:  # not a live ticket: read what the database holds (rare)
@@ -1056,6 +1214,7 @@ class PgStore:
         bad = set(changes) - _OUTPUT_COLS
         if bad:
             raise ValueError(f"unknown output columns: {sorted(bad)}")
+        self._fence_tid(self._m.output_tid.get(output_id))
         self._q(
             f"UPDATE outputs SET {', '.join(f'{k} = %s' for k in changes)} WHERE id = %s",
             [*changes.values(), output_id],
@@ -1070,20 +1229,21 @@ class PgStore:
 
     def output_names(self, root: str) -> set[str]:
         """Absolute paths of every output the agent placed under ``root`` (its own files)."""
+        pm = self._pm
         names = {
-            os.path.join(os.path.dirname(r["path"]), r["dest_name"])
+            pm.loc(os.path.join(os.path.dirname(r["path"]), r["dest_name"]))
             for r in self._rows(
                 """SELECT t.path, o.dest_name FROM outputs o JOIN tickets t ON t.id = o.ticket_id
                    WHERE t.root = %s AND o.dest_name IS NOT NULL""",
-                [root],
+                [pm.s(root)],
             )
         }
         names.update(  # and those of pruned tickets, while their tombstones are kept
-            r["path"]
+            pm.loc(r["path"])
             for r in self._rows(
                 """SELECT o.path FROM pruned_outputs o JOIN pruned p ON p.id = o.pruned_id
                    WHERE p.root = %s""",
-                [root],
+                [pm.s(root)],
             )
         )
         for tid, outs in self._m.outputs.items():  # and those placed but not flushed yet
@@ -1212,7 +1372,7 @@ class PgStore:
         return PruneResult(
             tickets=tuple(ids),
             tombstones=dropped,
-            forgotten_outputs=tuple(forgotten),
+            forgotten_outputs=tuple(self._pm.loc(p) for p in forgotten),
             more=more_tombstones or reached,
         )
 
@@ -1238,9 +1398,335 @@ class PgStore:
             "SELECT id, path, root, outcome, finished_at, pruned_at FROM pruned ORDER BY id DESC"
         ):
             rec = PrunedRecord.from_row(row)
+            if self._pm:
+                rec = dataclasses.replace(
+                    rec, path=self._pm.loc(rec.path), root=self._pm.loc(rec.root)
+                )
             if named(rec.path, name):
                 out.append(rec)
         return out
+
+    # ----------------------------------------------------------------- team mode
+
+    def holds(self, path: str) -> bool:
+        """Whether this agent holds the claim of the (local) ticket path ``path``."""
+        return self.team is None or self._pm.s(path) in self._held
+
+    async def _lease(self) -> psycopg.AsyncConnection[dict[str, Any]]:
+        """The connection of claims and heartbeats (apart from the flush's, so that a slow
+        flush never delays a renewal)."""
+        conn = self._lease_conn
+        if conn is not None and not conn.closed and not conn.broken:
+            return conn
+        self._lease_conn = None
+        conn = await psycopg.AsyncConnection.connect(
+            self._url,
+            autocommit=True,
+            row_factory=dict_row,
+            **_conninfo(self._url, timeout_ms=READ_TIMEOUT_MS),
+        )
+        self._lease_conn = conn
+        return conn
+
+    def _drop_lease(self) -> None:
+        conn = self._lease_conn
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.pgconn.finish()
+            self._lease_conn = None
+
+    async def renew(self) -> list[int]:
+        """The heartbeat: one statement renews this agent's row and every claim it holds.
+        Returns the tickets of claims found lost (another agent took them over while this
+        one was paused or cut off): they leave the mirror, nothing more is done for them.
+        Raises ``psycopg.Error`` (passwordless) when the database cannot be reached."""
+        assert self.team is not None
+        async with self._lease_lock:
+            try:
+                async with asyncio.timeout(READ_TIMEOUT_MS / 1000 + 1):
+                    conn = await self._lease()
+                    cur = await conn.execute(
+                        "WITH a AS (UPDATE agents SET heartbeat_at = now(), stopped_at = NULL"
+                        " WHERE id = %(me)s)"
+                        " UPDATE claims SET lease_until = now() + make_interval(secs => %(l)s)"
+                        " WHERE owner = %(me)s RETURNING path, fence",
+                        {"me": self.agent_id, "l": self.team.lease},
+                    )
+                    rows = await cur.fetchall()
+            except (psycopg.Error, TimeoutError) as exc:
+                self._drop_lease()
+                raise _safe_error_any(exc, self._url) from None
+        now_held = {r["path"]: int(r["fence"]) for r in rows}
+        lost = [p for p, fence in self._held.items() if now_held.get(p) != fence]
+        for p in lost:
+            self._held.pop(p, None)
+        return self._drop_paths(lost)
+
+    def _drop_paths(self, shared_paths: Iterable[str]) -> list[int]:
+        """The records of paths no longer held leave the mirror; returns their ids."""
+        gone = {self._pm.loc(p) for p in shared_paths}
+        tids = [tid for tid, rec in self._m.recs.items() if rec.path in gone]
+        for tid in tids:
+            rec = self._m.recs[tid]
+            if self._m.by_path.get(rec.path) == tid:
+                del self._m.by_path[rec.path]
+            self._forget(tid)
+        return tids
+
+    async def claim(self, path: str, *, fair: bool = True) -> str:
+        """Claim the (local) ticket path ``path`` for this agent: ``"ok"`` (held now, its
+        records read into the mirror when another agent had them), ``"held"`` (another live
+        agent holds it) or ``"busy"`` (``fair``: this agent holds more than its share of the
+        team's claims; another agent should take it)."""
+        assert self.team is not None
+        shared = self._pm.s(path)
+        if shared in self._held:
+            return "ok"
+        async with self._lease_lock:
+            try:
+                async with asyncio.timeout(READ_TIMEOUT_MS / 1000 + 1):
+                    conn = await self._lease()
+                    async with conn.transaction():
+                        if fair and await self._over_share(conn):
+                            return "busy"
+                        cur = await conn.execute(
+                            "SELECT c.owner, c.fence, c.lease_until < now() AS expired,"
+                            " a.name, a.host FROM claims c JOIN agents a ON a.id = c.owner"
+                            " WHERE c.path = %s FOR UPDATE OF c",
+                            [shared],
+                        )
+                        row = await cur.fetchone()
+                        if row is not None and not row["expired"] and row["owner"] != self.agent_id:
+                            return "held"
+                        got = await self._take(conn, [shared], {shared: row} if row else {})
+            except (psycopg.Error, TimeoutError) as exc:
+                self._drop_lease()
+                raise _safe_error_any(exc, self._url) from None
+        self._merge(got)
+        return "ok" if shared in self._held else "held"
+
+    async def _over_share(self, conn: psycopg.AsyncConnection[dict[str, Any]]) -> bool:
+        """Whether this agent already holds its share of the team's live claims (new tickets
+        then go to the others; a little slack so that a lone burst is not slowed)."""
+        assert self.team is not None
+        cur = await conn.execute(
+            "SELECT count(*) FILTER (WHERE owner = %(me)s) AS mine, count(*) AS total,"
+            " (SELECT count(*) FROM agents WHERE stopped_at IS NULL"
+            "  AND heartbeat_at > now() - make_interval(secs => %(l)s)) AS live"
+            " FROM claims WHERE lease_until > now()",
+            {"me": self.agent_id, "l": self.team.lease},
+        )
+        row = await cur.fetchone()
+        assert row is not None
+        live = max(1, int(row["live"]))
+        if live == 1:
+            return False
+        share = -(-(int(row["total"]) + 1) // live)
+        return int(row["mine"]) >= share + FAIR_SLACK
+
+    async def take_over(self) -> tuple[list[int], list[str]]:
+        """Take this agent's share of the claims whose lease ran out (their agent died, was
+        paused or cut off). Returns the ids of the records now held and the (local) paths
+        taken over that hold no record (the caller looks at those files again)."""
+        assert self.team is not None
+        async with self._lease_lock:
+            try:
+                async with asyncio.timeout(READ_TIMEOUT_MS / 1000 + 1):
+                    conn = await self._lease()
+                    async with conn.transaction():
+                        cur = await conn.execute(
+                            "SELECT count(*) AS n, (SELECT count(*) FROM agents WHERE"
+                            " stopped_at IS NULL AND heartbeat_at > now() -"
+                            " make_interval(secs => %(l)s)) AS live"
+                            " FROM claims WHERE lease_until < now()",
+                            {"l": self.team.lease},
+                        )
+                        row = await cur.fetchone()
+                        assert row is not None
+                        if not row["n"]:
+                            return [], []
+                        n = -(-int(row["n"]) // max(1, int(row["live"])))
+                        cur = await conn.execute(
+                            "SELECT c.path, c.owner, c.fence, true AS expired, a.name, a.host"
+                            " FROM claims c JOIN agents a ON a.id = c.owner"
+                            " WHERE c.lease_until < now() ORDER BY c.lease_until"
+                            " LIMIT %s FOR UPDATE OF c SKIP LOCKED",
+                            [n],
+                        )
+                        prev = {r["path"]: r for r in await cur.fetchall()}
+                        got = await self._take(conn, list(prev), prev)
+            except (psycopg.Error, TimeoutError) as exc:
+                self._drop_lease()
+                raise _safe_error_any(exc, self._url) from None
+        tids = self._merge(got)
+        held = {self._m.recs[t].path for t in tids}
+        empty = [self._pm.loc(p) for p in prev if self._pm.loc(p) not in held]
+        return tids, empty
+
+    async def _take(
+        self,
+        conn: psycopg.AsyncConnection[dict[str, Any]],
+        paths: list[str],
+        prev: Mapping[str, Mapping[str, Any]],
+    ) -> list[list[dict[str, Any]]]:
+        """Inside a claim's transaction: make ``paths`` ours (a takeover raises the fence and
+        leaves a history row on each record), and read their records."""
+        assert self.team is not None
+        if not paths:
+            return [[], [], [], [], []]
+        lease = {"me": self.agent_id, "l": self.team.lease, "paths": paths}
+        cur = await conn.execute(
+            "INSERT INTO claims (path, owner, lease_until)"
+            " SELECT p, %(me)s, now() + make_interval(secs => %(l)s)"
+            " FROM unnest(%(paths)s::text[]) p"
+            " ON CONFLICT (path) DO UPDATE SET owner = EXCLUDED.owner,"
+            " fence = claims.fence + 1, lease_until = EXCLUDED.lease_until, claimed_at = now()"
+            # Only a claim whose lease ran out changes hands (two agents claiming a new path
+            # at once: the second one's insert meets the first one's row and takes nothing).
+            " WHERE claims.lease_until < now() OR claims.owner = EXCLUDED.owner"
+            " RETURNING path, fence",
+            lease,
+        )
+        fences = {r["path"]: int(r["fence"]) for r in await cur.fetchall()}
+        lease["paths"] = list(fences)
+        held = "t.active AND t.path = ANY(%(paths)s)"
+        rows: list[list[dict[str, Any]]] = []
+        for sql in (
+            f"SELECT t.* FROM tickets t WHERE {held} ORDER BY t.id",
+            "SELECT i.* FROM inputs i JOIN tickets t ON t.id = i.ticket_id"
+            f" WHERE {held} ORDER BY i.ticket_id, i.idx",
+            "SELECT o.* FROM outputs o JOIN tickets t ON t.id = o.ticket_id"
+            f" WHERE {held} ORDER BY o.ticket_id, o.idx",
+        ):
+            rows.append(await (await conn.execute(sql, lease)).fetchall())
+        now = time.time()
+        for t in rows[0]:
+            old = prev.get(t["path"])
+            if old is None or old["owner"] == self.agent_id:
+                continue
+            await conn.execute(
+                "INSERT INTO history (id, ticket_id, at, phase, event, message)"
+                " VALUES (%s, %s, %s, %s, 'claimed', %s)",
+                [
+                    self._next_id(),
+                    t["id"],
+                    now,
+                    t["phase"],
+                    f"taken over by agent {self.team.name} on {self.team.host} from agent "
+                    f"{old['name']} on {old['host']}, whose lease ran out "
+                    f"(fence {fences.get(t['path'], 0)})",
+                ],
+            )
+        rows.append([])
+        rows.append([{"path": p, "fence": f} for p, f in fences.items()])
+        return rows
+
+    def _merge(self, rows: Sequence[list[dict[str, Any]]]) -> list[int]:
+        """Records of newly held paths join the mirror (a takeover or a claim)."""
+        part = _build_mirror(rows, self._pm)
+        m = self._m
+        for tid, rec in part.recs.items():
+            old = m.by_path.get(rec.path)
+            if old is not None and old != tid:
+                self._forget(old)
+            m.recs[tid] = rec
+            m.by_path[rec.path] = tid
+            m.inputs[tid] = part.inputs.get(tid, [])
+            m.outputs[tid] = part.outputs.get(tid, [])
+            m.input_tid.update({i.id: tid for i in m.inputs[tid]})
+            m.output_tid.update({o.id: tid for o in m.outputs[tid]})
+        for r in rows[4]:
+            self._held[r["path"]] = int(r["fence"])
+        return sorted(part.recs)
+
+    def reclaim_own(self, alive: Callable[[int], bool]) -> int:
+        """Earlier runs of this agent (same name, same host) whose process is gone (a crash, a
+        SIGKILL) free their claims at once instead of after their leases: a restart resumes
+        its tickets without waiting. Returns how many such runs were found."""
+        assert self.team is not None
+        rows = self._rows(
+            "SELECT id, pid FROM agents WHERE name = %s AND host = %s AND stopped_at IS NULL"
+            " AND id <> %s",
+            [self.team.name, self.team.host, self.agent_id],
+        )
+        dead = [r["id"] for r in rows if not alive(int(r["pid"]))]
+        if dead:
+            conn = self._reader()
+            try:
+                with conn.transaction():
+                    conn.execute(
+                        "UPDATE claims SET lease_until = now() - interval '1 second'"
+                        " WHERE owner = ANY(%s)",
+                        [dead],
+                    )
+                    conn.execute("UPDATE agents SET stopped_at = now() WHERE id = ANY(%s)", [dead])
+            except psycopg.Error as exc:
+                raise _safe_error(exc, self._url) from None
+        return len(dead)
+
+    def release(self, path: str) -> None:
+        """Give up the claim of the (local) ticket path ``path`` with the open group (its
+        ticket is filed, or the file holds no request): another agent may claim it later."""
+        if self.team is None:
+            return
+        shared = self._pm.s(path)
+        if shared not in self._held:
+            return
+        self._writable()
+        self._pending.paths.add(shared)
+        self._q("DELETE FROM claims WHERE path = %s AND owner = %s", [shared, self.agent_id])
+        self._held.pop(shared, None)
+        self._written()
+
+    async def leave(self) -> None:
+        """At a graceful stop, after the last flush: every claim this agent holds is free at
+        once (the team takes its tickets over without waiting for the leases to run out)."""
+        if self.team is None:
+            return
+        async with self._lease_lock:
+            with contextlib.suppress(psycopg.Error, TimeoutError):
+                async with asyncio.timeout(READ_TIMEOUT_MS / 1000 + 1):
+                    conn = await self._lease()
+                    async with conn.transaction():
+                        await conn.execute(
+                            "UPDATE claims SET lease_until = now() - interval '1 second'"
+                            " WHERE owner = %s",
+                            [self.agent_id],
+                        )
+                        await conn.execute(
+                            "UPDATE agents SET stopped_at = now() WHERE id = %s", [self.agent_id]
+                        )
+            self._held.clear()
+            if self._lease_conn is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self._lease_conn.close(), 2.0)
+                self._lease_conn = None
+
+    def team_agents(self) -> list[dict[str, Any]]:
+        """The team's agents (those running, and those stopped within the hour): name, host,
+        pid, seconds since their heartbeat, claims held (a cold read)."""
+        return [
+            dict(r)
+            for r in self._rows(
+                "SELECT a.id, a.name, a.host, a.pid,"
+                " extract(epoch FROM now() - a.heartbeat_at)::float AS heartbeat_age,"
+                " a.stopped_at IS NOT NULL AS stopped,"
+                " (SELECT count(*) FROM claims c WHERE c.owner = a.id"
+                "  AND c.lease_until > now()) AS held"
+                " FROM agents a WHERE a.stopped_at IS NULL"
+                " OR a.stopped_at > now() - interval '1 hour' ORDER BY a.id"
+            )
+        ]
+
+    def holders(self) -> dict[str, str]:
+        """(Local) ticket path → name of the agent whose live claim covers it (a cold read)."""
+        return {
+            self._pm.loc(r["path"]): r["name"]
+            for r in self._rows(
+                "SELECT c.path, a.name FROM claims c JOIN agents a ON a.id = c.owner"
+                " WHERE c.lease_until > now()"
+            )
+        }
 
     # ----------------------------------------------------------------- meta
 
@@ -1280,6 +1766,13 @@ def _safe_text(exc: BaseException, url: str) -> str:
     for secret in url_secrets(url):
         text = text.replace(secret, "***")
     return text.splitlines()[0] if text else text
+
+
+def _safe_error_any(exc: BaseException, url: str) -> psycopg.OperationalError:
+    """``_safe_error`` of a psycopg error or a timeout (no answer in time)."""
+    if isinstance(exc, psycopg.Error):
+        return _safe_error(exc, url)
+    return psycopg.OperationalError("the state database did not answer in time")
 
 
 def _safe_error(exc: psycopg.Error, url: str) -> psycopg.OperationalError:

@@ -188,3 +188,18 @@ def named(path: str, name: str) -> bool:
 
 class WritesLost(Exception):
     """A write of a group failed, so the whole group was rolled back (``Store.commit``)."""
+
+
+class LeaseLost(WritesLost):
+    """This agent no longer holds the claim of a ticket (its lease ran out, another agent took
+    it over): nothing more is written or done for it here (team mode, docs/team-mode.md)."""
+
+
+@dataclass(frozen=True)
+class TeamMember:
+    """One agent of a team sharing a PostgreSQL state: how it names itself to the others."""
+
+    name: str
+    host: str
+    pid: int
+    lease: float = 30.0  # seconds a claim lives without a renewal

@@ -10,16 +10,14 @@ owner; a state file on a FUSE mount is refused with exit 3.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +31,7 @@ from e2e_harness import (
     wait_for_log,
     write_config,
 )
+from fusemount import bindfs as _bindfs
 
 from agent.emulator import RunningEmulator
 from agent.foldermark import MARK_NAME, Identity, machine_id, mark_bytes, read_mark
@@ -246,26 +245,6 @@ async def test_two_agents_starting_together_end_with_one_owner(
 
 
 # --------------------------------------------------------------------------- a FUSE mount
-
-
-@contextlib.contextmanager
-def _bindfs(source: Path, target: Path) -> Iterator[None]:
-    """``source`` seen through a FUSE mount at ``target`` (bindfs), unmounted at the end."""
-    bindfs = shutil.which("bindfs")
-    if bindfs is None or not Path("/dev/fuse").exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail("bindfs and /dev/fuse are needed here (CI installs them: .ci/run)")
-        pytest.skip("bindfs or /dev/fuse is missing: install bindfs to run this test")
-    target.mkdir()
-    subprocess.run([bindfs, "--no-allow-other", str(source), str(target)], check=True, timeout=20)
-    try:
-        yield
-    finally:
-        unmount = shutil.which("fusermount3") or shutil.which("fusermount") or "fusermount"
-        for _ in range(50):
-            if subprocess.run([unmount, "-u", str(target)], capture_output=True).returncode == 0:
-                break
-            time.sleep(0.1)
 
 
 async def test_a_state_file_on_a_fuse_mount_is_refused_at_start(
