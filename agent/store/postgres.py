@@ -984,6 +984,7 @@ class PgStore:
         bad = set(cols) - _TICKET_COLS
         if bad:
             raise ValueError(f"unknown ticket columns: {sorted(bad)}")
+        self._fence_tid(rec.id)
         stored = dict(cols)
         self._pending.paths.add(self._pm.s(rec.path))
         if "path" in stored:

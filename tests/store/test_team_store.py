@@ -1,0 +1,165 @@
+"""Team mode's claims in the PostgreSQL store, on a real server (agent/store/postgres.py): two
+agents claiming one new path get one claim; a claim changes hands only once its lease ran out,
+raising its fence and leaving a history row; a flush under a claim that was taken over writes
+nothing; a renewal tells an agent which tickets it lost; each agent sees the ticket's paths on
+its own mount of the share."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from agent.models import Phase
+from agent.store import LeaseLost, TeamMember
+from agent.store.postgres import PgStore
+from agent.store.shares import PathMap
+
+LEASE = 4.0
+
+
+@pytest.fixture
+async def members(pg_url: str) -> AsyncIterator[Callable[[str], PgStore]]:
+    opened: list[PgStore] = []
+
+    def member(name: str) -> PgStore:
+        store = PgStore.open(
+            pg_url,
+            team=TeamMember(name=name, host="h", pid=1000 + len(opened), lease=LEASE),
+            paths=PathMap([(Path(f"/mnt/{name}"), "nas")]),
+        )
+        store.group_commit = True
+        opened.append(store)
+        return store
+
+    yield member
+    for store in opened:
+        await store.aclose()
+
+
+def add(store: PgStore, path: str) -> int:
+    return store.add_ticket(
+        path=path,
+        root=str(Path(path).parent),
+        sha256="s",
+        kind="conversion",
+        spec={},
+        inputs=[("local", "x.png", str(Path(path).parent / "x.png"))],
+        idem_prefix="p",
+        now=1.0,
+    ).id
+
+
+def expire(url: str, owner: int) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE claims SET lease_until = now() - interval '1 second' WHERE owner = %s", [owner]
+        )
+
+
+async def test_two_agents_claiming_one_new_path_get_one_claim(
+    members: Callable[[str], PgStore],
+) -> None:
+    a, b = members("a"), members("b")
+    for i in range(20):
+        got = await asyncio.gather(
+            a.claim(f"/mnt/a/t{i}.job", fair=False), b.claim(f"/mnt/b/t{i}.job", fair=False)
+        )
+        assert sorted(got) == ["held", "ok"], (i, got)
+        assert a.holds(f"/mnt/a/t{i}.job") != b.holds(f"/mnt/b/t{i}.job")
+
+
+async def test_a_claim_changes_hands_only_after_its_lease_and_raises_the_fence(
+    members: Callable[[str], PgStore], pg_url: str
+) -> None:
+    a, b = members("a"), members("b")
+    assert await a.claim("/mnt/a/x.job") == "ok"
+    tid = add(a, "/mnt/a/x.job")
+    a.update(tid, 2.0, event="creating", phase=Phase.CREATING, job_id="J1")
+    await a.flush()
+    assert await b.claim("/mnt/b/x.job") == "held"  # a's lease is alive
+    assert await b.take_over() == ([], [])
+    assert a.agent_id is not None
+    expire(pg_url, a.agent_id)
+    tids, empty = await b.take_over()
+    assert (tids, empty) == ([tid], [])
+    rec = b.get(tid)
+    # b sees the ticket and its input on its own mount, at the stored phase with its job.
+    assert (rec.path, rec.root, rec.phase, rec.job_id) == (
+        "/mnt/b/x.job",
+        "/mnt/b",
+        Phase.CREATING,
+        "J1",
+    )
+    assert [i.abs_path for i in b.inputs(tid)] == ["/mnt/b/x.png"]
+    with psycopg.connect(pg_url) as conn:
+        row = conn.execute("SELECT path, fence FROM claims").fetchone()
+    assert row == ("//share/nas/x.job", 2)
+    events = [h for h in b.history(tid) if h["event"] == "claimed"]
+    assert len(events) == 1 and "taken over by agent b" in events[0]["message"], events
+    assert "fence 2" in events[0]["message"]
+    # a learns it at its next renewal: the ticket leaves its mirror, writes are refused.
+    assert await a.renew() == [tid]
+    assert not a.holds("/mnt/a/x.job")
+    with pytest.raises(LeaseLost):
+        a.update(tid, 3.0, event="uploading", phase=Phase.UPLOADING)
+
+
+async def test_a_flush_under_a_claim_taken_over_writes_nothing(
+    members: Callable[[str], PgStore], pg_url: str
+) -> None:
+    a, b = members("a"), members("b")
+    assert await a.claim("/mnt/a/x.job") == "ok"
+    tid = add(a, "/mnt/a/x.job")
+    await a.flush()
+    assert a.agent_id is not None
+    expire(pg_url, a.agent_id)
+    assert (await b.take_over())[0] == [tid]
+    # a was paused: it still believes it holds the ticket and writes a step.
+    a.update(tid, 2.0, event="starting", phase=Phase.STARTING, start_sent=True)
+    with pytest.raises(LeaseLost, match="ran out or was taken over"):
+        await a.flush()
+    with psycopg.connect(pg_url) as conn:
+        row = conn.execute("SELECT phase, start_sent FROM tickets WHERE id = %s", [tid]).fetchone()
+    assert row == ("pending", False)
+    assert not a.holds("/mnt/a/x.job")  # the mirror was read again: only what a holds
+
+
+async def test_an_expired_claim_of_a_live_agent_is_renewed_not_lost(
+    members: Callable[[str], PgStore], pg_url: str
+) -> None:
+    a = members("a")
+    assert await a.claim("/mnt/a/x.job") == "ok"
+    tid = add(a, "/mnt/a/x.job")
+    await a.flush()
+    assert a.agent_id is not None
+    expire(pg_url, a.agent_id)  # nobody took it: a's next heartbeat keeps it
+    assert await a.renew() == []
+    a.update(tid, 2.0, event="creating", phase=Phase.CREATING)
+    await a.flush()
+    assert a.holds("/mnt/a/x.job")
+
+
+async def test_an_agent_over_its_share_leaves_new_tickets_to_the_others(
+    members: Callable[[str], PgStore],
+) -> None:
+    a, b = members("a"), members("b")
+    await b.renew()  # b is alive
+    got = [await a.claim(f"/mnt/a/t{i}.job") for i in range(10)]
+    assert "busy" in got
+    assert got.count("ok") <= 10 // 2 + 3, got
+    assert await a.claim("/mnt/a/t9.job", fair=False) == "ok"  # unless nobody else takes it
+
+
+async def test_leaving_frees_every_claim_at_once(
+    members: Callable[[str], PgStore],
+) -> None:
+    a, b = members("a"), members("b")
+    assert await a.claim("/mnt/a/x.job") == "ok"
+    tid = add(a, "/mnt/a/x.job")
+    await a.flush()
+    await a.leave()
+    assert (await b.take_over())[0] == [tid]
