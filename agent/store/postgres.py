@@ -21,7 +21,7 @@ would stall the event loop, so this backend is a **write-behind mirror**:
   mirror from the database (failing while it is unreachable) and then raises ``WritesLost`` once,
   so every act waiting for those writes fails and its ticket takes its step again from what the
   database holds. Nothing is acted on unless the flush that recorded it succeeded.
-- Cold reads (``history``, records of superseded tickets, ``output_names`` at start, every read
+- Cold reads (``history``, records of superseded tickets, ``is_own_output``, every read
   of ``open_readonly``) are short queries on a second, synchronous connection with a connect
   timeout, a statement timeout and TCP timeouts, so a lost network blocks the caller for a
   bounded few seconds at most.
