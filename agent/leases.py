@@ -75,9 +75,10 @@ class Leases:
         they cannot be renewed within ``wait`` seconds (default: one heartbeat interval)."""
         if self.live(need):
             return
-        limit = self.mono() + (self.interval if wait is None else wait)
+        loop = asyncio.get_running_loop()  # the wait is real time, whatever ``mono`` is
+        limit = loop.time() + (self.interval if wait is None else wait)
         while not self.live(need):
-            left = limit - self.mono()
+            left = limit - loop.time()
             if left <= 0:
                 raise LeaseLost(
                     "this agent cannot renew its leases"

@@ -237,7 +237,12 @@ class Scheduler:
         self._parse_retry: dict[str, float] = {}  # ticket path → first failed parse
         self._pending_paths: set[str] = set()  # tickets seen but not yet recorded
         self._claim_tries: dict[str, int] = {}  # team mode: claims left to others so far
-        self._own_outputs: set[str] = set()
+        # Outputs linked into a folder whose record naming them is not committed yet (the
+        # store answers for the others, ``is_own_output``); one whose placement or commit
+        # failed stays (the file is ours whatever the state file says).
+        self._placing: set[str] = set()
+        self._placing_written: list[str] = []  # of those, recorded: they go at the next commit
+        self._roots = frozenset(str(f.path) for f in cfg.folders)
         self._side_tasks: set[asyncio.Task[None]] = set()
         self._sidecars_due: set[int] = set()  # tickets whose sidecar is behind the store
         self._sidecar_flush: asyncio.Task[None] | None = None
@@ -286,8 +291,6 @@ class Scheduler:
         self.team: Leases | None = None
         self.claims: ClaimStore | None = None
         self.act_need = 0.0  # seconds a lease must still live for an act to begin
-        for root in {str(f.path) for f in cfg.folders}:
-            self._own_outputs |= store.output_names(root)
 
     # ------------------------------------------------------------------ public surface
 
@@ -301,7 +304,10 @@ class Scheduler:
         return best
 
     def is_own_output(self, path: Path) -> bool:
-        return str(path) in self._own_outputs
+        """Whether ``path`` is an output this agent placed (in a watched folder's records, or
+        being placed now): never taken up as a new file."""
+        p = str(path)
+        return p in self._placing or self.store.is_own_output(p, self._roots)
 
     def resume_all(self, root: str | None = None) -> None:
         """At startup, before watching: everything left unfinished is put back on the timer
@@ -474,7 +480,6 @@ class Scheduler:
                 self._retry_when_filed.discard(tid)
                 self._sidecars_due.discard(tid)
                 self._sidecar_changed.pop(tid, None)
-            self._own_outputs.difference_update(res.forgotten_outputs)
             total += len(res.tickets)
             if not res.more:
                 break
@@ -549,12 +554,15 @@ class Scheduler:
                 self._flushing = asyncio.create_task(self._flush())
             return None
         waiters, self._commit_waiters = self._commit_waiters, []
+        placed, self._placing_written = self._placing_written, []
         err: Exception | None = None
         try:
             self.store.commit()
         except Exception as exc:  # e.g. disk full: the writes are rolled back, not half-kept
             err = exc
             log.error("could not save the state: %s; the last steps are taken again", exc)
+        else:
+            self._placing.difference_update(placed)
         for fut in waiters:
             if fut.done():
                 continue
@@ -572,6 +580,7 @@ class Scheduler:
         try:
             while self._commit_waiters or self.store.dirty:
                 waiters, self._commit_waiters = self._commit_waiters, []
+                placed, self._placing_written = self._placing_written, []
                 try:
                     await self.store.flush()
                 except Exception as exc:
@@ -585,6 +594,7 @@ class Scheduler:
                             fut.set_exception(exc)
                     self._commit_waiters = []
                     return
+                self._placing.difference_update(placed)
                 if self._flush_failed is not None:
                     self._flush_failed = None
                     log.info("the state is saved again")
@@ -1400,13 +1410,13 @@ class Scheduler:
             self.store.update_output(out.id, state="skipped", dest_name=None)
             log.info("%s: %s exists already; skipped (on_conflict: skip)", rec.name, name)
             return
-        self._own_outputs.add(str(dest))
+        self._placing.add(str(dest))
         await self._disk.run(None, sync=folder_path, strict=True)
         self._placed(rec, out, dest)
 
     def _placed(self, rec: TicketRecord, out: OutputRecord, dest: Path) -> None:
-        self._own_outputs.add(str(dest))
         self.store.update_output(out.id, state="done", dest_name=dest.name)
+        self._placing_written.append(str(dest))  # the record names it once committed
         log.info("%s [job %s]: wrote %s", rec.name, rec.job_id, dest.name)
 
     def _find_placed(self, folder_path: Path, name: str, digest: str, part: Path) -> Path | None:
@@ -1420,7 +1430,6 @@ class Scheduler:
             part_st: os.stat_result | None = os.lstat(part)
         except FileNotFoundError:
             part_st = None
-        taken = {p for p in self._own_outputs if os.path.dirname(p) == str(folder_path)}
         for i, cand in enumerate(paths.conflict_candidates(name)):
             p = folder_path / cand
             try:
@@ -1434,7 +1443,7 @@ class Scheduler:
                     return p
                 if downloader.complete_placeholder(part, p):
                     return p  # killed between claiming the name and moving the part onto it
-            elif str(p) not in taken and downloader.matches(p, digest):
+            elif not self.is_own_output(p) and downloader.matches(p, digest):
                 return p
         return None
 

@@ -20,7 +20,7 @@ It must not know about HTTP or folders: a store keeps strings and numbers.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from agent.models import Phase, RemoteOutput
@@ -108,6 +108,14 @@ class StateStore(Protocol):
     def update_output(self, output_id: int, **changes: Any) -> None: ...
 
     def output_names(self, root: str) -> set[str]: ...
+
+    def is_own_output(self, path: str, roots: Collection[str]) -> bool:
+        """Whether a record or a tombstone of a ticket found under one of ``roots`` names
+        ``path`` as an output it placed: whether ``path`` is in the union of
+        ``output_names(root)`` over ``roots``, counting writes not committed yet. An indexed
+        lookup of one path (the scheduler asks it for each new file in a watched folder),
+        never a scan of every output ever placed."""
+        ...
 
     # retention
     def prune(

@@ -21,7 +21,7 @@ would stall the event loop, so this backend is a **write-behind mirror**:
   mirror from the database (failing while it is unreachable) and then raises ``WritesLost`` once,
   so every act waiting for those writes fails and its ticket takes its step again from what the
   database holds. Nothing is acted on unless the flush that recorded it succeeded.
-- Cold reads (``history``, records of superseded tickets, ``output_names`` at start, every read
+- Cold reads (``history``, records of superseded tickets, ``is_own_output``, every read
   of ``open_readonly``) are short queries on a second, synchronous connection with a connect
   timeout, a statement timeout and TCP timeouts, so a lost network blocks the caller for a
   bounded few seconds at most.
@@ -41,7 +41,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,8 +75,14 @@ RECONNECT_PAUSE = 1.0  # seconds between attempts to read the mirror again after
 FENCE_MARGIN = 2.0  # seconds a claim must still live for a flush to write under it
 FAIR_SLACK = 2  # claims an agent may hold above its share of the team's before it leaves
 # new tickets to the others
+OWN_CACHE = 1024  # answers of ``is_own_output`` kept (the database's, for a few recent paths)
 
 _TERMINAL = (str(Phase.DONE), str(Phase.FAILED), str(Phase.CANCELED))
+# An active record with work left (as sqlite._UNFINISHED), with literal values, so that a query
+# with this term can be proven to match the partial index of m003 whatever its plan.
+_UNFINISHED = (
+    f"active AND (phase NOT IN ('{_TERMINAL[0]}', '{_TERMINAL[1]}', '{_TERMINAL[2]}') OR NOT filed)"
+)
 _TICKET_COLS = frozenset(f.name for f in dataclasses.fields(TicketRecord)) - {"id"}
 _OUTPUT_COLS = frozenset(f.name for f in dataclasses.fields(OutputRecord)) - {"id", "ticket_id"}
 _BOOL_COLS = ("active", "filed", "start_sent")
@@ -183,10 +189,14 @@ CREATE INDEX pruned_outputs_owner ON pruned_outputs(pruned_id);
 CREATE INDEX pruned_outputs_path ON pruned_outputs(path);
 """
 
+# ``unfinished`` of a read-only store (and team mode's reads) find the tickets with work left
+# through this partial index instead of scanning every finished record (as sqlite.m005).
+_M003 = f"CREATE INDEX tickets_unfinished ON tickets(id) WHERE {_UNFINISHED};"
+
 # Team mode (docs/team-mode.md): the agents of a team, and one claim per ticket path (a share
 # path, ``shares.PathMap``): its owner, a fencing number that rises on every takeover and a lease
 # in the server's time. A claim covers every record of its path.
-_M003 = """
+_M004 = """
 CREATE TABLE agents (
     id bigserial PRIMARY KEY,
     name text NOT NULL,
@@ -211,7 +221,8 @@ CREATE INDEX claims_lease ON claims(lease_until);
 MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("m001_initial", _M001),
     ("m002_retention", _M002),
-    ("m003_team", _M003),
+    ("m003_unfinished", _M003),
+    ("m004_team", _M004),
 )
 
 
@@ -247,6 +258,7 @@ class _Group:
     history: list[dict[str, Any]] = field(default_factory=list)
     gone: set[int] = field(default_factory=set)  # tickets made inactive by it
     paths: set[str] = field(default_factory=set)  # share paths written (team mode: fenced)
+    placed: set[tuple[str, str]] = field(default_factory=set)  # (output path, root) it names
 
     def __bool__(self) -> bool:
         return bool(self.stmts)
@@ -384,6 +396,9 @@ class PgStore:
         self._spare: tuple[int, int] | None = None  # the next block, reserved ahead
         self._retry_at = 0.0  # monotonic time of the next attempt to read the mirror again
         self._unreachable = "the state database cannot be reached; the agent waits for it"
+        # path → (roots, answer) of the database for ``is_own_output``, the newest last; our
+        # own writes and retention keep it in step (one writer), a reload empties it.
+        self._own_cache: dict[str, tuple[frozenset[str], bool]] = {}
 
     def __repr__(self) -> str:
         return f"PgStore({self.url!r}, readonly={self.readonly})"
@@ -761,6 +776,7 @@ class PgStore:
         if self.team is not None:
             self._held = {r["path"]: int(r["fence"]) for r in rows[4]}
         self._pending = _Group()
+        self._own_cache.clear()
 
     # ----------------------------------------------------------------- tickets
 
@@ -860,6 +876,7 @@ class PgStore:
         m = self._m
         key = hashlib.sha256(f"{rec.idem_key}\0resubmit".encode()).hexdigest()[:40]
         self._q("DELETE FROM outputs WHERE ticket_id = %s", [ticket_id])
+        self._own_cache.clear()  # an output it placed (none should be) is no longer its own
         for out in m.outputs.get(ticket_id, []):
             m.output_tid.pop(out.id, None)
         m.outputs[ticket_id] = []
@@ -1033,11 +1050,7 @@ class PgStore:
         if self.readonly:
             return [
                 _ticket(r, self._pm)
-                for r in self._rows(
-                    "SELECT * FROM tickets WHERE active AND (phase NOT IN (%s, %s, %s)"
-                    " OR NOT filed) ORDER BY id",
-                    list(_TERMINAL),
-                )
+                for r in self._rows(f"SELECT * FROM tickets WHERE {_UNFINISHED} ORDER BY id")
             ]
         return [r for r in self._active() if not r.phase.terminal or not r.filed]
 
@@ -1226,6 +1239,12 @@ class PgStore:
                 dataclasses.replace(o, **changes) if o.id == output_id else o
                 for o in self._m.outputs[tid]
             ]
+        if "dest_name" in changes:
+            self._own_cache.clear()
+            rec = self._m.recs.get(tid) if tid is not None else None
+            if changes["dest_name"] is not None and rec is not None:
+                dest = os.path.join(os.path.dirname(rec.path), changes["dest_name"])
+                self._pending.placed.add((dest, rec.root))
         self._written()
 
     def output_names(self, root: str) -> set[str]:
@@ -1257,6 +1276,44 @@ class PgStore:
                 )
         return names
 
+    def is_own_output(self, path: str, roots: Collection[str]) -> bool:
+        """As ``sqlite.Store.is_own_output``: placements not flushed yet from memory, the rest
+        by two indexed lookups (``outputs_dest``, ``pruned_outputs_path``) on the cold-read
+        connection, whose answers for the last ``OWN_CACHE`` paths are kept (a new file is
+        asked about by the watcher and then by the scheduler)."""
+        wanted = frozenset(roots)
+        if not wanted:
+            return False
+        for g in (self._inflight, self._pending):
+            if g is not None and any((path, r) in g.placed for r in wanted):
+                return True
+        cached = self._own_cache.get(path) if not self.readonly else None
+        if cached is not None and cached[0] == wanted:
+            return cached[1]
+        pm = self._pm
+        where, name = os.path.split(pm.s(path))
+        shared_roots = [pm.s(r) for r in wanted]
+        own = any(
+            os.path.dirname(r["path"]) == where
+            for r in self._rows(
+                "SELECT t.path FROM outputs o JOIN tickets t ON t.id = o.ticket_id"
+                " WHERE o.dest_name = %s AND t.root = ANY(%s)",
+                [name, shared_roots],
+            )
+        ) or bool(
+            self._rows(
+                "SELECT 1 AS x FROM pruned_outputs o JOIN pruned p ON p.id = o.pruned_id"
+                " WHERE o.path = %s AND p.root = ANY(%s) LIMIT 1",
+                [pm.s(path), shared_roots],
+            )
+        )
+        if not self.readonly:
+            self._own_cache.pop(path, None)
+            self._own_cache[path] = (wanted, own)
+            if len(self._own_cache) > OWN_CACHE:
+                del self._own_cache[next(iter(self._own_cache))]
+        return own
+
     # ----------------------------------------------------------------- retention
 
     def prune(
@@ -1279,6 +1336,8 @@ class PgStore:
                 result = self._prune_batch(conn, now, cutoff, keep_finished, limit)
         except psycopg.Error as exc:
             raise _safe_error(exc, self._url) from None
+        if result.tickets or result.tombstones:
+            self._own_cache.clear()  # outputs whose last record or tombstone went
         for tid in result.tickets:
             rec = self._m.recs.get(tid)
             if rec is not None and self._m.by_path.get(rec.path) == tid:

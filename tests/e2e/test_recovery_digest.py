@@ -79,3 +79,58 @@ async def test_a_corrupted_leftover_part_is_downloaded_again_not_placed(
     assert _md5(inbox / "a.jpg") == checksum, "the corrupted part was given the output's name"
     gets_after = len([r for r in emu.state.snapshot()["requests"] if r["route"] == "download"])
     assert gets_after == gets_before + 1  # downloaded again, once
+
+
+async def test_a_restarted_run_never_claims_another_tickets_output_as_its_own(
+    tmp_path: Path, make_emulator: MakeEmulator
+) -> None:
+    """Two tickets ask for one output name with the same bytes: the second's output is placed as
+    ``same (1).jpg``. Killed before that placement was recorded (the file gone with it), the next
+    run looks for the output it may have placed: ``same.jpg`` holds the same digest but is the
+    first ticket's, known from the state file only (issue 13: nothing is loaded at start-up;
+    the store is asked). It must download again and place ``same (1).jpg``, never claim
+    ``same.jpg`` (two records naming one file: the next conflict rename would clobber it).
+
+    Defence: ``Scheduler._find_placed`` skips the candidates ``is_own_output`` names."""
+    emu = await make_emulator()
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "a.png").write_bytes(png_bytes())
+    ticket = 'input: a.png\ntarget: jpg\noutput: {name: "same.jpg"}\n'
+    (inbox / "a.job").write_text(ticket)
+    db = tmp_path / "s.db"
+    cfg = write_config(tmp_path / "c.yaml", emu.base_url, [inbox], db)
+    code, out = await run_agent(cfg, "run", "--once", timeout=60)
+    assert code == 0, out
+    (inbox / "b.job").write_text(ticket)
+    code, out = await run_agent(cfg, "run", "--once", timeout=60)
+    assert code == 0, out
+    assert _md5(inbox / "same.jpg") == _md5(inbox / "same (1).jpg")
+
+    # Rebuild the moment of the kill: b's output linked and its part gone, the name not yet
+    # recorded; then the file is lost too (as a sync that never reached the disk).
+    conn = sqlite3.connect(db)
+    with conn:
+        (tid,) = conn.execute("SELECT id FROM tickets WHERE path LIKE '%/b.job'").fetchone()
+        conn.execute(
+            "UPDATE outputs SET state = 'placing', dest_name = NULL WHERE ticket_id = ?", [tid]
+        )
+        conn.execute(
+            "UPDATE tickets SET phase = 'downloading', filed = 0, finished_at = NULL WHERE id = ?",
+            [tid],
+        )
+    conn.close()
+    os.replace(inbox / "b.job.done", inbox / "b.job")
+    (inbox / "same (1).jpg").unlink()
+    gets_before = len([r for r in emu.state.snapshot()["requests"] if r["route"] == "download"])
+
+    code, out = await run_agent(cfg, "run", "--once", timeout=60)
+
+    assert code == 0, out
+    assert _md5(inbox / "same (1).jpg") == _md5(inbox / "same.jpg")
+    gets_after = len([r for r in emu.state.snapshot()["requests"] if r["route"] == "download"])
+    assert gets_after == gets_before + 1  # downloaded again, not claimed from a's file
+    conn = sqlite3.connect(db)
+    names = sorted(r[0] for r in conn.execute("SELECT dest_name FROM outputs"))
+    conn.close()
+    assert names == ["same (1).jpg", "same.jpg"], names
