@@ -227,6 +227,10 @@ def status(ctx: click.Context, state: str | None, as_json: bool) -> None:
         "tickets": counts,
         "marks": marks,
     }
+    if cfg.state.url:
+        from agent.daemon import team_view
+
+        data["team"] = team_view(store)
     store.close()
     if as_json:
         click.echo(json.dumps(data, indent=2))
@@ -239,6 +243,16 @@ def status(ctx: click.Context, state: str | None, as_json: bool) -> None:
         click.echo(f"folder {mark['path']} (share {mark['share']}): {mark['detail']}")
     active = {k: v for k, v in counts.items() if v}
     click.echo("tickets: " + (", ".join(f"{k} {v}" for k, v in active.items()) or "none"))
+    team = data.get("team")
+    if team is not None:
+        if team.get("problem"):
+            click.echo(f"team: cannot be read now ({team['problem']})")
+        for a in team["agents"]:
+            seen = "stopped" if a["stopped"] else f"last heartbeat {a['heartbeat_age']:.0f}s ago"
+            click.echo(
+                f"team agent {a['name']} on {a['host']} (pid {a['pid']}): {seen}, "
+                f"holds {a['held']} ticket(s)"
+            )
 
 
 def _marks(cfg: Config, agent_id: str | None) -> list[dict[str, Any]]:
@@ -264,22 +278,33 @@ def _row(rec: TicketRecord) -> dict[str, Any]:
 @click.pass_context
 def list_(ctx: click.Context, state: str | None, as_json: bool, phase: tuple[str, ...]) -> None:
     """List the tickets the agent knows about."""
-    _, store = _open_readonly(ctx, state)
+    cfg, store = _open_readonly(ctx, state)
     try:
         phases = [Phase(p) for p in phase] if phase else None
     except ValueError:
         _die(f"unknown phase; use one of: {', '.join(p.value for p in Phase)}", EXIT_USAGE)
     recs = store.tickets(phases=phases)
+    holders: dict[str, str] | None = None
+    if cfg.state.url:
+        from agent.daemon import team_view
+
+        team = team_view(store)
+        holders = team["holders"] if team is not None else None
     store.close()
     if as_json:
-        click.echo(json.dumps([_row(r) for r in recs], indent=2))
+        rows = [_row(r) for r in recs]
+        if holders is not None:
+            for row, r in zip(rows, recs, strict=True):
+                row["holder"] = holders.get(r.path)  # the team agent working on it, if any
+        click.echo(json.dumps(rows, indent=2))
         return
     if not recs:
         click.echo("no tickets")
         return
     for r in recs:
         shown = "waiting" if r.wait_until is not None and not r.phase.terminal else str(r.phase)
-        click.echo(f"{shown:<12} {r.job_id or '-':<38} {r.path}")
+        who = f"{holders.get(r.path) or '-':<12} " if holders is not None else ""
+        click.echo(f"{shown:<12} {who}{r.job_id or '-':<38} {r.path}")
 
 
 @cli.command()

@@ -97,14 +97,29 @@ def open_state_readonly(cfg: Config) -> StateStore:
     import psycopg
 
     from agent.store.postgres import PgStore, _safe_text
+    from agent.store.shares import PathMap
 
+    shares = PathMap(zip((f.path for f in cfg.folders), share_names(cfg.folders), strict=True))
     try:
-        return PgStore.open_readonly(url)
+        return PgStore.open_readonly(url, paths=shares)
     except psycopg.Error as exc:
         raise ConfigError(
             f"cannot read the PostgreSQL state {redact_url(url)}: {_safe_text(exc, url)}",
             key="state.url",
         ) from None
+
+
+def team_view(store: StateStore) -> dict[str, Any] | None:
+    """A team's agents (name, host, pid, last heartbeat, tickets held) and which agent holds
+    each ticket, for ``status``, ``list`` and the dashboard (None without a team's state)."""
+    agents = getattr(store, "team_agents", None)
+    holders = getattr(store, "holders", None)
+    if agents is None or holders is None:
+        return None
+    try:
+        return {"agents": agents(), "holders": holders()}
+    except Exception as exc:  # the database is away: said, not fatal to a view
+        return {"agents": [], "holders": {}, "problem": str(exc)}
 
 
 def agent_identity(
@@ -287,6 +302,7 @@ class Agent:
             "counts": self.store.counts(),
             "folders": [self._folder_view(f.path, share) for f, share in self._shares()],
             "tickets": tickets,
+            "team": await asyncio.to_thread(team_view, self.store),
         }
 
     def _shares(self) -> list[tuple[FolderConfig, str]]:

@@ -73,6 +73,7 @@ WRITER_LOCK = 0x636F6E76  # the advisory lock of the one writer ("conv")
 MIGRATION_LOCK = 0x6D696772  # serialises migrations of agents starting together ("migr")
 RECONNECT_PAUSE = 1.0  # seconds between attempts to read the mirror again after a loss
 FENCE_MARGIN = 2.0  # seconds a claim must still live for a flush to write under it
+COUNTS_RETRY = 10.0  # seconds before the team's counts are asked of a database that failed
 FAIR_SLACK = 2  # claims an agent may hold above its share of the team's before it leaves
 # new tickets to the others
 OWN_CACHE = 1024  # answers of ``is_own_output`` kept (the database's, for a few recent paths)
@@ -381,6 +382,7 @@ class PgStore:
         self._held: dict[str, int] = {}  # share path → fence of our claim (team mode)
         self._lease_conn: psycopg.AsyncConnection[Any] | None = None
         self._lease_lock = asyncio.Lock()
+        self._counts_retry_at = 0.0  # team counts come from memory until then (database away)
         self.url = redact_url(url)  # what may be shown
         self.readonly = readonly
         self.group_commit = False
@@ -454,9 +456,10 @@ class PgStore:
         return store
 
     @classmethod
-    def open_readonly(cls, url: str) -> PgStore:
-        """For ``status``/``list``/``why``: never writes, never migrates, never caches."""
-        store = cls(url, readonly=True)
+    def open_readonly(cls, url: str, *, paths: PathMap | None = None) -> PgStore:
+        """For ``status``/``list``/``why``: never writes, never migrates, never caches
+        (``paths``: this machine's mounts of the shares, to show local paths)."""
+        store = cls(url, readonly=True, paths=paths)
         store._reader()
         return store
 
@@ -1085,24 +1088,35 @@ class PgStore:
         return out
 
     def counts(self) -> dict[str, int]:
+        """Active tickets per phase (and ``waiting``): in team mode the team's, from the
+        database (this agent's own, from memory, while it cannot be read)."""
         res = {str(p): 0 for p in Phase}
+        if self.team is not None and time.monotonic() >= self._counts_retry_at:
+            try:
+                return self._db_counts(res)
+            except psycopg.Error:  # not again for a while: a cold read blocks the loop
+                self._counts_retry_at = time.monotonic() + COUNTS_RETRY
+                res = {str(p): 0 for p in Phase}
         if self.readonly:
-            for row in self._rows(
-                "SELECT phase, count(*) AS n FROM tickets WHERE active GROUP BY phase"
-            ):
-                res[row["phase"]] = row["n"]
-            res["waiting"] = self._rows(
-                "SELECT count(*) AS n FROM tickets WHERE active AND wait_until IS NOT NULL"
-                " AND phase NOT IN (%s, %s, %s)",
-                list(_TERMINAL),
-            )[0]["n"]
-            return res
+            return self._db_counts(res)
         waiting = 0
         for rec in self._active():
             res[str(rec.phase)] += 1
             if rec.wait_until is not None and not rec.phase.terminal:
                 waiting += 1
         res["waiting"] = waiting
+        return res
+
+    def _db_counts(self, res: dict[str, int]) -> dict[str, int]:
+        for row in self._rows(
+            "SELECT phase, count(*) AS n FROM tickets WHERE active GROUP BY phase"
+        ):
+            res[row["phase"]] = row["n"]
+        res["waiting"] = self._rows(
+            "SELECT count(*) AS n FROM tickets WHERE active AND wait_until IS NOT NULL"
+            " AND phase NOT IN (%s, %s, %s)",
+            list(_TERMINAL),
+        )[0]["n"]
         return res
 
     def history(self, ticket_id: int) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import os
 import re
 import signal
@@ -185,6 +186,20 @@ def check_once(team: Team, emu: RunningEmulator, stems: list[str]) -> None:
     assert not stray, stray
 
 
+def cli(team: Team, name: str, *args: str) -> Any:
+    """``convert-agent ARGS --json`` as agent ``name``'s user runs it (its config, its mount)."""
+    home = team.tmp / name
+    out = subprocess.run(
+        [sys.executable, "-m", "agent", "--config", str(home / "config.yaml"), *args, "--json"],
+        capture_output=True,
+        text=True,
+        env={**env(), "HOME": str(home)},
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    return json.loads(out.stdout)
+
+
 def accepted_by(team: Team) -> dict[str, int]:
     return {n: len(re.findall(r": accepted \(", team.log(n))) for n in team.names}
 
@@ -234,6 +249,14 @@ async def test_a_killed_agents_tickets_are_taken_over_after_its_lease(
     victim = max(team.names, key=lambda n: list(holders.values()).count(n))
     theirs = sorted(t for t, n in holders.items() if n == victim)
     assert theirs, holders
+    # Seeing the team: status lists its agents, list says who holds each ticket, with the
+    # paths of the asking user's own mount.
+    status = cli(team, "b", "status")
+    assert sorted(a["name"] for a in status["team"]["agents"]) == list(team.names), status
+    assert sum(a["held"] for a in status["team"]["agents"]) == len(stems), status
+    listed = cli(team, "b", "list")
+    assert {Path(r["ticket"]).parent for r in listed} == {team.mount("b")}, listed
+    assert {Path(r["ticket"]).name: r["holder"] for r in listed} == holders, listed
     team.procs[victim].send_signal(signal.SIGKILL)
     team.procs[victim].wait()
     took = await wait_until(
