@@ -400,6 +400,7 @@ class Agent:
                     cfg.team.lease_seconds,
                     on_lost=sched.team_lost,
                     on_gained=sched.team_gained,
+                    on_problem=sched.state_problem,
                 )
                 sched.team, sched.claims = leases, claims
                 sched.act_need = min(cfg.api.timeout, cfg.team.lease_seconds / 2)

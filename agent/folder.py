@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from agent.errors import from_os_error
+from agent.errors import AgentError, from_os_error
 
 MAX_TICKET_READ = 64 * 1024 + 1  # one byte more than a ticket may have, to detect oversize
 
@@ -131,6 +131,25 @@ def write_sidecar(
     ``sync_dir`` and ``durable`` as for ``atomic_write``."""
     text = yaml.dump(dict(view), Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100)
     atomic_write(sidecar_path(ticket), text.encode(), sync_dir=sync_dir, durable=durable)
+
+
+def note_sidecar(ticket: Path, note: str | None) -> None:
+    """Add (or, with None, remove) a ``waiting_for`` line in a ticket's sidecar as it stands,
+    without changing what it says of the ticket: for a wait the state cannot record (the state
+    database away). A missing or unreadable sidecar is left alone."""
+    path = sidecar_path(ticket)
+    try:
+        view = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return
+    if not isinstance(view, dict) or view.get("waiting_for") == note:
+        return
+    if note is None:
+        view.pop("waiting_for", None)
+    else:
+        view["waiting_for"] = note
+    with contextlib.suppress(AgentError, OSError):
+        write_sidecar(ticket, view, sync_dir=False, durable=False)
 
 
 def sidecar_view(ticket: Mapping[str, Any], outputs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

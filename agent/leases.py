@@ -49,8 +49,10 @@ class Leases:
         *,
         on_lost: Callable[[list[int]], None],
         on_gained: Callable[[list[int], list[str]], None],
+        on_problem: Callable[[str | None], None] | None = None,
         mono: Callable[[], float] = time.monotonic,
     ) -> None:
+        self.on_problem = on_problem
         self.store = store
         self.lease = lease
         self.interval = lease / 4
@@ -113,12 +115,16 @@ class Leases:
                     exc,
                 )
             self.problem = str(exc)
+            if self.on_problem is not None:
+                self.on_problem(f"the state database, to renew this agent's leases: {exc}")
             return
         self.deadline = sent + self.lease - MARGIN
         self.renewals += 1
         if self.problem is not None:
             log.info("the state database answers again: leases renewed")
             self.problem = None
+            if self.on_problem is not None:
+                self.on_problem(None)
         renewed, self._renewed = self._renewed, asyncio.Event()
         renewed.set()
         if lost:

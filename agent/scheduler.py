@@ -237,6 +237,7 @@ class Scheduler:
         self._parse_retry: dict[str, float] = {}  # ticket path → first failed parse
         self._pending_paths: set[str] = set()  # tickets seen but not yet recorded
         self._claim_tries: dict[str, int] = {}  # team mode: claims left to others so far
+        self._state_problem: str | None = None  # the state database away: sidecars say so
         # Outputs linked into a folder whose record naming them is not committed yet (the
         # store answers for the others, ``is_own_output``); one whose placement or commit
         # failed stays (the file is ours whatever the state file says).
@@ -589,6 +590,8 @@ class Scheduler:
                         log.error(
                             "could not save the state: %s; the last steps are taken again", exc
                         )
+                        if not isinstance(exc, LeaseLost):
+                            self.state_problem("the state database: " + str(exc))
                     for fut in (*waiters, *self._commit_waiters):
                         if not fut.done():
                             fut.set_exception(exc)
@@ -598,6 +601,7 @@ class Scheduler:
                 if self._flush_failed is not None:
                     self._flush_failed = None
                     log.info("the state is saved again")
+                    self.state_problem(None)
                 for fut in waiters:
                     if not fut.done():
                         fut.set_result(None)
@@ -1570,6 +1574,17 @@ class Scheduler:
             self.claims.release(path)
         except WritesLost as exc:  # the database is away: the claim lapses with its lease
             log.debug("%s: claim not released now: %s", path, exc)
+
+    def state_problem(self, problem: str | None) -> None:
+        """The state database is away (``problem``) or back (None): every sidecar of this
+        agent's unfinished tickets says so (``waiting_for``), as it stands; nothing else of it
+        changes, since nothing can be recorded meanwhile."""
+        if problem == self._state_problem:
+            return
+        self._state_problem = problem
+        for rec in self.store.unfinished():
+            if rec.root not in self.held:
+                self._disk.run(functools.partial(folder.note_sidecar, Path(rec.path), problem))
 
     def team_lost(self, tids: list[int]) -> None:
         """Leases: these tickets were taken over by another agent; nothing more here."""

@@ -212,6 +212,20 @@ async def test_the_agent_waits_while_the_database_is_away_and_goes_on_when_it_is
         )
         assert not list(inbox.glob("*.jpg"))  # nothing placed that is not recorded first
         assert proc.poll() is None  # it waits, it does not give up
+
+        def waiting_for() -> list[Any]:
+            return [
+                (yaml.safe_load((inbox / f"{s}.status.yaml").read_text()) or {}).get("waiting_for")
+                for s in stems
+            ]
+
+        # Its sidecars say what it waits for (and still show the step they were at).
+        await wait_until(
+            lambda: all(w and "state database" in w for w in waiting_for()),
+            20,
+            "the sidecars saying the agent waits for the state database",
+        )
+        assert secret_free(inbox)
         own_server.pg_ctl_start()
         assert await finish(proc, 60) == 0, log.read_text()[-3000:]
     finally:
@@ -226,6 +240,11 @@ async def test_the_agent_waits_while_the_database_is_away_and_goes_on_when_it_is
     assert all(j["start_requests"] == 1 for j in snap["jobs"])
     assert set(phases(url).values()) == {"done"}
     assert "internal error" not in log.read_text()
+    assert waiting_for() == [None, None, None]  # said no more once it was back
+
+
+def secret_free(inbox: Path) -> bool:
+    return all("@" not in (p.read_text(errors="replace")) for p in inbox.glob("*.status.yaml"))
 
 
 async def test_a_wrong_or_unreachable_state_url_exits_3_without_its_password(
