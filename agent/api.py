@@ -270,6 +270,14 @@ class AdaptiveBudget:
         self._peak = self.ceiling  # the rate at the last cut
         self._grown_at = now
 
+    def set_ceiling(self, ceiling: float | None) -> None:
+        """A new ceiling (a team's agents share the account's: each takes its part)."""
+        self.ceiling = float(ceiling) if ceiling and ceiling > 0 else math.inf
+        self.floor = min(BUDGET_FLOOR, self.ceiling)
+        self.rate = min(self.rate, self.ceiling)
+        self._peak = min(self._peak, self.ceiling)
+        self.version += 1
+
     def delay(self, now: float) -> float:
         """Seconds until a request may go (0: now)."""
         self._grow(now)

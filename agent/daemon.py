@@ -401,6 +401,7 @@ class Agent:
                     on_lost=sched.team_lost,
                     on_gained=sched.team_gained,
                     on_problem=sched.state_problem,
+                    on_team=sched.team_signals,
                 )
                 sched.team, sched.claims = leases, claims
                 sched.act_need = min(cfg.api.timeout, cfg.team.lease_seconds / 2)

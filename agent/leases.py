@@ -26,7 +26,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from agent.store.records import LeaseLost
 
@@ -40,6 +40,8 @@ class TeamStore(Protocol):
 
     async def take_over(self) -> tuple[list[int], list[str]]: ...
 
+    async def team_info(self) -> dict[str, Any]: ...
+
 
 class Leases:
     def __init__(
@@ -50,9 +52,11 @@ class Leases:
         on_lost: Callable[[list[int]], None],
         on_gained: Callable[[list[int], list[str]], None],
         on_problem: Callable[[str | None], None] | None = None,
+        on_team: Callable[[dict[str, Any]], None] | None = None,
         mono: Callable[[], float] = time.monotonic,
     ) -> None:
         self.on_problem = on_problem
+        self.on_team = on_team
         self.store = store
         self.lease = lease
         self.interval = lease / 4
@@ -134,6 +138,11 @@ class Leases:
                 len(lost),
             )
             self.on_lost(lost)
+        if self.on_team is not None:
+            try:
+                self.on_team(await self.store.team_info())
+            except Exception as exc:
+                log.debug("cannot read the team's shared limits now: %s", exc)
         try:
             tids, empty = await self.store.take_over()
         except Exception as exc:

@@ -238,6 +238,7 @@ class Scheduler:
         self._pending_paths: set[str] = set()  # tickets seen but not yet recorded
         self._claim_tries: dict[str, int] = {}  # team mode: claims left to others so far
         self._state_problem: str | None = None  # the state database away: sidecars say so
+        self._team_live = 1  # agents of the team alive at the last heartbeat
         # Outputs linked into a folder whose record naming them is not committed yet (the
         # store answers for the others, ``is_own_output``); one whose placement or commit
         # failed stays (the file is ours whatever the state file says).
@@ -735,6 +736,7 @@ class Scheduler:
                 log.error("%s — every ticket waits until this is fixed", err.message)
             self.auth_problem = err
             self._auth_probe_at = now + AUTH_PROBE_SECONDS
+            self._publish("team.auth_problem", err.message)
             self._set_waiting(rec, err, now + AUTH_PROBE_SECONDS)
             return now + AUTH_PROBE_SECONDS
         assert isinstance(err, RetryableError)
@@ -742,6 +744,7 @@ class Scheduler:
             if self.quota_until is None:
                 log.warning("%s: no new tickets are started until it recovers", err.message)
             self.quota_until = now + (err.retry_after or QUOTA_PROBE_SECONDS)
+            self._publish("team.quota_until", repr(self.quota_until))
         attempts = rec.attempts + 1
         delay = lifecycle.retry_delay(attempts, err.retry_after, self.rand())
         if isinstance(err, LocalResourceError):
@@ -778,6 +781,7 @@ class Scheduler:
         if self.auth_problem is not None and rec.phase is not Phase.PENDING:
             log.info("the API accepts the key again; every ticket goes on")
             self.auth_problem = None
+            self._publish("team.auth_problem", None)
             self._auth_probe_at = 0.0
             for other in self.store.unfinished():
                 if other.error and other.error.get("kind") == "needs_user":
@@ -1585,6 +1589,41 @@ class Scheduler:
         for rec in self.store.unfinished():
             if rec.root not in self.held:
                 self._disk.run(functools.partial(folder.note_sidecar, Path(rec.path), problem))
+
+    def team_signals(self, info: dict[str, Any]) -> None:
+        """Leases, with each heartbeat: the account's limits are the team's. The request
+        budget and a set ``api.max_processing`` are divided among the live agents; a used-up
+        quota or a refused key that another agent found pauses this one too."""
+        live = max(1, int(info.get("live") or 1))
+        if live != self._team_live:
+            self._team_live = live
+            rps = self.cfg.api.requests_per_second
+            if rps:
+                self.api.budget.set_ceiling(rps / live)
+            manual = self.cfg.api.max_processing
+            if manual:
+                self.slots.manual = self.slots.limit = max(1, -(-manual // live))
+            self._wake_waiting()
+            log.info("%d agent(s) in the team share the account's limits", live)
+        now = self.clock()
+        quota = info.get("quota_until")
+        if quota is not None and quota > now and (self.quota_until or 0) < quota:
+            if self.quota_until is None:
+                log.warning("another agent of the team found the quota used up: no new tickets")
+            self.quota_until = quota
+        auth = info.get("auth_problem")
+        if auth and self.auth_problem is None:
+            log.error("%s (found by another agent of the team) — every ticket waits", auth)
+            self.auth_problem = NeedsUserError(auth)
+            self._auth_probe_at = now + AUTH_PROBE_SECONDS
+        # A refused key is lifted here by this agent's own probe step that goes through (and
+        # the agent whose step went through first clears it for the team).
+
+    def _publish(self, key: str, value: str | None) -> None:
+        """Team mode: a pause of the account, for the other agents to see at their heartbeat."""
+        if self.claims is not None and self.store.get_meta(key) != value:
+            with contextlib.suppress(WritesLost):
+                self.store.set_meta(key, value)
 
     def team_lost(self, tids: list[int]) -> None:
         """Leases: these tickets were taken over by another agent; nothing more here."""

@@ -1738,6 +1738,33 @@ class PgStore:
                 raise _safe_error(exc, self._url) from None
         return len(dead)
 
+    async def team_info(self) -> dict[str, Any]:
+        """What the team shares besides claims, read with each heartbeat: how many agents are
+        alive, and the account's pauses one of them found (``publish``): the quota used up
+        until (epoch seconds) and the API key refused (its message)."""
+        assert self.team is not None
+        async with self._lease_lock:
+            try:
+                async with asyncio.timeout(READ_TIMEOUT_MS / 1000 + 1):
+                    conn = await self._lease()
+                    cur = await conn.execute(
+                        "SELECT (SELECT count(*) FROM agents WHERE stopped_at IS NULL AND"
+                        " heartbeat_at > now() - make_interval(secs => %(l)s)) AS live,"
+                        " (SELECT value FROM meta WHERE key = 'team.quota_until') AS quota,"
+                        " (SELECT value FROM meta WHERE key = 'team.auth_problem') AS auth",
+                        {"l": self.team.lease},
+                    )
+                    row = await cur.fetchone()
+            except (psycopg.Error, TimeoutError) as exc:
+                self._drop_lease()
+                raise _safe_error_any(exc, self._url) from None
+        assert row is not None
+        return {
+            "live": max(1, int(row["live"])),
+            "quota_until": float(row["quota"]) if row["quota"] else None,
+            "auth_problem": row["auth"] or None,
+        }
+
     def release(self, path: str) -> None:
         """Give up the claim of the (local) ticket path ``path`` with the open group (its
         ticket is filed, or the file holds no request): another agent may claim it later."""

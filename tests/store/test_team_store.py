@@ -163,3 +163,22 @@ async def test_leaving_frees_every_claim_at_once(
     await a.flush()
     await a.leave()
     assert (await b.take_over())[0] == [tid]
+
+
+async def test_the_team_shares_its_size_and_the_accounts_pauses(
+    members: Callable[[str], PgStore],
+) -> None:
+    a, b = members("a"), members("b")
+    await a.renew()
+    await b.renew()
+    assert await b.team_info() == {"live": 2, "quota_until": None, "auth_problem": None}
+    a.set_meta("team.quota_until", "1234.5")
+    a.set_meta("team.auth_problem", "the API key was refused")
+    await a.flush()
+    assert await b.team_info() == {
+        "live": 2,
+        "quota_until": 1234.5,
+        "auth_problem": "the API key was refused",
+    }
+    await a.leave()
+    assert (await b.team_info())["live"] == 1
