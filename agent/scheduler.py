@@ -260,6 +260,9 @@ class Scheduler:
         self.seen_this_run: set[int] = set()
         self.held: set[str] = set()  # roots of folders another agent serves (``hold``)
         self.progress: ProgressListener | None = None  # a terminal's progress bars, if any
+        # Told of a ticket it was announced but could not read (the watcher's ``forget``): the
+        # watcher announces it again when a later scan finds it there.
+        self.unread: Callable[[Path], None] | None = None
         self.metrics: Metrics | None = None  # /metrics counters (verdicts, bytes, poll latency)
         self.sweeper: Sweeper | None = None  # job-list polling when many jobs are in flight
         if cfg.polling.sweep:
@@ -1504,11 +1507,17 @@ class Scheduler:
         try:
             data = folder.read_ticket(path)
             st = os.stat(path)
-        except FileNotFoundError:
-            self._parse_retry.pop(key, None)
-            return
         except OSError as exc:
-            log.warning("cannot read ticket %s: %s", path, exc.strerror)
+            # Gone, or its folder is (a share unmounted for a while), or unreadable for now: the
+            # watcher, which announces a file once, is told to announce it again when it is
+            # there at a later scan; else nothing would ever read it (nor record, nor file it).
+            self._parse_retry.pop(key, None)
+            if self.unread is not None:
+                self.unread(path)
+            if not isinstance(exc, FileNotFoundError):
+                log.warning(
+                    "cannot read ticket %s: %s; trying again at the next scan", path, exc.strerror
+                )
             return
         sha = hashlib.sha256(data).hexdigest()
         now = self.clock()
