@@ -1496,6 +1496,12 @@ class Scheduler:
         key = str(path)
         try:
             await self._ingest_inner(path, fcfg)
+        except Exception:
+            # Not recorded (a state write failed, a bug; logged as an internal error): taken up
+            # again at the watcher's next scan, not left as NAME.job until a restart.
+            self._parse_retry.pop(key, None)
+            self._unread(path)
+            raise
         finally:
             if key not in self._parse_retry:
                 self._pending_paths.discard(key)
@@ -1512,8 +1518,7 @@ class Scheduler:
             # watcher, which announces a file once, is told to announce it again when it is
             # there at a later scan; else nothing would ever read it (nor record, nor file it).
             self._parse_retry.pop(key, None)
-            if self.unread is not None:
-                self.unread(path)
+            self._unread(path)
             if not isinstance(exc, FileNotFoundError):
                 log.warning(
                     "cannot read ticket %s: %s; trying again at the next scan", path, exc.strerror
@@ -1572,6 +1577,7 @@ class Scheduler:
             self.seen_this_run.add(rec.id)
             self._changed(rec)
             self._schedule(rec.id, 0.0)
+            await self._recorded(path)
             return
         self._parse_retry.pop(key, None)
         rec = self.store.add_ticket(
@@ -1589,6 +1595,21 @@ class Scheduler:
         self.seen_this_run.add(rec.id)
         self._changed(rec)
         self._schedule(rec.id, 0.0)
+        await self._recorded(path)
+
+    def _unread(self, path: Path) -> None:
+        """Tell the watcher to announce this ticket again at its next scan (``unread``)."""
+        if self.unread is not None:
+            self.unread(path)
+
+    async def _recorded(self, path: Path) -> None:
+        """Wait until a new ticket's record is committed. One the state did not take (its commit
+        failed and was rolled back; the failure is logged) is gone with nothing to take it up
+        again (its step finds no record): the watcher announces the ticket again instead."""
+        try:
+            await self._persisted()
+        except Exception:
+            self._unread(path)
 
     def _follow_rename(self, path: Path, fcfg: FolderConfig, sha: str) -> bool:
         """A running ticket renamed within its folder (same bytes, old name gone) is followed:

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import errno
 import os
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from agent import folder
 from agent.config import load_config
 from agent.daemon import Agent
 from agent.emulator import RunningEmulator
+from agent.store import Store
 
 MakeEmulator = Callable[..., Awaitable[RunningEmulator]]
 BROKEN = "input: nothing-here.png\ntarget: jpg\ncolour: blue\n"
@@ -161,3 +163,67 @@ async def test_a_ticket_that_could_not_be_read_once_is_read_at_the_next_scan(
         ticket.write_text("input: a.png\ntarget: jpg\n")
         await wait_for(lambda: (share / "a.job.done").exists(), 20, "the ticket to be done")
     assert len(reads) >= 2
+
+
+async def test_a_ticket_whose_record_could_not_be_written_is_taken_up_at_the_next_scan(
+    tmp_path: Path, make_emulator: MakeEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The state refuses the new record (a full disk): the ticket is not recorded, so nothing
+    but the watcher can bring it back."""
+    emu = await make_emulator()
+    share = tmp_path / "share"
+    share.mkdir()
+    ticket = share / "a.job"
+    async with running_agent(tmp_path, emu.base_url, share) as agent:
+        store = agent.store
+        assert isinstance(store, Store)
+        real = store.add_ticket
+        refused: list[str] = []
+
+        def add_ticket(**fields: object) -> object:
+            if fields["path"] == str(ticket) and not refused:
+                refused.append(str(fields["path"]))
+                raise sqlite3.OperationalError("database or disk is full")
+            return real(**fields)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(store, "add_ticket", add_ticket)
+        (share / "a.png").write_bytes(png_bytes())
+        ticket.write_text("input: a.png\ntarget: jpg\n")
+        await wait_for(lambda: (share / "a.job.done").exists(), 20, "the ticket to be done")
+    assert refused == [str(ticket)]
+
+
+async def test_a_ticket_whose_record_was_rolled_back_is_taken_up_at_the_next_scan(
+    tmp_path: Path, make_emulator: MakeEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The record was written, but the commit it joined failed and was rolled back: the ticket's
+    first step finds no record (it reads as pruned), and the watcher announced it already."""
+    emu = await make_emulator()
+    share = tmp_path / "share"
+    share.mkdir()
+    ticket = share / "a.job"
+    async with running_agent(tmp_path, emu.base_url, share) as agent:
+        store = agent.store
+        assert isinstance(store, Store)
+        real_add, real_commit = store.add_ticket, store.commit
+        armed: list[bool] = []
+
+        def add_ticket(**fields: object) -> object:
+            rec = real_add(**fields)  # type: ignore[arg-type]
+            if fields["path"] == str(ticket) and not armed:
+                armed.append(True)
+            return rec
+
+        def commit() -> None:
+            if armed and armed[0]:
+                armed[0] = False
+                store._lose()  # what commit() does when SQLite's COMMIT fails
+                raise sqlite3.OperationalError("disk I/O error")
+            real_commit()
+
+        monkeypatch.setattr(store, "add_ticket", add_ticket)
+        monkeypatch.setattr(store, "commit", commit)
+        (share / "a.png").write_bytes(png_bytes())
+        ticket.write_text("input: a.png\ntarget: jpg\n")
+        await wait_for(lambda: (share / "a.job.done").exists(), 20, "the ticket to be done")
+    assert armed == [False]
