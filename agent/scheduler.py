@@ -260,8 +260,9 @@ class Scheduler:
         self.seen_this_run: set[int] = set()
         self.held: set[str] = set()  # roots of folders another agent serves (``hold``)
         self.progress: ProgressListener | None = None  # a terminal's progress bars, if any
-        # Told of a ticket it was announced but could not read (the watcher's ``forget``): the
-        # watcher announces it again when a later scan finds it there.
+        # Told of a ticket it was announced but did not take up (it could not be read, or its
+        # record was not saved): the watcher's ``forget``, which announces it again when a later
+        # scan finds it there.
         self.unread: Callable[[Path], None] | None = None
         self.metrics: Metrics | None = None  # /metrics counters (verdicts, bytes, poll latency)
         self.sweeper: Sweeper | None = None  # job-list polling when many jobs are in flight
