@@ -478,6 +478,7 @@ class Agent:
             fs_poll_interval=self.cfg.polling.fs_poll_interval,
             ignore=sched.is_own_output,
         )
+        sched.unread = watcher.forget
         await watcher.start()
         self.watcher = watcher
 

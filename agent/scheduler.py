@@ -273,6 +273,10 @@ class Scheduler:
         self.seen_this_run: set[int] = set()
         self.held: set[str] = set()  # roots of folders another agent serves (``hold``)
         self.progress: ProgressListener | None = None  # a terminal's progress bars, if any
+        # Told of a ticket it was announced but did not take up (it could not be read, or its
+        # record was not saved): the watcher's ``forget``, which announces it again when a later
+        # scan finds it there.
+        self.unread: Callable[[Path], None] | None = None
         self.metrics: Metrics | None = None  # /metrics counters (verdicts, bytes, poll latency)
         self.sweeper: Sweeper | None = None  # job-list polling when many jobs are in flight
         if cfg.polling.sweep:
@@ -1535,6 +1539,12 @@ class Scheduler:
         try:
             if self.claims is None or await self._claimed(path, fcfg):
                 await self._ingest_inner(path, fcfg)
+        except Exception:
+            # Not recorded (a state write failed, a bug; logged as an internal error): taken up
+            # again at the watcher's next scan, not left as NAME.job until a restart.
+            self._parse_retry.pop(key, None)
+            self._unread(path)
+            raise
         finally:
             if key not in self._parse_retry:
                 self._pending_paths.discard(key)
@@ -1658,11 +1668,16 @@ class Scheduler:
         try:
             data = folder.read_ticket(path)
             st = os.stat(path)
-        except FileNotFoundError:
-            self._parse_retry.pop(key, None)
-            return
         except OSError as exc:
-            log.warning("cannot read ticket %s: %s", path, exc.strerror)
+            # Gone, or its folder is (a share unmounted for a while), or unreadable for now: the
+            # watcher, which announces a file once, is told to announce it again when it is
+            # there at a later scan; else nothing would ever read it (nor record, nor file it).
+            self._parse_retry.pop(key, None)
+            self._unread(path)
+            if not isinstance(exc, FileNotFoundError):
+                log.warning(
+                    "cannot read ticket %s: %s; trying again at the next scan", path, exc.strerror
+                )
             return
         sha = hashlib.sha256(data).hexdigest()
         now = self.clock()
@@ -1717,6 +1732,7 @@ class Scheduler:
             self.seen_this_run.add(rec.id)
             self._changed(rec)
             self._schedule(rec.id, 0.0)
+            await self._recorded(path)
             return
         self._parse_retry.pop(key, None)
         rec = self.store.add_ticket(
@@ -1734,6 +1750,21 @@ class Scheduler:
         self.seen_this_run.add(rec.id)
         self._changed(rec)
         self._schedule(rec.id, 0.0)
+        await self._recorded(path)
+
+    def _unread(self, path: Path) -> None:
+        """Tell the watcher to announce this ticket again at its next scan (``unread``)."""
+        if self.unread is not None:
+            self.unread(path)
+
+    async def _recorded(self, path: Path) -> None:
+        """Wait until a new ticket's record is committed. One the state did not take (its commit
+        failed and was rolled back; the failure is logged) is gone with nothing to take it up
+        again (its step finds no record): the watcher announces the ticket again instead."""
+        try:
+            await self._persisted()
+        except Exception:
+            self._unread(path)
 
     def _follow_rename(self, path: Path, fcfg: FolderConfig, sha: str) -> bool:
         """A running ticket renamed within its folder (same bytes, old name gone) is followed:

@@ -418,6 +418,11 @@ class Watcher:
         if self._rescan is not None:
             self._rescan.set()
 
+    def forget(self, path: Path) -> None:
+        """Announce ``path`` again when a later scan finds it: it was announced, but could not
+        be read (gone with its folder, unreadable for now), so nothing holds it."""
+        self._seen.pop(path, None)
+
     def mode(self, path: Path) -> str | None:
         """How the folder at ``path`` is watched: "native", "polling" or None (not watched)."""
         for folder in self._folders:
