@@ -18,7 +18,7 @@ from typing import Any
 
 from agent.api import ApiClient
 from agent.config import Config, share_names
-from agent.errors import AgentError, AuthError
+from agent.errors import AgentError, AuthError, ConfigError
 from agent.foldermark import MARK_NAME, folder_status
 from agent.store import Store
 
@@ -115,7 +115,48 @@ def check_inotify(cfg: Config) -> Check:
     return Check("inotify", "ok", detail)
 
 
+def check_state_url(cfg: Config) -> Check:
+    """A PostgreSQL state (team mode): reachable, and who is in the team (its password never
+    shown: ``daemon.open_state_readonly`` redacts it in every message)."""
+    from agent.daemon import open_state_readonly, team_view
+    from agent.store.urls import redact_url
+
+    url = cfg.state.url or ""
+    try:
+        store = open_state_readonly(cfg)
+    except ConfigError as err:
+        return Check(
+            "state",
+            "fail",
+            err.message,
+            "check state.url (or CONVERT_AGENT_STATE_URL), the server and its network",
+        )
+    try:
+        team = team_view(store)
+    finally:
+        store.close()
+    agents = [a for a in (team or {}).get("agents", []) if not a["stopped"]]
+    if team is not None and team.get("problem"):
+        detail = f"{redact_url(url)} answers, but its team cannot be read: {team['problem']}"
+        return Check("state", "warn", detail, "run `convert-agent run` once to migrate it")
+    who = ", ".join(f"{a['name']} on {a['host']}" for a in agents) or "no agent running"
+    return Check("state", "ok", f"PostgreSQL {redact_url(url)} (team mode): {who}")
+
+
 def _agent_id(cfg: Config) -> str | None:
+    if cfg.state.url:  # the team's id, in the shared meta table
+        from agent.daemon import open_state_readonly
+
+        try:
+            shared = open_state_readonly(cfg)
+        except ConfigError:  # check_state says what is wrong
+            return None
+        try:
+            return shared.get_meta("agent_id")
+        except Exception:
+            return None
+        finally:
+            shared.close()
     if not cfg.state.path.exists():
         return None
     try:
@@ -159,6 +200,8 @@ def check_marks(cfg: Config) -> list[Check]:
 
 
 def check_state(cfg: Config) -> Check:
+    if cfg.state.url:
+        return check_state_url(cfg)
     from agent.daemon import state_location_problem
 
     path = cfg.state.path
