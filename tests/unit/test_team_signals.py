@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from agent.api import ApiClient
 from agent.config import ApiConfig, Config, FolderConfig, LogConfig, StateConfig
 from agent.errors import NeedsUserError
@@ -43,4 +45,55 @@ async def test_a_pause_found_by_another_agent_pauses_this_one(tmp_path: Path) ->
     assert sched.quota_until == 1060.0
     assert isinstance(sched.auth_problem, NeedsUserError)
     assert sched.auth_problem.message == "key refused"
+    await sched.api.close()
+
+
+class Claims:
+    def __init__(self, held: set[str]) -> None:
+        self.held = held
+
+    def holds(self, path: str) -> bool:
+        return path in self.held
+
+    async def claim(self, path: str, *, fair: bool = True) -> str:
+        return "held"
+
+    def release(self, path: str) -> None:
+        self.held.discard(path)
+
+
+async def test_no_act_on_a_ticket_another_agent_took_over(tmp_path: Path) -> None:
+    from agent.leases import Leases
+    from agent.store import LeaseLost
+
+    sched = scheduler(tmp_path)
+    rec = sched.store.add_ticket(
+        path=str(tmp_path / "a.job"),
+        root=str(tmp_path),
+        sha256="s",
+        kind="conversion",
+        spec={},
+        inputs=[],
+        idem_prefix="p",
+        now=1.0,
+    )
+
+    class Renewing:
+        async def renew(self) -> list[int]:
+            return []
+
+        async def take_over(self) -> tuple[list[int], list[str]]:
+            return [], []
+
+        async def team_info(self) -> dict[str, object]:
+            return {"live": 1}
+
+    leases = Leases(Renewing(), 60.0, on_lost=lambda t: None, on_gained=lambda t, p: None)
+    await leases.beat()
+    claims = Claims({rec.path})
+    sched.team, sched.claims, sched.act_need = leases, claims, 10.0
+    await sched._persisted(rec)  # held, lease alive: the act may go
+    claims.held.clear()  # taken over by another agent
+    with pytest.raises(LeaseLost, match="another agent holds this ticket now"):
+        await sched._persisted(rec)
     await sched.api.close()
