@@ -41,7 +41,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -1502,6 +1502,18 @@ class PgStore:
         self._lease_conn = conn
         return conn
 
+    @contextlib.asynccontextmanager
+    async def _exchange(self) -> AsyncIterator[psycopg.AsyncConnection[dict[str, Any]]]:
+        """One exchange on the claims connection: one at a time, bounded in time; a failure
+        drops the connection and is raised without the URL's password."""
+        async with self._lease_lock:
+            try:
+                async with asyncio.timeout(READ_TIMEOUT_MS / 1000 + 1):
+                    yield await self._lease()
+            except (psycopg.Error, TimeoutError) as exc:
+                self._drop_lease()
+                raise _safe_error_any(exc, self._url) from None
+
     def _drop_lease(self) -> None:
         conn = self._lease_conn
         if conn is not None:
@@ -1515,21 +1527,15 @@ class PgStore:
         one was paused or cut off): they leave the mirror, nothing more is done for them.
         Raises ``psycopg.Error`` (passwordless) when the database cannot be reached."""
         assert self.team is not None
-        async with self._lease_lock:
-            try:
-                async with asyncio.timeout(READ_TIMEOUT_MS / 1000 + 1):
-                    conn = await self._lease()
-                    cur = await conn.execute(
-                        "WITH a AS (UPDATE agents SET heartbeat_at = now(), stopped_at = NULL"
-                        " WHERE id = %(me)s)"
-                        " UPDATE claims SET lease_until = now() + make_interval(secs => %(l)s)"
-                        " WHERE owner = %(me)s RETURNING path, fence",
-                        {"me": self.agent_id, "l": self.team.lease},
-                    )
-                    rows = await cur.fetchall()
-            except (psycopg.Error, TimeoutError) as exc:
-                self._drop_lease()
-                raise _safe_error_any(exc, self._url) from None
+        async with self._exchange() as conn:
+            cur = await conn.execute(
+                "WITH a AS (UPDATE agents SET heartbeat_at = now(), stopped_at = NULL"
+                " WHERE id = %(me)s)"
+                " UPDATE claims SET lease_until = now() + make_interval(secs => %(l)s)"
+                " WHERE owner = %(me)s RETURNING path, fence",
+                {"me": self.agent_id, "l": self.team.lease},
+            )
+            rows = await cur.fetchall()
         now_held = {r["path"]: int(r["fence"]) for r in rows}
         lost = [p for p, fence in self._held.items() if now_held.get(p) != fence]
         for p in lost:
@@ -1556,26 +1562,19 @@ class PgStore:
         shared = self._pm.s(path)
         if shared in self._held:
             return "ok"
-        async with self._lease_lock:
-            try:
-                async with asyncio.timeout(READ_TIMEOUT_MS / 1000 + 1):
-                    conn = await self._lease()
-                    async with conn.transaction():
-                        if fair and await self._over_share(conn):
-                            return "busy"
-                        cur = await conn.execute(
-                            "SELECT c.owner, c.fence, c.lease_until < now() AS expired,"
-                            " a.name, a.host FROM claims c JOIN agents a ON a.id = c.owner"
-                            " WHERE c.path = %s FOR UPDATE OF c",
-                            [shared],
-                        )
-                        row = await cur.fetchone()
-                        if row is not None and not row["expired"] and row["owner"] != self.agent_id:
-                            return "held"
-                        got = await self._take(conn, [shared], {shared: row} if row else {})
-            except (psycopg.Error, TimeoutError) as exc:
-                self._drop_lease()
-                raise _safe_error_any(exc, self._url) from None
+        async with self._exchange() as conn, conn.transaction():
+            if fair and await self._over_share(conn):
+                return "busy"
+            cur = await conn.execute(
+                "SELECT c.owner, c.fence, c.lease_until < now() AS expired,"
+                " a.name, a.host FROM claims c JOIN agents a ON a.id = c.owner"
+                " WHERE c.path = %s FOR UPDATE OF c",
+                [shared],
+            )
+            row = await cur.fetchone()
+            if row is not None and not row["expired"] and row["owner"] != self.agent_id:
+                return "held"
+            got = await self._take(conn, [shared], {shared: row} if row else {})
         self._merge(got)
         return "ok" if shared in self._held else "held"
 
@@ -1603,35 +1602,28 @@ class PgStore:
         paused or cut off). Returns the ids of the records now held and the (local) paths
         taken over that hold no record (the caller looks at those files again)."""
         assert self.team is not None
-        async with self._lease_lock:
-            try:
-                async with asyncio.timeout(READ_TIMEOUT_MS / 1000 + 1):
-                    conn = await self._lease()
-                    async with conn.transaction():
-                        cur = await conn.execute(
-                            "SELECT count(*) AS n, (SELECT count(*) FROM agents WHERE"
-                            " stopped_at IS NULL AND heartbeat_at > now() -"
-                            " make_interval(secs => %(l)s)) AS live"
-                            " FROM claims WHERE lease_until < now()",
-                            {"l": self.team.lease},
-                        )
-                        row = await cur.fetchone()
-                        assert row is not None
-                        if not row["n"]:
-                            return [], []
-                        n = -(-int(row["n"]) // max(1, int(row["live"])))
-                        cur = await conn.execute(
-                            "SELECT c.path, c.owner, c.fence, true AS expired, a.name, a.host"
-                            " FROM claims c JOIN agents a ON a.id = c.owner"
-                            " WHERE c.lease_until < now() ORDER BY c.lease_until"
-                            " LIMIT %s FOR UPDATE OF c SKIP LOCKED",
-                            [n],
-                        )
-                        prev = {r["path"]: r for r in await cur.fetchall()}
-                        got = await self._take(conn, list(prev), prev)
-            except (psycopg.Error, TimeoutError) as exc:
-                self._drop_lease()
-                raise _safe_error_any(exc, self._url) from None
+        async with self._exchange() as conn, conn.transaction():
+            cur = await conn.execute(
+                "SELECT count(*) AS n, (SELECT count(*) FROM agents WHERE"
+                " stopped_at IS NULL AND heartbeat_at > now() -"
+                " make_interval(secs => %(l)s)) AS live"
+                " FROM claims WHERE lease_until < now()",
+                {"l": self.team.lease},
+            )
+            row = await cur.fetchone()
+            assert row is not None
+            if not row["n"]:
+                return [], []
+            n = -(-int(row["n"]) // max(1, int(row["live"])))
+            cur = await conn.execute(
+                "SELECT c.path, c.owner, c.fence, true AS expired, a.name, a.host"
+                " FROM claims c JOIN agents a ON a.id = c.owner"
+                " WHERE c.lease_until < now() ORDER BY c.lease_until"
+                " LIMIT %s FOR UPDATE OF c SKIP LOCKED",
+                [n],
+            )
+            prev = {r["path"]: r for r in await cur.fetchall()}
+            got = await self._take(conn, list(prev), prev)
         tids = self._merge(got)
         held = {self._m.recs[t].path for t in tids}
         empty = [self._pm.loc(p) for p in prev if self._pm.loc(p) not in held]
@@ -1743,21 +1735,15 @@ class PgStore:
         alive, and the account's pauses one of them found (``publish``): the quota used up
         until (epoch seconds) and the API key refused (its message)."""
         assert self.team is not None
-        async with self._lease_lock:
-            try:
-                async with asyncio.timeout(READ_TIMEOUT_MS / 1000 + 1):
-                    conn = await self._lease()
-                    cur = await conn.execute(
-                        "SELECT (SELECT count(*) FROM agents WHERE stopped_at IS NULL AND"
-                        " heartbeat_at > now() - make_interval(secs => %(l)s)) AS live,"
-                        " (SELECT value FROM meta WHERE key = 'team.quota_until') AS quota,"
-                        " (SELECT value FROM meta WHERE key = 'team.auth_problem') AS auth",
-                        {"l": self.team.lease},
-                    )
-                    row = await cur.fetchone()
-            except (psycopg.Error, TimeoutError) as exc:
-                self._drop_lease()
-                raise _safe_error_any(exc, self._url) from None
+        async with self._exchange() as conn:
+            cur = await conn.execute(
+                "SELECT (SELECT count(*) FROM agents WHERE stopped_at IS NULL AND"
+                " heartbeat_at > now() - make_interval(secs => %(l)s)) AS live,"
+                " (SELECT value FROM meta WHERE key = 'team.quota_until') AS quota,"
+                " (SELECT value FROM meta WHERE key = 'team.auth_problem') AS auth",
+                {"l": self.team.lease},
+            )
+            row = await cur.fetchone()
         assert row is not None
         return {
             "live": max(1, int(row["live"])),

@@ -224,17 +224,17 @@ async def test_three_agents_on_one_share_convert_each_ticket_once(
     assert held_by(team.url) == {}  # filed tickets' claims are given back
 
 
-async def test_a_killed_agents_tickets_are_taken_over_after_its_lease(
-    make_emulator: MakeEmulator, team_factory: Callable[..., Team]
-) -> None:
-    emu = await make_emulator(processing_seconds=4.0)
-    team = team_factory(emu.base_url)
+async def all_processing(
+    team: Team, prefix: str, n: int
+) -> tuple[Team, list[str], dict[str, str], str, list[str]]:
+    """Start the team, drop ``n`` tickets, wait until every one is processing; the agent
+    holding the most of them (the victim) and its tickets."""
     for name in team.names:
         team.start(name)
     await wait_until(
         lambda: all("polling /" in team.log(n) for n in team.names), 30, "agents up", team
     )
-    stems = [f"k{i}" for i in range(12)]
+    stems = [f"{prefix}{i}" for i in range(n)]
     team.drop(stems)
     await wait_until(
         lambda: (
@@ -248,6 +248,15 @@ async def test_a_killed_agents_tickets_are_taken_over_after_its_lease(
     holders = held_by(team.url)
     victim = max(team.names, key=lambda n: list(holders.values()).count(n))
     theirs = sorted(t for t, n in holders.items() if n == victim)
+    assert theirs, holders
+    return team, stems, holders, victim, theirs
+
+
+async def test_a_killed_agents_tickets_are_taken_over_after_its_lease(
+    make_emulator: MakeEmulator, team_factory: Callable[..., Team]
+) -> None:
+    emu = await make_emulator(processing_seconds=4.0)
+    team, stems, holders, victim, theirs = await all_processing(team_factory(emu.base_url), "k", 12)
     assert theirs, holders
     # Seeing the team: status lists its agents, list says who holds each ticket, with the
     # paths of the asking user's own mount.
@@ -302,26 +311,9 @@ async def test_an_agent_paused_past_its_lease_stops_acting_on_tickets_taken_over
     make_emulator: MakeEmulator, team_factory: Callable[..., Team]
 ) -> None:
     emu = await make_emulator(processing_seconds=3.0)
-    team = team_factory(emu.base_url, 2)
-    for name in team.names:
-        team.start(name)
-    await wait_until(
-        lambda: all("polling /" in team.log(n) for n in team.names), 30, "agents up", team
+    team, stems, _holders, victim, theirs = await all_processing(
+        team_factory(emu.base_url, 2), "s", 8
     )
-    stems = [f"s{i}" for i in range(8)]
-    team.drop(stems)
-    await wait_until(
-        lambda: (
-            len(processing(team.url)) == len(stems)
-            and set(processing(team.url).values()) == {"processing"}
-        ),
-        60,
-        "every ticket processing",
-        team,
-    )
-    holders = held_by(team.url)
-    victim = max(team.names, key=lambda n: list(holders.values()).count(n))
-    theirs = sorted(t for t, n in holders.items() if n == victim)
     os.kill(team.procs[victim].pid, signal.SIGSTOP)
     await wait_until(
         lambda: (
