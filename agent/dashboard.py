@@ -418,6 +418,7 @@ button:disabled { opacity:.5; cursor:default; }
 button.danger:hover { border-color:var(--bad); color:var(--bad); }
 main { padding:16px 20px; }
 .banner { padding:10px 14px; border-radius:8px; margin-bottom:12px; }
+.banner.team { background:#eef4fb; border:1px solid #c9dcf0; }
 .banner.problem { background:#fdecea; color:var(--bad); border:1px solid #f5c2bc; }
 .banner.paused { background:#fff6e0; color:var(--warn); border:1px solid #f3dfb0; }
 .banner.gone { background:#fdecea; color:var(--bad); border:1px solid #f5c2bc; }
@@ -580,6 +581,10 @@ function render(s) {
   if (s.quota_until && s.quota_until > s.now) banners.append(el("div", {class: "banner problem",
     text: "The conversion quota is used up; new tickets wait " +
           since(s.quota_until - s.now) + "."}));
+  if (s.team && (s.team.agents || []).length) banners.append(el("div", {class: "banner team",
+    "data-team": "1", text: "Team: " + s.team.agents.filter((a) => !a.stopped).map((a) =>
+      a.name + " on " + a.host + " (holds " + a.held + ", seen " +
+      Math.round(a.heartbeat_age) + "s ago)").join(" · ")}));
   if (s.paused) banners.append(el("div", {class: "banner paused",
     text: "Intake is paused: tickets already running go on, new ones wait."}));
   $("pause").textContent = s.paused ? "Resume intake" : "Pause intake";
