@@ -1565,7 +1565,12 @@ class Scheduler:
         try:
             verdict = await self.claims.claim(key, fair=fair)
         except Exception as exc:
-            log.warning("%s: cannot claim it in the state database now (%s)", path.name, exc)
+            if key not in self._claim_tries:  # once per ticket, not at every try
+                log.warning(
+                    "%s: cannot claim it in the state database now (%s); trying again",
+                    path.name,
+                    exc,
+                )
             verdict = "busy"
         if verdict == "ok":
             self._claim_tries.pop(key, None)
@@ -1581,6 +1586,8 @@ class Scheduler:
         await asyncio.sleep(delay * (0.5 + self.rand()))
         if not self._stopping and path.exists():
             await self._ingest(path, fcfg)
+        else:
+            self._claim_tries.pop(str(path), None)
 
     def _release(self, path: str) -> None:
         assert self.claims is not None
