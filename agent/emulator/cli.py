@@ -70,6 +70,13 @@ def _fault(
 @click.option(
     "--download-limit", default=10, show_default=True, type=int, help="Downloads per output."
 )
+@click.option(
+    "--max-input-bytes",
+    default=256 * 1024 * 1024,
+    show_default=True,
+    type=int,
+    help="Input size limit of the contract; an upload or remote input above it gets 402.",
+)
 @click.option("--ignore-idempotency", is_flag=True, help="Treat every Idempotency-Key as new.")
 @click.option("--ignore-range", is_flag=True, help="Ignore Range/If-Range (always 200).")
 @click.option(
@@ -99,6 +106,7 @@ def emulator_command(
     retry_after: float | None,
     rate_limit: int | None,
     download_limit: int,
+    max_input_bytes: int,
     ignore_idempotency: bool,
     ignore_range: bool,
     patch_started: str,
@@ -117,6 +125,7 @@ def emulator_command(
             retry_after=retry_after,
             rate_limit=rate_limit,
             download_limit=download_limit,
+            max_input_bytes=max_input_bytes,
             ignore_idempotency=ignore_idempotency,
             ignore_range=ignore_range,
             patch_started="conflict" if patch_started == "conflict" else "noop",

@@ -174,7 +174,9 @@ class EmulatorConfig:
     password_status: int = 403
     #: PATCH {"process": true} on a job that already started: 200 no-op, or 409.
     patch_started: PatchStarted = "noop"
-    #: Upload and remote-input size cap; bigger → 402 (uploads) or a failed input (remote).
+    #: The contract's input size limit: an upload above it, or a remote input whose declared
+    #: size (Content-Length) is above it, is refused with 402 (as the API documents for inputs);
+    #: a remote input found bigger only while it is fetched fails the job (input error 404).
     max_input_bytes: int = 256 * 1024 * 1024
     #: Timeout for fetching a remote input.
     remote_timeout: float = 30.0
@@ -196,6 +198,8 @@ class EmulatorConfig:
                 raise ConfigError(f"{name} must be >= 0")
         if self.rate_limit is not None and self.rate_limit < 1:
             raise ConfigError("rate_limit must be >= 1")
+        if self.max_input_bytes < 1:
+            raise ConfigError("max_input_bytes must be >= 1")
         if self.download_limit < 1:
             raise ConfigError("download_limit must be >= 1")
         if self.synthetic_output_bytes < 0:

@@ -33,6 +33,7 @@ from agent.emulator.common import (
     require_key,
     state_of,
     token_of,
+    too_large_message,
 )
 from agent.emulator.state import EPOCH, STATUS_INFO, Conversion, InputFile, Job
 
@@ -294,6 +295,11 @@ async def add_input(request: web.Request) -> web.Response:
     if job.started:
         raise ApiError(409, "The job does not accept new inputs once it has started")
     processor = processor_of(request)
+    if inp.type == "remote":  # a declared size above the contract's limit: 402, no input
+        limit = state_of(request).config.max_input_bytes
+        size = await processor.declared_size(inp.source)
+        if size is not None and size > limit:
+            raise ApiError(402, too_large_message(limit))
     processor.add_input(job, inp)
     if job.process:
         processor.start(job)

@@ -94,16 +94,34 @@ class Processor:
         inp.content_type = ctype or conv.content_type_for(inp.filename)
         inp.set_data(data, now())
 
-    async def _download(self, url: str) -> tuple[bytes, str, str]:
-        parts = urlsplit(url)
-        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-            raise ValueError("unsupported source URL")
+    def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=self.state.config.remote_timeout)
             )
+        return self._session
+
+    async def declared_size(self, url: str) -> int | None:
+        """The size a remote source declares (`Content-Length` of a HEAD), or None when it
+        declares none or cannot be asked (then the fetch finds out)."""
+        parts = urlsplit(url)
+        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+            return None
+        timeout = aiohttp.ClientTimeout(total=min(5.0, self.state.config.remote_timeout))
+        try:
+            async with self._client().head(url, timeout=timeout, allow_redirects=True) as resp:
+                if resp.status != 200:
+                    return None
+                return resp.content_length
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return None
+
+    async def _download(self, url: str) -> tuple[bytes, str, str]:
+        parts = urlsplit(url)
+        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+            raise ValueError("unsupported source URL")
         limit = self.state.config.max_input_bytes
-        async with self._session.get(url) as response:
+        async with self._client().get(url) as response:
             if response.status != 200:
                 raise ValueError(f"HTTP {response.status}")
             data = await response.content.read(limit + 1)
