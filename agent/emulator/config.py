@@ -182,6 +182,13 @@ class EmulatorConfig:
     remote_timeout: float = 30.0
     #: Faults active from startup.
     faults: tuple[FaultSpec, ...] = ()
+    #: Webhooks: the secret that signs each callback (`X-Oc-Signature` = hex HMAC-SHA256 of the
+    #: raw body, the SDKs' scheme); None = unsigned, as the webhooks guide says the API sends.
+    webhook_secret: str | None = field(default=None, repr=False)
+    #: Retries of a callback answered 5xx (or not at all); 4xx is never retried.
+    webhook_retries: int = 10
+    #: Seconds before the first retry; doubled per retry, at most 10 s.
+    webhook_retry_delay: float = 0.5
     #: When > 0, every output a conversion produces is replaced by this many bytes of a fixed
     #: pseudo-random pattern (same for every job), so a benchmark can download a large output
     #: without uploading one. 0 = real conversion outputs.
@@ -198,6 +205,8 @@ class EmulatorConfig:
                 raise ConfigError(f"{name} must be >= 0")
         if self.rate_limit is not None and self.rate_limit < 1:
             raise ConfigError("rate_limit must be >= 1")
+        if self.webhook_retries < 0 or not self.webhook_retry_delay >= 0:
+            raise ConfigError("webhook_retries and webhook_retry_delay must be >= 0")
         if self.max_input_bytes < 1:
             raise ConfigError("max_input_bytes must be >= 1")
         if self.download_limit < 1:

@@ -189,6 +189,7 @@ async def create_job(request: web.Request) -> web.Response:
     settings = read_settings(NEW_JOB, body)
     check_capacity(request)
     job = state.new_job(conversions)
+    job.origin = origin(request)
     job.idempotency_key = key
     apply_settings(job, settings)
     job.process = process
