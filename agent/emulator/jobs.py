@@ -1,4 +1,5 @@
-"""The `/v2` control plane: jobs, inputs, outputs, statuses, conversions, contracts.
+"""The `/v2` control plane: jobs, inputs, outputs, statuses, conversions (the account's routes,
+presets, stats and contracts, are in `account`).
 
 Decisions where the contract is [UNDOC] (see docs/emulator.md):
 - an empty body on POST/PATCH is 400 `{"code": 8, "message": "The JSON body is empty"}` (OA
@@ -367,20 +368,6 @@ async def conversions(request: web.Request) -> web.Response:
     return json_response(rows[(page - 1) * PAGE_SIZE : page * PAGE_SIZE])
 
 
-async def contracts(request: web.Request) -> web.Response:
-    require_key(request)
-    state = state_of(request)
-    return json_response(
-        [
-            {
-                "type": "emulator",
-                "credits": state.credits_remaining,
-                "concurrent_jobs": state.config.max_concurrent_jobs,
-            }
-        ]
-    )
-
-
 def add_routes(app: web.Application) -> None:
     r = app.router
     r.add_post("/v2/jobs", create_job, name="create")
@@ -398,4 +385,3 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/v2/jobs/{job_id}/threads", job_threads, name="meta.threads")
     r.add_get("/v2/statuses", statuses, name="meta.statuses")
     r.add_get("/v2/conversions", conversions, name="meta.conversions")
-    r.add_get("/v2/contracts", contracts, name="meta.contracts")

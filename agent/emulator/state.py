@@ -297,6 +297,30 @@ class UploadRecord:
 
 
 @dataclass
+class Preset:
+    """A conversion preset (`/presets`); the account's own are `private`."""
+
+    id: str
+    name: str
+    target: str
+    category: str
+    scope: str = "private"
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        row: dict[str, Any] = {
+            "id": self.id,
+            "name": self.name,
+            "target": self.target,
+            "category": self.category,
+            "scope": self.scope,
+        }
+        if self.scope == "private":
+            row["options"] = dict(self.options)
+        return row
+
+
+@dataclass
 class WebhookRecord:
     """One callback POST attempt: the job's status it reports, the answer or the failure."""
 
@@ -378,6 +402,7 @@ class EmulatorState:
         self.requests: list[RequestRecord] = []
         self.internal_errors: list[str] = []
         self.webhooks: list[WebhookRecord] = []
+        self.presets: dict[str, Preset] = {}
         self._seq = 0
 
     # -- jobs -------------------------------------------------------------------------------
