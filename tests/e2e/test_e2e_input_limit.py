@@ -6,10 +6,13 @@ The emulator's input size limit is set small (``max_input_bytes``) so the inputs
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import pytest
 from e2e_harness import (
+    KEY,
     png_bytes,
     run_agent,
     serve_files,
@@ -21,7 +24,9 @@ from e2e_harness import (
     write_config,
 )
 
+from agent.api import ApiClient
 from agent.emulator import RunningEmulator
+from agent.errors import InputRefused
 
 MakeEmulator = Callable[..., Awaitable[RunningEmulator]]
 LIMIT = 4000
@@ -111,3 +116,26 @@ async def test_a_402_on_post_jobs_stays_the_quota_and_intake_waits(
     state = emu.state.snapshot()
     assert {r["status"] for r in state["requests"] if r["route"] == "create"} == {402}
     assert state["uploads"] == []
+
+
+async def test_a_huge_upload_is_refused_at_once_not_after_sending_it_all(
+    tmp_path: Path, make_emulator: MakeEmulator
+) -> None:
+    """The report's size: a 600 MiB input (a sparse file: no disk used) is answered 402 once
+    the limit is passed, and the agent's client takes it as that input's refusal at once."""
+    emu = await make_emulator(max_input_bytes=LIMIT)
+    api = ApiClient(emu.base_url, KEY, max_retries=0)
+    huge = tmp_path / "huge.mov"
+    with huge.open("wb") as fh:
+        fh.truncate(600 << 20)
+    try:
+        job = await api.create_job([{"target": "mp4"}], idempotency_key="huge-1")
+        started = time.monotonic()
+        with pytest.raises(InputRefused) as refused:
+            await api.upload_file(job, huge, filename=huge.name, upload_uuid="u-huge")
+        assert time.monotonic() - started < 10
+    finally:
+        await api.close()
+    assert "629,145,600 bytes, 600.0 MiB" in refused.value.message
+    assert f"({LIMIT} bytes)" in refused.value.message
+    assert emu.state.snapshot()["uploads"] == []
