@@ -42,6 +42,7 @@ from agent.errors import (
     ApiRejected,
     ApiUnavailable,
     AuthError,
+    InputRefused,
     OutputUnavailable,
     QuotaExhausted,
     RateLimited,
@@ -562,6 +563,7 @@ class ApiClient:
             what="upload",
             streaming=True,
             priority=PROGRESS,
+            on_402=functools.partial(_input_refused, f"the input {filename}", _size_of(path)),
         )
         if not isinstance(answer.body, dict):
             raise ApiUnavailable("the upload server answered with something that is not an input")
@@ -576,6 +578,7 @@ class ApiClient:
             ok=(200, 201),
             what="POST /jobs/{id}/input",
             priority=PROGRESS,
+            on_402=functools.partial(_input_refused, f"the remote input {url}", None),
         )
         if not isinstance(answer.body, dict):
             raise ApiUnavailable(
@@ -838,7 +841,10 @@ class ApiClient:
         streaming: bool = False,
         priority: int = PROGRESS,
         retry_429: bool = True,
+        on_402: Callable[[str], AgentError] | None = None,
     ) -> _Answer:
+        """One API request. ``on_402`` turns a 402's text into the error to raise (an input's
+        402 is about that input, not the account's credits)."""
         url = path_or_url if "://" in path_or_url else f"{self._base}{path_or_url}"
         what = what or f"{method} {path_or_url}"
         extra = dict(extra_headers or {})
@@ -885,6 +891,8 @@ class ApiClient:
                     parsed = self._parse_json(body, what)
                 return _Answer(resp.status, parsed, resp.headers)
             error = self._error_for(resp, body, what=what, secrets=secrets, token_auth=bool(token))
+            if resp.status == 402 and on_402 is not None:
+                raise on_402(error.message)
             self._raise_or_retry(error, resp)
             raise AssertionError("unreachable")  # pragma: no cover
 
@@ -1023,7 +1031,7 @@ class ApiClient:
             return ApiUnavailable(f"{text}: unexpected redirect from the API", retry_after=after)
         if status == 402:
             return QuotaExhausted(
-                f"{text}: the credits or contract budget are used up; new tickets wait",
+                f"{text}{_QUOTA_WORDS}",
                 retry_after=after,
             )
         if download:
@@ -1067,6 +1075,36 @@ class ApiClient:
         if raw_after is not None and raw_after > 0:
             return min(raw_after, MAX_RETRY_AFTER)
         return min(8.0, 0.5 * 2.0**attempt) * (1 + 0.25 * self._rand())
+
+
+_QUOTA_WORDS = ": the credits or contract budget are used up; new tickets wait"
+
+
+def _size_of(path: Path) -> int | None:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return None
+
+
+def _input_refused(what: str, size: int | None, text: str) -> InputRefused:
+    """A 402 on an input: the API's text (which names the limit) and the input's own size."""
+    text = text.removesuffix(_QUOTA_WORDS)
+    sized = f" ({_human_size(size)})" if size is not None else ""
+    return InputRefused(
+        f"{what}{sized} is larger than the API contract allows for an input ({text}); "
+        "this ticket fails, the others go on",
+        status=402,
+    )
+
+
+def _human_size(size: int) -> str:
+    if size < 1024:
+        return f"{size} bytes"
+    value, units = size / 1024, ["KiB", "MiB", "GiB", "TiB"]
+    while value >= 1024 and len(units) > 1:
+        value, units = value / 1024, units[1:]
+    return f"{size:,} bytes, {value:.1f} {units[0]}"
 
 
 def _header_value(value: str, what: str) -> str:

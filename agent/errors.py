@@ -12,6 +12,7 @@
     └── PermanentError          this ticket fails; others go on
         ├── TicketError         a broken ticket (names the key and line)
         ├── ApiRejected         400/422/404/409 with the API's message
+        │   └── InputRefused    402 on an input (upload or remote): over the contract's limits
         ├── JobFailed           the remote job failed or was canceled (carries errors[])
         └── OutputUnavailable   expired / disabled / overuse / no outputs / checksum never matched
 
@@ -126,6 +127,14 @@ class ApiRejected(PermanentError):
     def __init__(self, message: str, *, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+
+class InputRefused(ApiRejected):
+    """A 402 on one input (its upload or its remote-input request): the input is larger than the
+    contract allows (or the job has too many inputs). Only this ticket fails; unlike a 402 on
+    ``POST /jobs`` it says nothing about the account's credits, so intake goes on."""
+
+    default_title = "input too large"
 
 
 class JobFailed(PermanentError):

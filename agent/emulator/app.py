@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from agent.emulator import control, files, jobs
+from agent.emulator import account, control, files, jobs
 from agent.emulator.common import FAULTS_KEY, PROCESSOR_KEY, STATE_KEY, ApiError, json_response
 from agent.emulator.config import EmulatorConfig, FaultSpec
 from agent.emulator.faults import HTML_PAGE, close_connection, send_slow, send_truncated
@@ -42,6 +42,7 @@ def build_app(config: EmulatorConfig | None = None) -> web.Application:
     app[STATE_KEY] = state
     app[PROCESSOR_KEY] = Processor(state)
     jobs.add_routes(app)
+    account.add_routes(app)
     files.add_routes(app)
     control.add_routes(app)
     app.cleanup_ctx.append(_lifecycle)

@@ -70,6 +70,25 @@ def _fault(
 @click.option(
     "--download-limit", default=10, show_default=True, type=int, help="Downloads per output."
 )
+@click.option(
+    "--max-input-bytes",
+    default=256 * 1024 * 1024,
+    show_default=True,
+    type=int,
+    help="Input size limit of the contract; an upload or remote input above it gets 402.",
+)
+@click.option(
+    "--webhook-secret",
+    default=None,
+    help="Sign callbacks with X-Oc-Signature (HMAC-SHA256 of the body); unsigned without it.",
+)
+@click.option(
+    "--webhook-retries",
+    default=10,
+    show_default=True,
+    type=int,
+    help="Retries of a callback answered 5xx or not at all.",
+)
 @click.option("--ignore-idempotency", is_flag=True, help="Treat every Idempotency-Key as new.")
 @click.option("--ignore-range", is_flag=True, help="Ignore Range/If-Range (always 200).")
 @click.option(
@@ -99,6 +118,9 @@ def emulator_command(
     retry_after: float | None,
     rate_limit: int | None,
     download_limit: int,
+    max_input_bytes: int,
+    webhook_secret: str | None,
+    webhook_retries: int,
     ignore_idempotency: bool,
     ignore_range: bool,
     patch_started: str,
@@ -117,6 +139,9 @@ def emulator_command(
             retry_after=retry_after,
             rate_limit=rate_limit,
             download_limit=download_limit,
+            max_input_bytes=max_input_bytes,
+            webhook_secret=webhook_secret,
+            webhook_retries=webhook_retries,
             ignore_idempotency=ignore_idempotency,
             ignore_range=ignore_range,
             patch_started="conflict" if patch_started == "conflict" else "noop",

@@ -149,6 +149,11 @@ def read_passwords(value: Any) -> list[str]:
     return list(value)
 
 
+def too_large_message(limit: int) -> str:
+    """The 402 message of an input above the contract's size limit (it names the limit)."""
+    return f"The file exceeds the input size limit of your contract ({limit} bytes)"
+
+
 def too_many_requests(request: web.Request) -> ApiError:
     retry_after = state_of(request).config.retry_after
     headers = {"Retry-After": _seconds(retry_after)} if retry_after is not None else {}

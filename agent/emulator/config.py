@@ -174,12 +174,21 @@ class EmulatorConfig:
     password_status: int = 403
     #: PATCH {"process": true} on a job that already started: 200 no-op, or 409.
     patch_started: PatchStarted = "noop"
-    #: Upload and remote-input size cap; bigger → 402 (uploads) or a failed input (remote).
+    #: The contract's input size limit: an upload above it, or a remote input whose declared
+    #: size (Content-Length) is above it, is refused with 402 (as the API documents for inputs);
+    #: a remote input found bigger only while it is fetched fails the job (input error 404).
     max_input_bytes: int = 256 * 1024 * 1024
     #: Timeout for fetching a remote input.
     remote_timeout: float = 30.0
     #: Faults active from startup.
     faults: tuple[FaultSpec, ...] = ()
+    #: Webhooks: the secret that signs each callback (`X-Oc-Signature` = hex HMAC-SHA256 of the
+    #: raw body, the SDKs' scheme); None = unsigned, as the webhooks guide says the API sends.
+    webhook_secret: str | None = field(default=None, repr=False)
+    #: Retries of a callback answered 5xx (or not at all); 4xx is never retried.
+    webhook_retries: int = 10
+    #: Seconds before the first retry; doubled per retry, at most 10 s.
+    webhook_retry_delay: float = 0.5
     #: When > 0, every output a conversion produces is replaced by this many bytes of a fixed
     #: pseudo-random pattern (same for every job), so a benchmark can download a large output
     #: without uploading one. 0 = real conversion outputs.
@@ -196,6 +205,10 @@ class EmulatorConfig:
                 raise ConfigError(f"{name} must be >= 0")
         if self.rate_limit is not None and self.rate_limit < 1:
             raise ConfigError("rate_limit must be >= 1")
+        if self.webhook_retries < 0 or not self.webhook_retry_delay >= 0:
+            raise ConfigError("webhook_retries and webhook_retry_delay must be >= 0")
+        if self.max_input_bytes < 1:
+            raise ConfigError("max_input_bytes must be >= 1")
         if self.download_limit < 1:
             raise ConfigError("download_limit must be >= 1")
         if self.synthetic_output_bytes < 0:

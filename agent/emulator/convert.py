@@ -1,7 +1,9 @@
 """Real conversions and the conversion catalog: bytes in, named bytes out. Pure, no I/O.
 
-- Raster images among png/jpg/webp/gif/bmp/tiff go through Pillow. Options: `width`, `height`
-  (resize, aspect kept when only one is given), `quality` (1..100, jpg/webp).
+- Raster images among png/jpg/webp/gif/bmp/tiff go through Pillow, read as leniently as common
+  tools read them (a truncated JPEG, a bad CRC on an ancillary PNG chunk: see `_decode`).
+  Options: `width`, `height` (resize, aspect kept when only one is given), `quality` (1..100,
+  jpg/webp).
   A multi-frame input (animated GIF/WebP, multi-page TIFF) converted to a single-frame format
   (png, jpg, bmp) yields **one output per frame**, named `{stem}-{n}.{ext}` (1-based).
 - Plain text (UTF-8, no NUL bytes): `txt` (newlines normalised to LF), `html` (escaped, wrapped in
@@ -18,11 +20,12 @@ import io
 import mimetypes
 import posixpath
 import re
+import threading
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from PIL import Image, ImageSequence, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageSequence, UnidentifiedImageError
 
 IMAGE_TARGETS = {
     "png": "PNG",
@@ -133,14 +136,43 @@ def convert(data: bytes, filename: str, target: str, options: dict[str, Any]) ->
     return [Produced(f"{stem}.{target}", data, content_type_for("x." + target))]
 
 
+_DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError)
+#: Pillow's tolerance switch is process-wide: the lenient retry holds this lock while it is on.
+_LENIENT = threading.Lock()
+
+
+def _decode(data: bytes) -> list[Image.Image]:
+    """Every frame of the image, read as leniently as the service and common tools read it:
+    strictly first; then, if that fails, with Pillow's tolerance for a truncated file (a JPEG
+    cut short or without its end marker) and for a bad checksum on an ancillary PNG chunk."""
+    try:
+        return _frames(data)
+    except Image.DecompressionBombError:
+        raise
+    except _DECODE_ERRORS as strict:
+        with _LENIENT:
+            before = ImageFile.LOAD_TRUNCATED_IMAGES
+            ImageFile.LOAD_TRUNCATED_IMAGES = True
+            try:
+                return _frames(data)
+            except _DECODE_ERRORS:
+                raise strict from None
+            finally:
+                ImageFile.LOAD_TRUNCATED_IMAGES = before
+
+
+def _frames(data: bytes) -> list[Image.Image]:
+    with Image.open(io.BytesIO(data)) as image:
+        if image.width * image.height > MAX_PIXELS:
+            raise ConversionFailed("The image is too large to convert")
+        return [frame.copy() for frame in ImageSequence.Iterator(image)]
+
+
 def _convert_image(data: bytes, stem: str, target: str, options: dict[str, Any]) -> list[Produced]:
     fmt = IMAGE_TARGETS[target]
     try:
-        image = Image.open(io.BytesIO(data))
-        if image.width * image.height > MAX_PIXELS:
-            raise ConversionFailed("The image is too large to convert")
-        frames = [frame.copy() for frame in ImageSequence.Iterator(image)]
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        frames = _decode(data)
+    except (*_DECODE_ERRORS, Image.DecompressionBombError) as exc:
         raise ConversionFailed(f"The input file is not a readable image: {exc}") from exc
     frames = [_resize(frame, options) for frame in frames]
     content_type = CONTENT_TYPES[target]

@@ -28,6 +28,7 @@ from agent.emulator.common import (
     json_response,
     processor_of,
     state_of,
+    too_large_message,
 )
 from agent.emulator.faults import corrupt
 from agent.emulator.state import DownloadRecord, InputFile, Job, OutputFile, UploadRecord
@@ -105,7 +106,7 @@ async def _read_file_part(request: web.Request) -> tuple[str, str, bytes]:
             while chunk := await part.read_chunk(65536):
                 size += len(chunk)
                 if size > limit:
-                    raise ApiError(402, "The file exceeds the size limit of the contract")
+                    raise ApiError(402, too_large_message(limit))
                 chunks.append(chunk)
             filename = part.filename if part.filename is not None else "file"
             declared = part.headers.get("Content-Type", "")

@@ -1,4 +1,5 @@
-"""The `/v2` control plane: jobs, inputs, outputs, statuses, conversions, contracts.
+"""The `/v2` control plane: jobs, inputs, outputs, statuses, conversions (the account's routes,
+presets, stats and contracts, are in `account`).
 
 Decisions where the contract is [UNDOC] (see docs/emulator.md):
 - an empty body on POST/PATCH is 400 `{"code": 8, "message": "The JSON body is empty"}` (OA
@@ -33,6 +34,7 @@ from agent.emulator.common import (
     require_key,
     state_of,
     token_of,
+    too_large_message,
 )
 from agent.emulator.state import EPOCH, STATUS_INFO, Conversion, InputFile, Job
 
@@ -188,6 +190,7 @@ async def create_job(request: web.Request) -> web.Response:
     settings = read_settings(NEW_JOB, body)
     check_capacity(request)
     job = state.new_job(conversions)
+    job.origin = origin(request)
     job.idempotency_key = key
     apply_settings(job, settings)
     job.process = process
@@ -294,6 +297,11 @@ async def add_input(request: web.Request) -> web.Response:
     if job.started:
         raise ApiError(409, "The job does not accept new inputs once it has started")
     processor = processor_of(request)
+    if inp.type == "remote":  # a declared size above the contract's limit: 402, no input
+        limit = state_of(request).config.max_input_bytes
+        size = await processor.declared_size(inp.source)
+        if size is not None and size > limit:
+            raise ApiError(402, too_large_message(limit))
     processor.add_input(job, inp)
     if job.process:
         processor.start(job)
@@ -360,20 +368,6 @@ async def conversions(request: web.Request) -> web.Response:
     return json_response(rows[(page - 1) * PAGE_SIZE : page * PAGE_SIZE])
 
 
-async def contracts(request: web.Request) -> web.Response:
-    require_key(request)
-    state = state_of(request)
-    return json_response(
-        [
-            {
-                "type": "emulator",
-                "credits": state.credits_remaining,
-                "concurrent_jobs": state.config.max_concurrent_jobs,
-            }
-        ]
-    )
-
-
 def add_routes(app: web.Application) -> None:
     r = app.router
     r.add_post("/v2/jobs", create_job, name="create")
@@ -391,4 +385,3 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/v2/jobs/{job_id}/threads", job_threads, name="meta.threads")
     r.add_get("/v2/statuses", statuses, name="meta.statuses")
     r.add_get("/v2/conversions", conversions, name="meta.conversions")
-    r.add_get("/v2/contracts", contracts, name="meta.contracts")

@@ -10,6 +10,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hashlib
+import hmac
+import json
 import logging
 import posixpath
 import uuid
@@ -19,7 +22,7 @@ from urllib.parse import unquote, urlsplit
 import aiohttp
 
 from agent.emulator import convert as conv
-from agent.emulator.state import EmulatorState, InputFile, Job, OutputFile
+from agent.emulator.state import EmulatorState, InputFile, Job, OutputFile, WebhookRecord
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +31,13 @@ INPUT_DOWNLOAD_FAILED = (
     "The file could not be downloaded by our servers. Please verify the link you have provided.",
 )
 CLOUD_INPUT_FAILED = (99, "The input could not be retrieved from the given source.")
+SIGNATURE_HEADER = "X-Oc-Signature"
+WEBHOOK_USER_AGENT = "API2Convert API v2 Client (https://api.api2convert.com)"
+
+
+def webhook_signature(secret: str, body: bytes) -> str:
+    """hex(HMAC-SHA256(secret, raw body)): what the official SDKs' verifiers expect."""
+    return hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
 
 
 class Processor:
@@ -38,6 +48,8 @@ class Processor:
         self._tasks: set[asyncio.Task[None]] = set()
         self._fetches: dict[str, asyncio.Task[None]] = {}
         self._session: aiohttp.ClientSession | None = None
+        self._webhook_locks: dict[str, asyncio.Lock] = {}
+        state.status_listener = self._status_changed
 
     async def close(self) -> None:
         tasks = list(self._tasks)
@@ -94,16 +106,34 @@ class Processor:
         inp.content_type = ctype or conv.content_type_for(inp.filename)
         inp.set_data(data, now())
 
-    async def _download(self, url: str) -> tuple[bytes, str, str]:
-        parts = urlsplit(url)
-        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-            raise ValueError("unsupported source URL")
+    def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=self.state.config.remote_timeout)
             )
+        return self._session
+
+    async def declared_size(self, url: str) -> int | None:
+        """The size a remote source declares (`Content-Length` of a HEAD), or None when it
+        declares none or cannot be asked (then the fetch finds out)."""
+        parts = urlsplit(url)
+        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+            return None
+        timeout = aiohttp.ClientTimeout(total=min(5.0, self.state.config.remote_timeout))
+        try:
+            async with self._client().head(url, timeout=timeout, allow_redirects=True) as resp:
+                if resp.status != 200:
+                    return None
+                return resp.content_length
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return None
+
+    async def _download(self, url: str) -> tuple[bytes, str, str]:
+        parts = urlsplit(url)
+        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+            raise ValueError("unsupported source URL")
         limit = self.state.config.max_input_bytes
-        async with self._session.get(url) as response:
+        async with self._client().get(url) as response:
             if response.status != 200:
                 raise ValueError(f"HTTP {response.status}")
             data = await response.content.read(limit + 1)
@@ -112,6 +142,55 @@ class Processor:
             name = response.content_disposition.filename if response.content_disposition else None
             name = name or posixpath.basename(unquote(parts.path)) or "file"
             return data, name, response.content_type if "Content-Type" in response.headers else ""
+
+    # -- webhooks ---------------------------------------------------------------------------
+    def _status_changed(self, job: Job) -> None:
+        """A job with a `callback` gets a POST when it ends (`completed`/`failed`), or on every
+        status change with `notify_status`; the body is the job document at that moment."""
+        if not job.callback:
+            return
+        if not job.notify_status and job.status not in ("completed", "failed"):
+            return
+        now = self.state.clock.now()
+        body = json.dumps(job.to_json(job.origin, now, self.state.config)).encode()
+        lock = self._webhook_locks.setdefault(job.id, asyncio.Lock())
+        self._spawn(
+            self._deliver(job.id, job.callback, job.status, body, lock), f"webhook-{job.id}"
+        )
+
+    async def _deliver(
+        self, job_id: str, url: str, status: str, body: bytes, lock: asyncio.Lock
+    ) -> None:
+        """POST one callback: 2xx acks, 4xx is a final refusal, 5xx or no answer is retried up
+        to `webhook_retries` times (3 s for the first attempt, 10 s for retries)."""
+        config = self.state.config
+        headers = {"Content-Type": "application/json", "User-Agent": WEBHOOK_USER_AGENT}
+        if config.webhook_secret:
+            headers[SIGNATURE_HEADER] = webhook_signature(config.webhook_secret, body)
+        async with lock:  # one job's callbacks go out in order
+            for attempt in range(1, config.webhook_retries + 2):
+                if attempt > 1:
+                    await asyncio.sleep(min(10.0, config.webhook_retry_delay * 2 ** (attempt - 2)))
+                timeout = aiohttp.ClientTimeout(total=3.0 if attempt == 1 else 10.0)
+                record = WebhookRecord(
+                    job_id, url, status, attempt, None, None, SIGNATURE_HEADER in headers
+                )
+                self.state.webhooks.append(record)
+                try:
+                    if urlsplit(url).scheme.lower() not in ("http", "https"):
+                        raise ValueError("the callback is not an http(s) URL")
+                    async with self._client().post(
+                        url, data=body, headers=headers, timeout=timeout, allow_redirects=False
+                    ) as response:
+                        record.http_status = response.status
+                except ValueError as exc:
+                    record.error = str(exc)
+                    return
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    record.error = repr(exc)
+                    continue
+                if record.http_status < 500:
+                    return  # 2xx: delivered; 3xx/4xx: refused for good
 
     # -- jobs -------------------------------------------------------------------------------
     def start(self, job: Job) -> None:

@@ -227,6 +227,10 @@ class Job:
     history: list[dict[str, Any]] = field(default_factory=list)
     #: `x-oc-upload-uuid` → input id, for upload de-duplication.
     upload_uuids: dict[str, str] = field(default_factory=dict)
+    #: The origin the job was created through (callback bodies carry uris under it).
+    origin: str = ""
+    #: Told every status change (the webhook sender); set by the state when the job is made.
+    on_status: Callable[[Job], None] | None = field(default=None, repr=False, compare=False)
 
     @property
     def started(self) -> bool:
@@ -243,6 +247,8 @@ class Job:
                     "created_at": fmt_time(now),
                 }
             )
+            if self.on_status is not None:
+                self.on_status(self)
 
     def server(self, origin: str) -> str:
         return f"{origin}/v2/dl/web{self.server_n}"
@@ -291,6 +297,46 @@ class UploadRecord:
 
 
 @dataclass
+class Preset:
+    """A conversion preset (`/presets`); the account's own are `private`."""
+
+    id: str
+    name: str
+    target: str
+    category: str
+    scope: str = "private"
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        row: dict[str, Any] = {
+            "id": self.id,
+            "name": self.name,
+            "target": self.target,
+            "category": self.category,
+            "scope": self.scope,
+        }
+        if self.scope == "private":
+            row["options"] = dict(self.options)
+        return row
+
+
+@dataclass
+class WebhookRecord:
+    """One callback POST attempt: the job's status it reports, the answer or the failure."""
+
+    job_id: str
+    url: str
+    job_status: str
+    attempt: int
+    http_status: int | None
+    error: str | None
+    signed: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
 class DownloadRecord:
     job_id: str
     output_id: str
@@ -331,6 +377,8 @@ class EmulatorState:
         #: request's handler ran and before its answer is sent, e.g. to kill a client at the
         #: exact moment the server has acted on its request but the answer is not out yet.
         self.after_handler: Callable[[str, str, str, int], None] | None = None
+        #: Told every job status change (the processor sends webhooks from it).
+        self.status_listener: Callable[[Job], None] | None = None
         self.reset()
 
     def synthetic_output(self) -> tuple[bytes, str]:
@@ -353,6 +401,8 @@ class EmulatorState:
         self.downloads: list[DownloadRecord] = []
         self.requests: list[RequestRecord] = []
         self.internal_errors: list[str] = []
+        self.webhooks: list[WebhookRecord] = []
+        self.presets: dict[str, Preset] = {}
         self._seq = 0
 
     # -- jobs -------------------------------------------------------------------------------
@@ -367,6 +417,7 @@ class EmulatorState:
             created_at=now,
             modified_at=now,
             conversions=conversions,
+            on_status=self._status_changed,
         )
         job.history.append(
             {
@@ -378,6 +429,10 @@ class EmulatorState:
         )
         self.jobs[job.id] = job
         return job
+
+    def _status_changed(self, job: Job) -> None:
+        if self.status_listener is not None:
+            self.status_listener(job)
 
     def active_jobs(self) -> int:
         return sum(1 for job in self.jobs.values() if job.status in ACTIVE)
@@ -448,5 +503,6 @@ class EmulatorState:
             "downloads": [d.to_json() for d in self.downloads],
             "requests": [r.to_json() for r in self.requests],
             "faults": self.faults.to_json(),
+            "webhooks": [w.to_json() for w in self.webhooks],
             "internal_errors": list(self.internal_errors),
         }

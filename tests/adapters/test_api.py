@@ -29,6 +29,7 @@ from agent.errors import (
     ApiRejected,
     ApiUnavailable,
     AuthError,
+    InputRefused,
     OutputUnavailable,
     QuotaExhausted,
     RateLimited,
@@ -135,6 +136,40 @@ async def test_upload_carries_only_the_token_and_upload_uuid(aiohttp_server, cli
     assert filename == "ré sumé.txt"
     assert content == src.read_bytes()
     assert path == "/dl/web2/upload-file/j1"
+
+
+async def test_a_402_on_an_input_is_that_input_not_the_quota(aiohttp_server, clients, tmp_path):
+    """402 on an upload or a remote input: InputRefused (this ticket fails) naming the file's
+    size and the server's words (the limit); 402 on POST /jobs stays QuotaExhausted."""
+
+    async def refuse(request: web.Request) -> web.Response:
+        await request.read()
+        text = "The file exceeds the input size limit of your contract (1000 bytes)"
+        return web.json_response({"message": text}, status=402)
+
+    srv = await serve(
+        aiohttp_server,
+        [
+            ("POST", "/dl/web2/upload-file/{id}", refuse),
+            ("POST", "/jobs/{id}/input", refuse),
+            ("POST", "/jobs", refuse),
+        ],
+    )
+    api = clients(base_of(srv), max_retries=0)
+    src = tmp_path / "big.bin"
+    src.write_bytes(b"x" * 5_000)
+    job = RemoteJob.from_dict(job_json(server=base_of(srv) + "/dl/web2/"))
+    with pytest.raises(InputRefused) as upload:
+        await api.upload_file(job, src, filename="big.bin", upload_uuid="u-1")
+    message = upload.value.message
+    assert "big.bin" in message and "5,000 bytes, 4.9 KiB" in message, message
+    assert "(1000 bytes)" in message and "credits" not in message
+    with pytest.raises(InputRefused) as remote:
+        await api.add_remote_input("j1", "https://files.example/big.bin")
+    assert "https://files.example/big.bin" in remote.value.message
+    assert "(1000 bytes)" in remote.value.message
+    with pytest.raises(QuotaExhausted):
+        await api.create_job([{"target": "png"}], idempotency_key="k-1")
 
 
 async def test_upload_without_server_or_token_fails_before_sending(clients):

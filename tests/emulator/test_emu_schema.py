@@ -11,6 +11,7 @@ the contract, and these tests say so instead of bending it):
   with `code: 8`. A target that is not a valid extension is 422 (listed by the issue, not by OA).
 - Starting past the credit or concurrency limit by PATCH answers 402/429, a malformed PATCH or
   input body 400, and POST input on a started job 409: statuses OA lists on sibling routes only.
+- `/presets` without a valid key is 401, which OA lists for stats and contracts only.
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ DEVIATIONS = {
     ("patch", "/jobs/{job_id}", 429),
     ("post", "/jobs/{job_id}/input", 400),
     ("post", "/jobs/{job_id}/input", 409),
+    # presets need the key like every account route (OA lists no 401 there)
+    ("get", "/presets", 401),
+    ("post", "/presets", 401),
+    ("get", "/presets/{preset_id}", 401),
 }
 
 
@@ -231,6 +236,77 @@ async def test_every_route_validates(make_client: MakeClient) -> None:
         "POST", "/jobs", expect=402, headers=key, json={"conversion": [{"target": "png"}]}
     )
 
+    # The account's routes: presets, statistics, contracts.
+    await client.wait(third["id"])
+    presets = await rec.call("GET", "/presets", expect=200, headers=key)
+    assert {p["scope"] for p in presets} == {"public"}
+    await rec.call("GET", "/presets", expect=401, headers=bad)
+    made = await rec.call(
+        "POST",
+        "/presets",
+        expect=201,
+        headers=key,
+        json={"name": "thumbs", "target": "png", "options": {"width": 64}},
+    )
+    assert made["scope"] == "private" and made["options"] == {"width": 64}
+    await rec.call("POST", "/presets", expect=400, headers=key, json={"name": "no target"})
+    await rec.call("POST", "/presets", expect=401, headers=bad, json={"name": "x"})
+    pid = {"preset_id": made["id"]}
+    await rec.call("GET", "/presets/{preset_id}", expect=200, ids=pid, headers=key)
+    await rec.call("GET", "/presets/{preset_id}", expect=401, ids=pid, headers=bad)
+    public = {"preset_id": presets[0]["id"]}  # "only works for personal presets"
+    await rec.call("GET", "/presets/{preset_id}", expect=404, ids=public, headers=key)
+    patched = await rec.call(
+        "PATCH", "/presets/{preset_id}", expect=200, ids=pid, headers=key, json={"name": "t2"}
+    )
+    assert patched["name"] == "t2" and patched["target"] == "png"
+    await rec.call(
+        "PATCH", "/presets/{preset_id}", expect=400, ids=pid, headers=key, json={"options": 3}
+    )
+    filtered = await rec.call(
+        "GET", "/presets", expect=200, headers=key, params={"target": "png", "filter": "t2"}
+    )
+    assert [p["id"] for p in filtered] == [made["id"]]
+    await rec.call("DELETE", "/presets/{preset_id}", expect=204, ids=pid, headers=key)
+    await rec.call("DELETE", "/presets/{preset_id}", expect=404, ids=pid, headers=key)
+    await rec.call(
+        "PATCH", "/presets/{preset_id}", expect=404, ids=pid, headers=key, json={"name": "x"}
+    )
+    today = job["created_at"][:10]
+    for unit, period in (("day", today), ("month", today[:7]), ("year", today[:4])):
+        template = f"/stats/{unit}/{{{unit}}}/{{filter}}"
+        for which in ("single", "all"):
+            rows = await rec.call(
+                "GET", template, expect=200, ids={unit: period, "filter": which}, headers=key
+            )
+            assert rows == [
+                {
+                    "date": today,
+                    "filter": which,
+                    "jobs": 3,
+                    "completed": 2,
+                    "failed": 0,
+                    "credits": 2,
+                }
+            ], rows
+        for wrong in ("20x1", {"day": "2026-1-01", "month": "2026-1", "year": "026"}[unit]):
+            await rec.call(
+                "GET", template, expect=400, ids={unit: wrong, "filter": "all"}, headers=key
+            )
+        await rec.call(
+            "GET", template, expect=400, ids={unit: period, "filter": "some"}, headers=key
+        )
+        await rec.call(
+            "GET", template, expect=401, ids={unit: period, "filter": "all"}, headers=bad
+        )
+    quiet_day = {"day": "1999-01-01", "filter": "all"}
+    quiet = await rec.call(
+        "GET", "/stats/day/{day}/{filter}", expect=200, ids=quiet_day, headers=key
+    )
+    assert quiet == []
+    (contract,) = await rec.call("GET", "/contracts", expect=200, headers=key)
+    assert contract["credits"] == 0 and contract["max_input_bytes"] == 256 * 1024 * 1024
+
     # Every OA route this emulator implements was exercised with its success status.
     for route in [
         ("get", "/jobs", 200),
@@ -243,6 +319,15 @@ async def test_every_route_validates(make_client: MakeClient) -> None:
         ("get", "/jobs/{job_id}/output", 200),
         ("get", "/statuses", 200),
         ("get", "/conversions", 200),
+        ("get", "/presets", 200),
+        ("post", "/presets", 201),
+        ("get", "/presets/{preset_id}", 200),
+        ("patch", "/presets/{preset_id}", 200),
+        ("delete", "/presets/{preset_id}", 204),
+        ("get", "/stats/day/{day}/{filter}", 200),
+        ("get", "/stats/month/{month}/{filter}", 200),
+        ("get", "/stats/year/{year}/{filter}", 200),
+        ("get", "/contracts", 200),
     ]:
         assert route in rec.seen
 

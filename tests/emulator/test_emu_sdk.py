@@ -47,3 +47,25 @@ def test_sdk_lists_statuses_and_conversions(threaded: ThreadedEmulator) -> None:
         targets = {row["target"] for row in sdk.conversions.list()}
         assert {"png", "jpg", "webp", "gif", "bmp", "tiff", "txt", "html"} <= targets
         assert sdk.options("jpg")  # the SDK's per-target options lookup
+
+
+def test_sdk_presets_statistics_and_contracts(threaded: ThreadedEmulator, tmp_path: Path) -> None:
+    """The presets and statistics guides' calls, through the SDK, unchanged."""
+    source = tmp_path / "p.png"
+    source.write_bytes(png_bytes((8, 8)))
+    with Api2Convert(KEY, base_url=threaded.emulator.base_url, sleeper=lambda _s: None) as sdk:
+        made = sdk.presets.create({"name": "small", "target": "jpg", "options": {"quality": 40}})
+        assert made.id and made.scope == "private" and made.options == {"quality": 40}
+        assert sdk.presets.get(made.id).name == "small"
+        assert sdk.presets.update(made.id, {"name": "tiny"}).name == "tiny"
+        assert made.id in [p.id for p in sdk.presets.list(target="jpg")]
+        sdk.presets.delete(made.id)
+        assert made.id not in [p.id for p in sdk.presets.list()]
+
+        job = sdk.convert(str(source), "png").job
+        today = job.raw["created_at"][:10]
+        (row,) = sdk.stats.day(today, "single")
+        assert row["jobs"] == 1 and row["completed"] == 1 and row["credits"] == 1
+        assert sdk.stats.month(today[:7]) == sdk.stats.year(today[:4]) == [row | {"filter": "all"}]
+        (contract,) = sdk.contracts.get()
+        assert contract["max_input_bytes"] > 0
