@@ -157,8 +157,20 @@ class TeamCampaign(Campaign):
         for name, proc in self.procs.items():
             if name in self.restart_at or proc.poll() is None:
                 continue
-            s.violations.append(f"cycle {s.cycles}: {name} exited by itself ({proc.returncode})")
+            if proc.returncode == 3 and "cannot open the PostgreSQL state" in self._tail(name):
+                # started while the server was down: refused with a clear message (exit 3), as
+                # it must; a service manager starts it again
+                self.kinds["exit 3 at start, database down (restarted)"] += 1
+            else:
+                s.violations.append(
+                    f"cycle {s.cycles}: {name} exited by itself ({proc.returncode})"
+                )
             self._start(name)
+
+    def _tail(self, name: str) -> str:
+        with open(self.agent_log_of(name), "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 2000))
+            return f.read().decode(errors="replace")
 
     def _due(self, everything: bool = False) -> None:
         """SIGCONTs and delayed restarts whose time has come (all of them with ``everything``)."""
@@ -238,8 +250,8 @@ class TeamCampaign(Campaign):
             proc.wait()
             self.stopped.pop(name, None)
             s.kills += 1
-            if self.rng.random() < 0.5:
-                self._start(name)
+            if self.rng.random() < 0.5 or len(self.restart_at) + 1 >= len(self.names):
+                self._start(name)  # (one agent at least stays up)
                 kind = "kill+restart"
             else:
                 self.restart_at[name] = time.monotonic() + opts.lease + self.rng.uniform(0.5, 3)
@@ -260,7 +272,8 @@ class TeamCampaign(Campaign):
                 s.violations.append("the PostgreSQL server came back on another port")
         else:
             alive = [n for n in self.names if n not in self.restart_at]
-            targets = alive if self.rng.random() < 0.25 else [name] if name in alive else []
+            every = not alive or self.rng.random() < 0.25
+            targets = alive if every else [self.rng.choice(alive)]
             n = self._terminate(targets)
             kind = "pg-drop(all)" if len(targets) > 1 else "pg-drop"
             self.sessions_dropped += n
