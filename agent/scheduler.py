@@ -1518,6 +1518,11 @@ class Scheduler:
         try:
             if self.claims is None or await self._claimed(path, fcfg):
                 await self._ingest_inner(path, fcfg)
+        except WritesLost as exc:
+            # The state database did not take the last writes (it is away): nothing of this
+            # ticket was written; it is looked at again in a moment.
+            log.warning("%s: not accepted yet: %s", path.name, exc)
+            self._spawn_side(self._ingest_later(path, fcfg, STATE_RETRY_SECONDS))
         finally:
             if key not in self._parse_retry:
                 self._pending_paths.discard(key)

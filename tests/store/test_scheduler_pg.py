@@ -148,3 +148,41 @@ async def test_a_failed_flush_fails_every_waiting_act(
     assert committed_phase(pg_url, a) == "creating"
     await sched.api.close()
     await store.aclose()
+
+
+async def test_a_ticket_met_while_the_database_is_away_is_accepted_once_it_is_back(
+    tmp_path: Path, pg_url: str, monkeypatch: Any
+) -> None:
+    """Intake while the store refuses writes (a lost group not read back yet: the database is
+    away) is no internal error: the ticket is looked at again and accepted once writes land
+    (found by the team torture campaign: tracebacks from ``add_ticket`` in side tasks)."""
+    import agent.scheduler as scheduler_mod
+
+    monkeypatch.setattr(scheduler_mod, "STATE_RETRY_SECONDS", 0.2)
+    sched, store = make(tmp_path, pg_url)
+    store.group_commit = True
+    (tmp_path / "a.txt").write_text("a\n")
+    ticket = tmp_path / "a.job"
+    ticket.write_text("input: a.txt\ntarget: md\n")
+    store._lost = WritesLost("the state database cannot be reached")
+    monkeypatch.setattr(store, "_recover", _still_away(store))
+    await sched._ingest(ticket, sched.folder_for(ticket))  # raised WritesLost before
+    assert store.active_for_path(str(ticket)) is None
+    store._lost = None  # the database is back (read again)
+    deadline = asyncio.get_running_loop().time() + 10
+    while store.active_for_path(str(ticket)) is None:
+        assert asyncio.get_running_loop().time() < deadline, "never accepted"
+        await asyncio.sleep(0.05)
+    for t in list(sched._side_tasks):
+        t.cancel()
+    await sched.api.close()
+    await store.aclose()
+
+
+def _still_away(store: PgStore) -> Any:
+    """A ``_recover`` that finds the database still away (the test says when it is back)."""
+
+    async def recover() -> None:
+        raise WritesLost("the state database cannot be reached")
+
+    return recover
