@@ -155,6 +155,8 @@ class Summary:
             f"  faults: {faults}",
         ]
         if self.team is not None:
+            stops = self.team["cycles"].get("stop", 0)
+            lines[0] = lines[0].replace(f"{self.sigterms} SIGTERMs", f"{stops} SIGSTOPs")
             lines[2:3] = []  # no SIGTERM cycles in team mode
             lines[2] = lines[2].replace("at a kill", "held by the agent at a kill or stop")
             lines += _team_lines(self.team)
@@ -175,7 +177,8 @@ def _team_lines(t: dict[str, Any]) -> list[str]:
     )
     return [
         f"  team: {t['agents']} agents, lease {t['lease']:g}s; cycles: {cycles}; "
-        f"{t['sessions_dropped']} sessions dropped; {t['records']} ticket records",
+        f"{t['sessions_dropped']} sessions dropped; {t['records']} ticket records; "
+        f"{t['refused_starts']} starts refused while the database was down (exit 3, restarted)",
         f"  jobs: {t['jobs_created']} created, {t['jobs_started']} started "
         f"({t['start_requests']} start requests), {t['jobs_unstarted']} never started; "
         f"{t['takeovers']} takeovers of {t['tickets_taken_over']} tickets; "

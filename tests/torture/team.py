@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -91,6 +92,7 @@ class TeamCampaign(Campaign):
         self.url = ""
         self.kinds: Counter[str] = Counter()
         self.sessions_dropped = 0
+        self.refused_starts = 0  # exit 3: started while the server was down
         self.pm = PathMap([(self.inbox, SHARE)])
 
     # ----------------------------------------------------------------- agents
@@ -160,7 +162,7 @@ class TeamCampaign(Campaign):
             if proc.returncode == 3 and "cannot open the PostgreSQL state" in self._tail(name):
                 # started while the server was down: refused with a clear message (exit 3), as
                 # it must; a service manager starts it again
-                self.kinds["exit 3 at start, database down (restarted)"] += 1
+                self.refused_starts += 1
             else:
                 s.violations.append(
                     f"cycle {s.cycles}: {name} exited by itself ({proc.returncode})"
@@ -391,8 +393,6 @@ class TeamCampaign(Campaign):
         s.seconds = time.monotonic() - t0
         s.team = figures
         if not s.violations and self.made_work and not opts.keep:
-            import shutil
-
             shutil.rmtree(self.work, ignore_errors=True)
         return s
 
@@ -463,6 +463,7 @@ class TeamCampaign(Campaign):
             "lease": self.opts.lease,
             "cycles": dict(self.kinds),
             "sessions_dropped": self.sessions_dropped,
+            "refused_starts": self.refused_starts,
             "records": len(rows_t),
             "jobs_created": len(jobs),
             "jobs_started": sum(1 for j in jobs if j["starts"]),
