@@ -238,6 +238,11 @@ class Scheduler:
         self._pending_paths: set[str] = set()  # tickets seen but not yet recorded
         self._claim_tries: dict[str, int] = {}  # team mode: claims left to others so far
         self._own_outputs: set[str] = set()
+        # Ticket id → output id → the file this process placed that output as, until the
+        # ticket is filed: with an asynchronous store the record of a placement can be lost (a
+        # failed flush), and the output's own file must then be found again, not be taken for
+        # another output's (which made a second copy, "name (1).ext").
+        self._placed_as: dict[int, dict[int, str]] = {}
         self._side_tasks: set[asyncio.Task[None]] = set()
         self._sidecars_due: set[int] = set()  # tickets whose sidecar is behind the store
         self._sidecar_flush: asyncio.Task[None] | None = None
@@ -1296,7 +1301,8 @@ class Scheduler:
 
         if out.state == "placing" and out.digest:
             # We may have placed it just before a crash: find it rather than writing it twice.
-            placed = self._find_placed(folder_path, name, out.digest, part)
+            mine = self._placed_as.get(rec.id, {}).get(out.id)
+            placed = self._find_placed(folder_path, name, out.digest, part, mine)
             if placed is not None:
                 with contextlib.suppress(FileNotFoundError):
                     part.unlink()  # the second name of the placed file
@@ -1406,21 +1412,27 @@ class Scheduler:
 
     def _placed(self, rec: TicketRecord, out: OutputRecord, dest: Path) -> None:
         self._own_outputs.add(str(dest))
+        self._placed_as.setdefault(rec.id, {})[out.id] = str(dest)
         self.store.update_output(out.id, state="done", dest_name=dest.name)
         log.info("%s [job %s]: wrote %s", rec.name, rec.job_id, dest.name)
 
-    def _find_placed(self, folder_path: Path, name: str, digest: str, part: Path) -> Path | None:
+    def _find_placed(
+        self, folder_path: Path, name: str, digest: str, part: Path, mine: str | None = None
+    ) -> Path | None:
         """The file this output was placed as before a crash, or None when it was not placed.
 
         While the part is still there, only a hard link to it counts (placement links the part
         to its name, then removes the part: killed in between, both names are one file), or,
         where there are no hard links, our empty placeholder, which the part then replaces.
-        Without a part, a free candidate name holding the recorded digest is ours."""
+        Without a part, a free candidate name holding the recorded digest is ours (``mine``:
+        the file this process placed this output as, whose record was lost, is free for it)."""
         try:
             part_st: os.stat_result | None = os.lstat(part)
         except FileNotFoundError:
             part_st = None
-        taken = {p for p in self._own_outputs if os.path.dirname(p) == str(folder_path)}
+        taken = {
+            p for p in self._own_outputs if os.path.dirname(p) == str(folder_path) and p != mine
+        }
         for i, cand in enumerate(paths.conflict_candidates(name)):
             p = folder_path / cand
             try:
@@ -1484,6 +1496,7 @@ class Scheduler:
             self._schedule(rec.id, self.clock() + 30.0)
             return
         self.store.update(rec.id, self.clock(), event="filed", filed=True)
+        self._placed_as.pop(rec.id, None)
         if rec.phase is Phase.DONE:
             self.seen_this_run.discard(rec.id)  # only the others decide `run --once`'s code
         self._filed_since_prune += 1
@@ -1571,6 +1584,7 @@ class Scheduler:
         """Leases: these tickets were taken over by another agent; nothing more here."""
         for tid in tids:
             self._vol.pop(tid, None)
+            self._placed_as.pop(tid, None)
             self._sidecars_due.discard(tid)
             task = self._tasks.get(tid)
             if task is not None:
