@@ -89,6 +89,26 @@ def open_state(cfg: Config) -> StateStore:
         ) from None
 
 
+def _state_lost_at_start(cfg: Config, exc: Exception) -> Exception:
+    """A PostgreSQL state lost between its opening and the agent's start (the reads the
+    scheduler and the team's claims make then) is refused as at its opening (``ConfigError``,
+    exit 3, no password); any other error is returned as it is."""
+    url = cfg.state.url
+    if not url:
+        return exc
+    import psycopg
+
+    from agent.store.postgres import _safe_text
+
+    if not isinstance(exc, psycopg.Error):
+        return exc
+    return ConfigError(
+        f"lost the PostgreSQL state {redact_url(url)} while starting: {_safe_text(exc, url)} — "
+        "check that the server runs",
+        key="state.url",
+    )
+
+
 def open_state_readonly(cfg: Config) -> StateStore:
     """The state for ``status``/``list``/``why``: never written (``ConfigError`` as above)."""
     url = cfg.state.url
@@ -388,9 +408,12 @@ class Agent:
             )
             self.metrics.ticket_counts = store.counts
             self.loop = asyncio.get_running_loop()
-            sched = self.scheduler = Scheduler(
-                cfg, store, api, clock=self.clock, on_change=self._notify
-            )
+            try:
+                sched = self.scheduler = Scheduler(
+                    cfg, store, api, clock=self.clock, on_change=self._notify
+                )
+            except Exception as exc:
+                raise _state_lost_at_start(cfg, exc) from None
             sched.progress = self.progress
             sched.metrics = self.metrics
             if team:
@@ -405,7 +428,10 @@ class Agent:
                 )
                 sched.team, sched.claims = leases, claims
                 sched.act_need = min(cfg.api.timeout, cfg.team.lease_seconds / 2)
-                await asyncio.to_thread(claims.reclaim_own, pid_alive)
+                try:
+                    await asyncio.to_thread(claims.reclaim_own, pid_alive)
+                except Exception as exc:
+                    raise _state_lost_at_start(cfg, exc) from None
                 await leases.beat()  # the first heartbeat, and the tickets of stopped agents
                 leasing = asyncio.create_task(leases.run(), name="team-leases")
             served = set(marks.served())

@@ -245,6 +245,11 @@ class Scheduler:
         self._placing: set[str] = set()
         self._placing_written: list[str] = []  # of those, recorded: they go at the next commit
         self._roots = frozenset(str(f.path) for f in cfg.folders)
+        # Ticket id → output id → the file this process placed that output as, until the
+        # ticket is filed: with an asynchronous store the record of a placement can be lost (a
+        # failed flush), and the output's own file must then be found again, not be taken for
+        # another output's (which made a second copy, "name (1).ext").
+        self._placed_as: dict[int, dict[int, str]] = {}
         self._side_tasks: set[asyncio.Task[None]] = set()
         self._sidecars_due: set[int] = set()  # tickets whose sidecar is behind the store
         self._sidecar_flush: asyncio.Task[None] | None = None
@@ -1318,7 +1323,8 @@ class Scheduler:
 
         if out.state == "placing" and out.digest:
             # We may have placed it just before a crash: find it rather than writing it twice.
-            placed = self._find_placed(folder_path, name, out.digest, part)
+            mine = self._placed_as.get(rec.id, {}).get(out.id)
+            placed = self._find_placed(folder_path, name, out.digest, part, mine)
             if placed is not None:
                 with contextlib.suppress(FileNotFoundError):
                     part.unlink()  # the second name of the placed file
@@ -1427,17 +1433,21 @@ class Scheduler:
         self._placed(rec, out, dest)
 
     def _placed(self, rec: TicketRecord, out: OutputRecord, dest: Path) -> None:
+        self._placed_as.setdefault(rec.id, {})[out.id] = str(dest)
         self.store.update_output(out.id, state="done", dest_name=dest.name)
         self._placing_written.append(str(dest))  # the record names it once committed
         log.info("%s [job %s]: wrote %s", rec.name, rec.job_id, dest.name)
 
-    def _find_placed(self, folder_path: Path, name: str, digest: str, part: Path) -> Path | None:
+    def _find_placed(
+        self, folder_path: Path, name: str, digest: str, part: Path, mine: str | None = None
+    ) -> Path | None:
         """The file this output was placed as before a crash, or None when it was not placed.
 
         While the part is still there, only a hard link to it counts (placement links the part
         to its name, then removes the part: killed in between, both names are one file), or,
         where there are no hard links, our empty placeholder, which the part then replaces.
-        Without a part, a free candidate name holding the recorded digest is ours."""
+        Without a part, a free candidate name holding the recorded digest is ours (``mine``:
+        the file this process placed this output as, whose record was lost, is free for it)."""
         try:
             part_st: os.stat_result | None = os.lstat(part)
         except FileNotFoundError:
@@ -1455,7 +1465,7 @@ class Scheduler:
                     return p
                 if downloader.complete_placeholder(part, p):
                     return p  # killed between claiming the name and moving the part onto it
-            elif not self.is_own_output(p) and downloader.matches(p, digest):
+            elif (str(p) == mine or not self.is_own_output(p)) and downloader.matches(p, digest):
                 return p
         return None
 
@@ -1505,6 +1515,7 @@ class Scheduler:
             self._schedule(rec.id, self.clock() + 30.0)
             return
         self.store.update(rec.id, self.clock(), event="filed", filed=True)
+        self._placed_as.pop(rec.id, None)
         if rec.phase is Phase.DONE:
             self.seen_this_run.discard(rec.id)  # only the others decide `run --once`'s code
         self._filed_since_prune += 1
@@ -1539,9 +1550,14 @@ class Scheduler:
         try:
             if self.claims is None or await self._claimed(path, fcfg):
                 await self._ingest_inner(path, fcfg)
+        except WritesLost as exc:
+            # The state database did not take the last writes (it is away): nothing of this
+            # ticket was written; it is looked at again in a moment.
+            log.warning("%s: not accepted yet: %s", path.name, exc)
+            self._spawn_side(self._ingest_later(path, fcfg, STATE_RETRY_SECONDS))
         except Exception:
-            # Not recorded (a state write failed, a bug; logged as an internal error): taken up
-            # again at the watcher's next scan, not left as NAME.job until a restart.
+            # Not recorded (a bug; logged as an internal error): taken up again at the
+            # watcher's next scan, not left as NAME.job until a restart.
             self._parse_retry.pop(key, None)
             self._unread(path)
             raise
@@ -1646,6 +1662,7 @@ class Scheduler:
         """Leases: these tickets were taken over by another agent; nothing more here."""
         for tid in tids:
             self._vol.pop(tid, None)
+            self._placed_as.pop(tid, None)
             self._sidecars_due.discard(tid)
             task = self._tasks.get(tid)
             if task is not None:

@@ -53,7 +53,17 @@ KEY = "bench" + "0" * 27
 SETTLE = 0.05
 UNBOUNDED_RPS = 100_000  # api.requests_per_second's maximum: the budget never paces
 SDK_POLL = (1.0, 1.5, 5.0, 0.25)  # first interval, growth, cap, upward jitter (api-contract §5.4)
-BENCHMARKS = ("throughput", "pickup", "download", "scale", "polling", "limits", "retention")
+BENCHMARKS = (
+    "throughput",
+    "pickup",
+    "download",
+    "scale",
+    "polling",
+    "limits",
+    "retention",
+    "takeover",
+    "team",
+)
 
 
 # =========================================================================== statistics
@@ -338,9 +348,12 @@ def write_config(path: Path, base_url: str, folder: Path, state: Path, **extra: 
 class Agent:
     """``python -m agent --config CFG run`` as a child process, its output in a log file."""
 
-    def __init__(self, config: Path, log: Path) -> None:
+    def __init__(self, config: Path, log: Path, home: Path | None = None) -> None:
         self.log = log
         env = {k: v for k, v in os.environ.items() if not k.startswith("API2CONVERT_")}
+        if home is not None:  # an agent of a team: a machine of its own
+            env = {k: v for k, v in env.items() if not k.startswith(("XDG_", "CONVERT_AGENT_"))}
+            env["HOME"] = str(home)
         with open(log, "ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "agent", "--config", str(config), "run"],
@@ -361,8 +374,9 @@ class Agent:
             time.sleep(0.02)
         raise RuntimeError(f"agent: no {text!r} in its log:\n{self.log.read_text()[-3000:]}")
 
-    def wait_ready(self) -> None:
-        self.wait_log("watching ")
+    def wait_ready(self, polled: bool = False) -> None:
+        """Until it watches its folder (``polled``: polls it, as on a network mount)."""
+        self.wait_log("polling /" if polled else "watching ")
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -1135,6 +1149,330 @@ def bench_limits(work: Path, q: bool, reps: int) -> tuple[list[Row], dict[str, A
     return rows, raw
 
 
+# =========================================================================== 8. team mode
+
+
+TEAM_SHARE = "bench-inbox"
+
+
+class TeamRig:
+    """A team on one machine (issue 10): a real PostgreSQL server in a temporary directory
+    (tests/store/pg_server.py), a "NAS" folder and one bindfs FUSE mount of it per agent (so
+    each agent must poll, as on NFS/SMB), and agents with their own HOME and name sharing the
+    server. Agent configs are the shipped defaults plus the team's ``lease_seconds``."""
+
+    def __init__(self, work: Path, emu: Emulator, n: int, lease: float | None = None) -> None:
+        for sub in ("tests", "tests/store"):
+            if str(ROOT / sub) not in sys.path:
+                sys.path.insert(0, str(ROOT / sub))
+        from fusemount import bindfs
+        from pg_server import PgServer, missing_reason
+
+        reason = missing_reason()
+        if reason is not None:
+            raise RuntimeError(f"team mode needs a PostgreSQL server: {reason}")
+        self.work = work
+        self.nas = work / "nas"
+        self.stage = work / "stage"
+        self.nas.mkdir(parents=True)
+        self.names = tuple(f"agent{i + 1}" for i in range(n))
+        self.agents: dict[str, Agent] = {}
+        self.stack = contextlib.ExitStack()
+        try:
+            self.pg = PgServer.start()
+            self.stack.callback(self.pg.remove)
+            self.url = self.pg.create_db("bench")
+            for name in self.names:
+                home = work / name
+                home.mkdir()
+                mount = work / f"mnt-{name}"
+                self.stack.enter_context(bindfs(self.nas, mount))
+                self._config(home, emu.base_url, mount, name, lease)
+        except BaseException:
+            self.stack.close()
+            raise
+
+    def _config(
+        self, home: Path, base_url: str, mount: Path, name: str, lease: float | None
+    ) -> None:
+        import yaml
+
+        team: dict[str, Any] = {"agent_name": name}
+        if lease is not None:
+            team["lease_seconds"] = lease
+        cfg: dict[str, Any] = {
+            "api": {"base_url": base_url, "key": KEY},
+            # a share name, not the mount path, identifies the folder across machines
+            "folders": [{"path": str(mount), "share": TEAM_SHARE}],
+            "state": {"path": str(home / "state.db"), "url": self.url},
+            "team": team,
+            "tickets": {"settle_seconds": SETTLE},
+            "log": {"file": False, "level": "info"},
+        }
+        (home / "config.yaml").write_text(yaml.safe_dump(cfg))
+
+    def start(self, name: str) -> Agent:
+        home = self.work / name
+        agent = Agent(home / "config.yaml", home / "agent.log", home=home)
+        self.agents[name] = agent
+        return agent
+
+    def start_all(self) -> None:
+        for name in self.names:
+            self.start(name)
+        for agent in self.agents.values():
+            agent.wait_ready(polled=True)
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        import psycopg
+
+        with psycopg.connect(self.url) as conn:
+            return list(conn.execute(sql, params).fetchall())
+
+    def held(self) -> dict[str, str]:
+        """Ticket share path → the name of the agent whose claim holds it."""
+        return dict(
+            self.query("SELECT c.path, a.name FROM claims c JOIN agents a ON a.id = c.owner")
+        )
+
+    def close(self) -> None:
+        for agent in self.agents.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(agent.pid, signal.SIGCONT)
+            agent.stop()
+        self.stack.close()
+
+
+def bench_takeover(work: Path, q: bool, reps: int) -> tuple[list[Row], dict[str, Any]]:
+    """Three agents; tickets whose conversions outlast the benchmark; again and again the agent
+    holding the most of them is SIGKILLed, and each of its tickets is timed from the kill until
+    another agent's claim holds it (the new owner goes on from the stored phase at once), then
+    the killed agent is started again. p50 and p99 over every ticket of every kill."""
+    lease = 10.0
+    kills = 3 if q else max(5, reps * 2)
+    d = work / "takeover"
+    emu = Emulator(work, 900.0)
+    rig: TeamRig | None = None
+    latencies: list[float] = []
+    per_kill: list[dict[str, Any]] = []
+    try:
+        rig = TeamRig(d, emu, 3, lease)
+        rig.start_all()
+        n = 12
+        make_tickets(rig.nas, rig.stage, n, "k")
+        drop(rig.nas, rig.stage, n, "k")
+
+        def all_processing() -> bool:
+            rows = rig.query(
+                "SELECT count(*) FILTER (WHERE phase = 'processing') FROM tickets WHERE active"
+            )
+            return int(rows[0][0]) == n
+
+        wait_until(all_processing, 120, f"{n} tickets processing", step=0.2)
+        for k in range(kills):
+            held = rig.held()
+            counts: dict[str, int] = {}
+            for owner in held.values():
+                counts[owner] = counts.get(owner, 0) + 1
+            victim = max(counts, key=lambda a: counts[a])
+            theirs = {p for p, owner in held.items() if owner == victim}
+            agent = rig.agents[victim]
+            agent.proc.kill()
+            t0 = time.monotonic()
+            agent.proc.wait()
+            left = set(theirs)
+            took: list[float] = []
+            while left:
+                if time.monotonic() - t0 > lease * 3 + 30:
+                    raise RuntimeError(f"{len(left)} tickets of {victim} never taken over")
+                now_held = rig.held()
+                t = time.monotonic() - t0
+                for p in list(left):
+                    if now_held.get(p) not in (None, victim):
+                        took.append(t)
+                        left.discard(p)
+                time.sleep(0.05)
+            latencies += took
+            per_kill.append({"victim": victim, "tickets": len(theirs), "seconds": took})
+            log(
+                f"  takeover kill {k + 1}: {victim}'s {len(theirs)} tickets taken over in "
+                f"{min(took):.1f}–{max(took):.1f}s (lease {lease:g}s)"
+            )
+            rig.start(victim).wait_ready(polled=True)
+        phases = rig.query("SELECT DISTINCT phase FROM tickets WHERE active")
+        if {p for (p,) in phases} != {"processing"}:
+            raise RuntimeError(f"tickets left processing during the benchmark: {phases}")
+    finally:
+        if rig is not None:
+            rig.close()
+        emu.stop()
+        shutil.rmtree(d, ignore_errors=True)
+    p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
+    allowed = lease + 5
+    rows = [
+        Row(
+            "8 team",
+            f"takeover p50 after SIGKILL ({len(latencies)} tickets, {kills} kills)",
+            summarize([p50] if p50 is not None else []),
+            "s",
+            target=f"≤ lease {lease:g} + 5 s",
+            met=p50 is not None and p50 <= allowed,
+        ),
+        Row(
+            "8 team",
+            "takeover p99 after SIGKILL",
+            summarize([p99] if p99 is not None else []),
+            "s",
+            target=f"≤ lease {lease:g} + 5 s",
+            met=p99 is not None and p99 <= allowed,
+        ),
+    ]
+    return rows, {"lease_seconds": lease, "kills": per_kill, "latencies_s": latencies}
+
+
+def _cpu_or_zero(pid: int) -> float:
+    try:
+        return cpu_seconds(pid)
+    except OSError:
+        return 0.0
+
+
+def bench_team(work: Path, q: bool, reps: int) -> tuple[list[Row], dict[str, Any]]:
+    """300 tickets with 2 s conversions dropped at once into a NAS folder that three agents of a
+    team (PostgreSQL) see through their own FUSE mounts; beside it, one agent alone on SQLite on
+    one such mount (alternating which goes first). Each agent's share of the tickets (by the
+    ticket's ``done``), wall time drop → every ticket filed, agent CPU per ticket (the three
+    agents' sum)."""
+    n = 150 if q else 300
+    processing = 2.0
+    team_s: list[float] = []
+    solo_s: list[float] = []
+    team_cpu: list[float] = []
+    solo_cpu: list[float] = []
+    shares: list[dict[str, float]] = []
+    for rep in range(reps):
+        order = ["team", "solo"] if rep % 2 == 0 else ["solo", "team"]
+        for who in order:
+            d = work / f"team-{who}-{rep}"
+            emu = Emulator(work, processing)
+            try:
+                if who == "team":
+                    rig = TeamRig(d, emu, 3)
+                    try:
+                        rig.start_all()
+                        make_tickets(rig.nas, rig.stage, n, "m")
+                        pids = [a.pid for a in rig.agents.values()]
+                        cpu0 = sum(_cpu_or_zero(p) for p in pids)
+                        t0 = drop(rig.nas, rig.stage, n, "m")
+                        end = wait_until(
+                            lambda rig=rig: count_suffix(rig.nas, ".job.done", ".job.failed") >= n,
+                            900,
+                            f"{n} tickets (team)",
+                            step=0.1,
+                        )
+                        cpu1 = sum(_cpu_or_zero(p) for p in pids)
+                        failed = count_suffix(rig.nas, ".job.failed")
+                        if failed:
+                            raise RuntimeError(f"{failed} tickets failed (team); see {d}")
+                        done = {
+                            name: agent.log.read_text(errors="replace").count("]: done\n")
+                            for name, agent in rig.agents.items()
+                        }
+                    finally:
+                        rig.close()
+                    team_s.append(end - t0)
+                    team_cpu.append((cpu1 - cpu0) * 1000 / n)
+                    shares.append({k: 100 * v / n for k, v in done.items()})
+                    log(
+                        f"  team rep {rep + 1}: {end - t0:.1f}s, "
+                        f"{team_cpu[-1]:.1f} ms CPU/ticket, shares "
+                        + ", ".join(f"{k} {v:.0f}%" for k, v in shares[-1].items())
+                    )
+                else:
+                    sys.path.insert(0, str(ROOT / "tests"))
+                    from fusemount import bindfs
+
+                    nas, stage = d / "nas", d / "stage"
+                    nas.mkdir(parents=True)
+                    with bindfs(nas, d / "mnt"):
+                        make_tickets(nas, stage, n, "m")
+                        cfg = write_config(d / "config.yaml", emu.base_url, d / "mnt", d / "s.db")
+                        (d / "home").mkdir()
+                        agent = Agent(cfg, d / "agent.log", home=d / "home")
+                        try:
+                            agent.wait_ready(polled=True)
+                            cpu0 = cpu_seconds(agent.pid)
+                            t0 = drop(nas, stage, n, "m")
+                            end = wait_until(
+                                lambda nas=nas: count_suffix(nas, ".job.done", ".job.failed") >= n,
+                                900,
+                                f"{n} tickets (one agent)",
+                                step=0.1,
+                            )
+                            cpu1 = cpu_seconds(agent.pid)
+                            if count_suffix(nas, ".job.failed"):
+                                raise RuntimeError(f"tickets failed (one agent); see {d}")
+                        finally:
+                            agent.stop()
+                    solo_s.append(end - t0)
+                    solo_cpu.append((cpu1 - cpu0) * 1000 / n)
+                    log(
+                        f"  one agent rep {rep + 1}: {end - t0:.1f}s, "
+                        f"{solo_cpu[-1]:.1f} ms CPU/ticket"
+                    )
+            finally:
+                emu.stop()
+                shutil.rmtree(d, ignore_errors=True)
+    lowest = min((min(s.values()) for s in shares), default=None)
+    highest = max((max(s.values()) for s in shares), default=None)
+    rows = [
+        Row(
+            "8 team",
+            f"share of {n} tickets per agent, lowest",
+            summarize([min(s.values()) for s in shares]),
+            "%",
+            target="≥20 %",
+            met=lowest is not None and lowest >= 20,
+        ),
+        Row(
+            "8 team",
+            "share of tickets per agent, highest",
+            summarize([max(s.values()) for s in shares]),
+            "%",
+            target="≤45 %",
+            met=highest is not None and highest <= 45,
+        ),
+        Row(
+            "8 team",
+            f"wall time, 3 agents (PostgreSQL) vs 1 agent (SQLite), {processing:g} s conversions",
+            summarize(team_s),
+            "s",
+            summarize(solo_s),
+            paired_ratios(team_s, solo_s),
+            "team ≤ 1 agent",
+            bool(team_s) and statistics.median(team_s) <= statistics.median(solo_s),
+        ),
+        Row(
+            "8 team",
+            "agent CPU per ticket, team (sum of 3) vs 1 agent (SQLite)",
+            summarize(team_cpu),
+            "ms",
+            summarize(solo_cpu),
+            paired_ratios(team_cpu, solo_cpu),
+        ),
+    ]
+    raw = {
+        "tickets": n,
+        "processing_seconds": processing,
+        "team_s": team_s,
+        "solo_s": solo_s,
+        "team_cpu_ms_per_ticket": team_cpu,
+        "solo_cpu_ms_per_ticket": solo_cpu,
+        "shares_percent": shares,
+    }
+    return rows, raw
+
+
 # =========================================================================== main
 
 
@@ -1316,6 +1654,8 @@ RUNNERS: dict[str, Callable[[Path, bool, int], tuple[list[Row], dict[str, Any]]]
     "polling": bench_polling,
     "limits": bench_limits,
     "retention": bench_retention,
+    "takeover": bench_takeover,
+    "team": bench_team,
 }
 
 

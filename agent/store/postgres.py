@@ -512,7 +512,16 @@ class PgStore:
         return conn
 
     def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        """A cold read (bounded: connect and statement timeouts)."""
+        """A cold read (bounded: connect and statement timeouts). A session that died while
+        idle (terminated, the server restarted) is found out only on its next use: the read is
+        tried once more on a new session."""
+        reused = self._reader_conn is not None
+        conn = self._reader()
+        try:
+            return conn.execute(sql, params).fetchall()
+        except psycopg.Error as exc:
+            if not (reused and conn.broken):
+                raise _safe_error(exc, self._url) from None
         try:
             return self._reader().execute(sql, params).fetchall()
         except psycopg.Error as exc:

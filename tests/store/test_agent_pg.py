@@ -294,3 +294,46 @@ class socket_closed:
 
     def __exit__(self, *exc: object) -> None:
         return None
+
+
+@pytest.mark.parametrize("where", ["scheduler", "claims"])
+async def test_a_state_lost_while_the_agent_starts_is_refused_with_exit_3s_message(
+    tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """The server going away between the state's opening and the agent's first reads (the
+    scheduler's ``output_names``, a team's ``reclaim_own``) is the same clear refusal as an
+    unreachable ``state.url`` (ConfigError: exit 3), not a traceback and exit 1 (found by the
+    team torture campaign, seed 11: an agent restarted while PostgreSQL restarted)."""
+    from agent.config import (
+        ApiConfig,
+        Config,
+        DashboardConfig,
+        FolderConfig,
+        LogConfig,
+        NotificationsConfig,
+        StateConfig,
+        TeamConfig,
+    )
+    from agent.daemon import Agent
+    from agent.errors import ConfigError
+    from agent.store.postgres import PgStore
+
+    def lost(*_: Any) -> Any:
+        raise psycopg.OperationalError("connection failed: Connection refused")
+
+    method = "output_names" if where == "scheduler" else "reclaim_own"
+    monkeypatch.setattr(PgStore, method, lost)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    cfg = Config(
+        api=ApiConfig(base_url="http://127.0.0.1:9/v2", key="k" * 32),
+        folders=(FolderConfig(path=inbox, share="inbox"),),
+        state=StateConfig(path=tmp_path / "state.db", url=pg_url),
+        team=TeamConfig(agent_name="a", lease_seconds=6),
+        log=LogConfig(file=None),
+        dashboard=DashboardConfig(enabled=False),
+        notifications=NotificationsConfig(enabled=False),
+    )
+    with pytest.raises(ConfigError) as caught:
+        await Agent(cfg).run()
+    assert "while starting" in caught.value.message and "Connection refused" in caught.value.message

@@ -127,6 +127,27 @@ async def test_a_dropped_connection_loses_one_group_and_the_next_one_lands(url: 
     await store.aclose()
 
 
+def test_a_cold_read_after_its_idle_session_died_takes_a_new_one(
+    server: PgServer, url: str
+) -> None:
+    """A session that dies while idle (terminated, or the server restarted) is found out only
+    on its next use: a cold read then takes a new session instead of failing (found by the team
+    torture campaign: an agent starting just after its sessions were dropped died in
+    ``output_names``; running agents logged internal errors from ``get``)."""
+    store = PgStore.open(url)
+    tid = add(store)
+    store.commit()
+    assert store.output_names("/in") == set()
+    pid = store._reader().info.backend_pid
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", [pid])
+    assert store.output_names("/in") == set()
+    assert store._reader().info.backend_pid != pid
+    server.restart()
+    assert [h["event"] for h in store.history(tid)] == ["accepted"]
+    store.close()
+
+
 async def test_a_session_that_hangs_fails_the_flush_within_its_timeout(
     url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -148,3 +148,89 @@ async def test_a_failed_flush_fails_every_waiting_act(
     assert committed_phase(pg_url, a) == "creating"
     await sched.api.close()
     await store.aclose()
+
+
+async def test_a_ticket_met_while_the_database_is_away_is_accepted_once_it_is_back(
+    tmp_path: Path, pg_url: str, monkeypatch: Any
+) -> None:
+    """Intake while the store refuses writes (a lost group not read back yet: the database is
+    away) is no internal error: the ticket is looked at again and accepted once writes land
+    (found by the team torture campaign: tracebacks from ``add_ticket`` in side tasks)."""
+    import agent.scheduler as scheduler_mod
+
+    monkeypatch.setattr(scheduler_mod, "STATE_RETRY_SECONDS", 0.2)
+    sched, store = make(tmp_path, pg_url)
+    store.group_commit = True
+    (tmp_path / "a.txt").write_text("a\n")
+    ticket = tmp_path / "a.job"
+    ticket.write_text("input: a.txt\ntarget: md\n")
+    store._lost = WritesLost("the state database cannot be reached")
+    monkeypatch.setattr(store, "_recover", _still_away(store))
+    await sched._ingest(ticket, sched.folder_for(ticket))  # raised WritesLost before
+    assert store.active_for_path(str(ticket)) is None
+    store._lost = None  # the database is back (read again)
+    deadline = asyncio.get_running_loop().time() + 10
+    while store.active_for_path(str(ticket)) is None:
+        assert asyncio.get_running_loop().time() < deadline, "never accepted"
+        await asyncio.sleep(0.05)
+    for t in list(sched._side_tasks):
+        t.cancel()
+    await sched.api.close()
+    await store.aclose()
+
+
+def _still_away(store: PgStore) -> Any:
+    """A ``_recover`` that finds the database still away (the test says when it is back)."""
+
+    async def recover() -> None:
+        raise WritesLost("the state database cannot be reached")
+
+    return recover
+
+
+async def test_an_output_whose_placement_record_was_lost_is_found_not_written_twice(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """The flush recording a placement fails (its session dropped) after the file was linked:
+    the output is back at ``placing``, and the step taken again must recognise the file this
+    process placed by its digest instead of writing a second copy "NAME (1).ext" (found by the
+    team torture campaign, seed 11: ``g0184-3 (1).png`` beside ``g0184-3.png``)."""
+    import hashlib
+
+    from agent.models import RemoteOutput
+
+    sched, store = make(tmp_path, pg_url)
+    store.group_commit = True
+    (tmp_path / "a.txt").write_text("a\n")
+    ticket = tmp_path / "a.job"
+    ticket.write_text("input: a.txt\ntarget: md\n")
+    await sched._ingest(ticket, sched.folder_for(ticket))
+    rec = store.active_for_path(str(ticket))
+    assert rec is not None
+    body = b"# converted\n"
+    md5 = hashlib.md5(body).hexdigest()
+    store.record_outputs(
+        rec.id,
+        [RemoteOutput("o1", "http://127.0.0.1:9/o1", "a.md", len(body), "enabled", md5, "", 0, "")],
+    )
+    (out,) = store.outputs(rec.id)
+    store.update_output(out.id, state="placing", digest=md5)
+    await sched._persisted()
+    spec = sched._spec_of(rec)
+    name = sched._output_name(rec, spec, out, 1)
+    dest = tmp_path / name
+    dest.write_bytes(body)  # placed (linked) …
+    sched._placed(rec, store.outputs(rec.id)[0], dest)  # … and its record lost on the way:
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", [store._writer_pid])
+    with pytest.raises(WritesLost):
+        await store.flush()
+    (out,) = store.outputs(rec.id)
+    assert out.state == "placing" and out.dest_name is None
+    # The step again: found by its digest (no request: the API here answers nothing).
+    await sched._download_one(store.get(rec.id), spec, out, 1)
+    (out,) = store.outputs(rec.id)
+    assert (out.state, out.dest_name) == ("done", name)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".md") == [name]
+    await sched.api.close()
+    await store.aclose()

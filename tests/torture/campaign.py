@@ -116,6 +116,8 @@ class Options:
     workdir: Path | None = None
     keep: bool = False
     verbose: bool = False
+    team: int = 0  # agents of a team on one PostgreSQL state (tests/torture/team.py); 0: one
+    lease: float = 6.0  # team mode: the agents' lease_seconds
 
 
 @dataclass
@@ -136,6 +138,7 @@ class Summary:
     workdir: str = ""
     expectation: str = ""
     replay: str = ""
+    team: dict[str, Any] | None = None  # team mode's figures (tests/torture/team.py)
 
     def text(self) -> str:
         phases = ", ".join(f"{k} {v}" for k, v in sorted(self.phases_at_kill.items())) or "-"
@@ -151,6 +154,12 @@ class Summary:
             f"  tickets in flight at a kill, by phase: {phases}",
             f"  faults: {faults}",
         ]
+        if self.team is not None:
+            stops = self.team["cycles"].get("stop", 0)
+            lines[0] = lines[0].replace(f"{self.sigterms} SIGTERMs", f"{stops} SIGSTOPs")
+            lines[2:3] = []  # no SIGTERM cycles in team mode
+            lines[2] = lines[2].replace("at a kill", "held by the agent at a kill or stop")
+            lines += _team_lines(self.team)
         if self.violations:
             lines.append("  VIOLATIONS:")
             lines += [f"    - {v}" for v in self.violations[:60]]
@@ -159,6 +168,23 @@ class Summary:
             lines.append(f"  replay: {self.replay}")
             lines.append(f"  sandbox: {self.workdir}")
         return "\n".join(lines)
+
+
+def _team_lines(t: dict[str, Any]) -> list[str]:
+    cycles = ", ".join(f"{k} {v}" for k, v in sorted(t["cycles"].items())) or "-"
+    per = ", ".join(
+        f"{n} {t['accepted'][n]}/{t['done_by'][n]}/{t['took_over'][n]}" for n in t["accepted"]
+    )
+    return [
+        f"  team: {t['agents']} agents, lease {t['lease']:g}s; cycles: {cycles}; "
+        f"{t['sessions_dropped']} sessions dropped; {t['records']} ticket records; "
+        f"{t['refused_starts']} starts refused while the database was down (exit 3, restarted)",
+        f"  jobs: {t['jobs_created']} created, {t['jobs_started']} started "
+        f"({t['start_requests']} start requests), {t['jobs_unstarted']} never started; "
+        f"{t['takeovers']} takeovers of {t['tickets_taken_over']} tickets; "
+        f"{t['claims_left']} claims left",
+        f"  per agent (accepted/done/taken over): {per}",
+    ]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -670,6 +696,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", type=Path, default=None, help="sandbox (default: a temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the sandbox even when all is well")
     ap.add_argument("-v", "--verbose", action="store_true")
+    ap.add_argument(
+        "--team",
+        type=int,
+        default=0,
+        metavar="N",
+        help="team mode: N agents on bindfs mounts of one folder sharing a PostgreSQL state; "
+        "cycles SIGKILL/SIGSTOP agents, restart PostgreSQL, drop sessions",
+    )
+    ap.add_argument("--lease", type=float, default=6.0, help="team mode: lease_seconds")
     a = ap.parse_args(argv)
     seed = a.seed if a.seed is not None else random.SystemRandom().randrange(1 << 31)
     kills = a.kills if a.kills is not None else (0 if a.minutes else 20)
@@ -689,8 +724,15 @@ def main(argv: list[str] | None = None) -> int:
         workdir=a.workdir,
         keep=a.keep,
         verbose=a.verbose,
+        team=a.team,
+        lease=a.lease,
     )
-    summary = run_campaign(opts)
+    if opts.team:
+        from team import run_team_campaign
+
+        summary = run_team_campaign(opts)
+    else:
+        summary = run_campaign(opts)
     print(summary.text(), flush=True)
     return 1 if summary.violations else 0
 

@@ -65,6 +65,9 @@ class Manifest:
     tickets: Sequence[DroppedTicket]
     input_files: set[Path] = field(default_factory=set)  # inputs the caller placed in the roots
     adopted_jobs: set[str] = field(default_factory=set)  # jobs the caller itself started
+    # The state's rows when they are not in a SQLite file at ``db_path`` (team mode reads them
+    # from PostgreSQL, paths mapped to the roots): tickets, outputs, integrity verdict.
+    rows: tuple[list[dict[str, Any]], list[dict[str, Any]], str] | None = None
 
 
 def md5_file(path: Path) -> str:
@@ -135,7 +138,7 @@ def check(manifest: Manifest, emulator_state: Mapping[str, Any]) -> list[str]:
     """Every violation of the product's promise, in words (empty = all good)."""
     problems: list[str] = []
     roots = [Path(r) for r in manifest.roots]
-    tickets, outputs, integrity = _db_rows(manifest.db_path)
+    tickets, outputs, integrity = manifest.rows or _db_rows(manifest.db_path)
     if integrity != "ok":
         problems.append(f"state database integrity_check: {integrity}")
 
