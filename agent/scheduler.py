@@ -1387,6 +1387,9 @@ class Scheduler:
                 on_validator=functools.partial(self._record_validator, out),
                 on_progress=lambda done, total: self._progress(key, f"↓ {name}", done, total),
             )
+        except (asyncio.CancelledError, LeaseLost):
+            self._drop_lost_part(rec, part)
+            raise
         except downloader.ChecksumMismatch as err:
             if self.metrics is not None:
                 self.metrics.verdict("mismatch")
@@ -1406,10 +1409,23 @@ class Scheduler:
         if self.metrics is not None:
             self.metrics.downloaded(result.size)
             self.metrics.verdict(result.verdict)
-        self.store.update_output(
-            out.id, state="placing", digest=result.digest, verdict=result.verdict
-        )
-        await self._place(rec, out, part, folder_path, name, policy)
+        try:
+            self.store.update_output(
+                out.id, state="placing", digest=result.digest, verdict=result.verdict
+            )
+            await self._place(rec, out, part, folder_path, name, policy)
+        except (asyncio.CancelledError, LeaseLost):
+            self._drop_lost_part(rec, part)
+            raise
+
+    def _drop_lost_part(self, rec: TicketRecord, part: Path) -> None:
+        """Team mode: a download of a ticket another agent took over (this one was paused or
+        cut off inside it) leaves no part behind. Parts are named per output, so this may cut
+        short the new owner's download of it, which is then taken again (a cost, not harm:
+        every part is checked by its digest before it is placed)."""
+        if self.claims is not None and not self.claims.holds(rec.path):
+            with contextlib.suppress(OSError):
+                part.unlink()
 
     async def _place(
         self,

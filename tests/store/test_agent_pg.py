@@ -296,14 +296,14 @@ class socket_closed:
         return None
 
 
-@pytest.mark.parametrize("where", ["scheduler", "claims"])
 async def test_a_state_lost_while_the_agent_starts_is_refused_with_exit_3s_message(
-    tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch, where: str
+    tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The server going away between the state's opening and the agent's first reads (the
-    scheduler's ``output_names``, a team's ``reclaim_own``) is the same clear refusal as an
-    unreachable ``state.url`` (ConfigError: exit 3), not a traceback and exit 1 (found by the
-    team torture campaign, seed 11: an agent restarted while PostgreSQL restarted)."""
+    """The server going away between the state's opening and the agent's first reads (a team's
+    ``reclaim_own``; the scheduler no longer reads the database at start) is the same clear
+    refusal as an unreachable ``state.url`` (ConfigError: exit 3), not a traceback and exit 1
+    (found by the team torture campaign, seed 11: an agent restarted while PostgreSQL
+    restarted)."""
     from agent.config import (
         ApiConfig,
         Config,
@@ -321,8 +321,7 @@ async def test_a_state_lost_while_the_agent_starts_is_refused_with_exit_3s_messa
     def lost(*_: Any) -> Any:
         raise psycopg.OperationalError("connection failed: Connection refused")
 
-    method = "output_names" if where == "scheduler" else "reclaim_own"
-    monkeypatch.setattr(PgStore, method, lost)
+    monkeypatch.setattr(PgStore, "reclaim_own", lost)
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     cfg = Config(

@@ -159,7 +159,10 @@ class TeamCampaign(Campaign):
         for name, proc in self.procs.items():
             if name in self.restart_at or proc.poll() is None:
                 continue
-            if proc.returncode == 3 and "cannot open the PostgreSQL state" in self._tail(name):
+            tail = self._tail(name)
+            if proc.returncode == 3 and (
+                "cannot open the PostgreSQL state" in tail or "lost the PostgreSQL state" in tail
+            ):
                 # started while the server was down: refused with a clear message (exit 3), as
                 # it must; a service manager starts it again
                 self.refused_starts += 1

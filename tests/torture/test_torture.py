@@ -64,12 +64,6 @@ def test_short_campaign_with_permanent_faults_each_ticket_done_or_failed_with_a_
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-@pytest.mark.xfail(
-    strict=True,
-    reason="open bug: an agent paused or killed inside a download, whose ticket another agent "
-    "then finished and filed, leaves its part file (.g0036-2.png.79c1bfe5.part) behind: parts "
-    "are named per output, not per owner's fence, and nothing removes a lost ticket's part",
-)
 def test_team_campaign_three_agents_on_postgresql_every_ticket_done_once() -> None:
     """Issue 10's campaign, short: three agents on bindfs mounts of one folder, one PostgreSQL
     server; agents SIGKILLed and SIGSTOPped past their lease, the server restarted, sessions
