@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
+from agent import platform
 from agent.errors import (
     AgentError,
     ApiUnavailable,
@@ -67,22 +68,14 @@ IN_FLIGHT = 16 * 1024 * 1024
 _WRITEV = getattr(os, "writev", None)
 
 
-def _iov_max() -> int:
-    try:
-        n = os.sysconf("SC_IOV_MAX")
-    except (AttributeError, ValueError, OSError):
-        return 16
-    return min(n, 1024) if n > 0 else 16
-
-
-_IOV_MAX = _iov_max()
+_IOV_MAX = platform.iov_max()
 # Hard links unsupported here (some SMB/FUSE mounts, Android storage): use the fallback.
 _NO_LINK = frozenset(
     {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.ENOSYS, errno.EMLINK}
 )
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-_BINARY = getattr(os, "O_BINARY", 0)
+_NOFOLLOW = platform.O_NOFOLLOW
+_CLOEXEC = platform.O_CLOEXEC
+_BINARY = platform.O_BINARY
 
 Verdict = Literal["verified", "unverified"]
 
@@ -303,20 +296,15 @@ class _Sink:
         except BaseException as exc:
             self._write_error = exc
             raise
-        if self.written - self.kicked >= WRITEBACK_EVERY and hasattr(os, "posix_fadvise"):
-            with contextlib.suppress(OSError):
-                # Starts the writeback of what was written since the last time (pages still
-                # dirty or under writeback are not dropped by this call) ...
-                os.posix_fadvise(
-                    self.fd, self.kicked, self.written - self.kicked, os.POSIX_FADV_DONTNEED
-                )
-                # ... and drops the range started last time, clean by now: the page cache
-                # pages are recycled for the next writes instead of new ones being touched.
-                if self.dropped < self.kicked:
-                    os.posix_fadvise(
-                        self.fd, self.dropped, self.kicked - self.dropped, os.POSIX_FADV_DONTNEED
-                    )
-                    self.dropped = self.kicked
+        if self.written - self.kicked >= WRITEBACK_EVERY:
+            # Starts the writeback of what was written since the last time (pages still
+            # dirty or under writeback are not dropped by this call) ...
+            platform.drop_written_pages(self.fd, self.kicked, self.written - self.kicked)
+            # ... and drops the range started last time, clean by now: the page cache
+            # pages are recycled for the next writes instead of new ones being touched.
+            if self.dropped < self.kicked:
+                platform.drop_written_pages(self.fd, self.dropped, self.kicked - self.dropped)
+                self.dropped = self.kicked
             self.kicked = self.written
 
     def restart(self, offset: int) -> None:
@@ -474,11 +462,9 @@ async def fetch_to_part(
 def _check_space(part: Path, needed: int) -> None:
     """Refuse before any byte is requested (a GET spends one of the output's downloads) when the
     folder cannot hold the rest of the file; the scheduler waits and looks again."""
-    try:
-        st = os.statvfs(part.parent)
-    except (OSError, AttributeError):
-        return  # cannot tell (some network filesystems, Windows): ENOSPC remains the backstop
-    free = st.f_bavail * st.f_frsize
+    free = platform.free_bytes(part.parent)
+    if free is None:
+        return  # cannot tell (some network filesystems): ENOSPC remains the backstop
     if free < needed:
         raise LocalResourceError(
             f"disk full on {part.parent}: the output needs {needed} more bytes and only {free} "
@@ -567,17 +553,8 @@ def _check_basename(name: str) -> None:
 
 
 def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _CLOEXEC)
-    except OSError:
-        return  # Windows and some network filesystems cannot open a folder: nothing to sync
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EBADF):
-            raise
-    finally:
-        os.close(fd)
+    # Windows and some network filesystems cannot open a folder: nothing to sync there.
+    platform.fsync_dir(folder, strict=True)
 
 
 PLACEHOLDER_MODE = 0o000
@@ -605,6 +582,8 @@ def complete_placeholder(part: Path, dest: Path) -> bool:
 def _link_no_clobber(part: Path, dest: Path) -> bool:
     """Make ``dest`` the part's content unless ``dest`` exists; False when it exists."""
     try:
+        if not platform.HARD_LINKS:
+            raise OSError(errno.ENOTSUP, "placement without hard links (forced)", str(dest))
         os.link(part, dest, follow_symlinks=False)
     except FileExistsError:
         return False
