@@ -6,6 +6,10 @@ hidden, at most 200 bytes). ``render_output_name`` fills a ticket's name templat
 fields and sanitises the result again. The rest names the agent's own files: hidden ``.part``
 temp files, ``NAME.status.yaml`` sidecars, ``NAME.job.done`` / ``NAME.job.failed``.
 
+Conflicts are decided by ``name_key`` (case-insensitively, after Unicode normalisation) on every
+platform: ``Photo.JPG`` from the server beside the user's ``photo.jpg`` is written as
+``Photo (1).JPG``, as NTFS and APFS (and a share Windows or macOS clients open) would need.
+
 Pure: no I/O, except ``os.path.realpath`` in the confinement check ``is_within``.
 """
 
@@ -195,6 +199,19 @@ def _field(value: str) -> str:
 
 
 # --------------------------------------------------------------------------- conflicts, temp files
+
+
+def name_key(name: str) -> str:
+    """What two names share when Windows (NTFS, SMB) or macOS (APFS, HFS+) take them for one:
+    case and Unicode normalisation ignored. ``Photo.JPG``, ``photo.jpg`` and ``PHOTO.jpg`` have
+    one key; so do ``café`` written precomposed (NFC) and decomposed (NFD, as macOS writes it).
+
+    Folded generously (upper case, then case folding: ``ß``/``SS``, ``ı``/``I``/``i`` are one),
+    so two names one of those systems keeps apart may share a key (the output is numbered when
+    it need not be), never the other way round."""
+    if name.isascii():
+        return name.lower()
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFD", name).upper().casefold())
 
 
 def conflict_candidates(name: str) -> Iterator[str]:

@@ -1437,16 +1437,26 @@ class Scheduler:
         While the part is still there, only a hard link to it counts (placement links the part
         to its name, then removes the part: killed in between, both names are one file), or,
         where there are no hard links, our empty placeholder, which the part then replaces.
-        Without a part, a free candidate name holding the recorded digest is ours."""
+        Without a part, a free candidate name holding the recorded digest is ours. A candidate
+        another name holds but for case or normalisation (``paths.name_key``) was passed over by
+        placement, so the search goes on past it."""
         try:
             part_st: os.stat_result | None = os.lstat(part)
         except FileNotFoundError:
             part_st = None
+        taken: dict[str, str] | None = None
         for i, cand in enumerate(paths.conflict_candidates(name)):
             p = folder_path / cand
             try:
                 st = os.lstat(p)
             except FileNotFoundError:
+                if taken is None:
+                    try:
+                        taken = downloader.FOLDER_NAMES.keys(folder_path, fresh=True)
+                    except OSError:
+                        return None
+                if paths.name_key(cand) in taken:
+                    continue
                 return None
             if i > 10_000:
                 return None

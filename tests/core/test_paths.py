@@ -21,6 +21,7 @@ from agent.paths import (
     is_ticket_name,
     is_within,
     job_path,
+    name_key,
     part_name,
     render_output_name,
     safe_name,
@@ -222,6 +223,46 @@ def test_conflict_candidates_number_before_the_last_extension() -> None:
     assert list(islice(conflict_candidates("a.tar.gz"), 2)) == ["a.tar.gz", "a.tar (1).gz"]
     assert list(islice(conflict_candidates("noext"), 2)) == ["noext", "noext (1)"]
     assert list(islice(conflict_candidates(".hidden"), 2)) == [".hidden", ".hidden (1)"]
+
+
+def test_name_key_is_one_for_names_ntfs_or_apfs_take_for_one() -> None:
+    same = [
+        ("Photo.JPG", "photo.jpg"),
+        ("caf\u00e9.jpg", "cafe\u0301.jpg"),  # NFC and NFD (macOS)
+        ("CAF\u00c9.JPG", "cafe\u0301.jpg"),
+        ("stra\u00dfe", "STRASSE"),
+        ("\u0131", "I"),  # dotless i: NTFS upper-cases it to I
+    ]
+    for a, b in same:
+        assert name_key(a) == name_key(b), (a, b)
+    assert name_key("photo.jpg") != name_key("photo.jpeg")
+    assert name_key("a (1).txt") != name_key("a.txt")
+
+
+def _first_free(name: str, existing: set[str]) -> str:
+    """What placement picks with ``on_conflict: rename`` (downloader.place's rule)."""
+    taken = {name_key(n) for n in existing}
+    return next(c for c in conflict_candidates(name) if name_key(c) not in taken)
+
+
+_NAMES = st.text(min_size=1, max_size=40)
+
+
+@given(_NAMES, st.lists(_NAMES, max_size=6), st.data())
+def test_the_chosen_name_is_safe_and_never_collides_case_insensitively(
+    raw: str, others: list[str], data: st.DataObject
+) -> None:
+    name = safe_name(raw, fallback="output.bin")
+    variant = data.draw(
+        st.sampled_from([name, name.upper(), name.lower(), unicodedata.normalize("NFD", name)])
+    )
+    existing = {safe_name(o, fallback="x") for o in others} | {variant}
+    chosen = _first_free(name, existing)
+    assert safe_name(chosen, fallback="output.bin") == chosen  # valid everywhere
+    assert len(chosen.encode("utf-8", "surrogatepass")) <= MAX_NAME_BYTES + 8
+    folded = {unicodedata.normalize("NFC", e).casefold() for e in existing}
+    assert unicodedata.normalize("NFC", chosen).casefold() not in folded
+    assert name_key(chosen) not in {name_key(e) for e in existing}
 
 
 def test_conflict_candidates_are_bounded() -> None:
