@@ -525,6 +525,22 @@ def test_place_without_hard_links_falls_back_without_clobbering(
     assert (tmp_path / "out.txt").read_bytes() == b"user's" and not part.exists()
 
 
+def test_placement_without_hard_links_when_forced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CONVERT_AGENT_FORCE_PORTABLE (platform.HARD_LINKS false): no link is even tried."""
+
+    def link(*args: object, **kw: object) -> None:
+        raise AssertionError("os.link called")
+
+    monkeypatch.setattr(downloader.platform, "HARD_LINKS", False)
+    monkeypatch.setattr(downloader.os, "link", link)
+    (tmp_path / "out.txt").write_bytes(b"user's")
+    dest = place(make_part(tmp_path), tmp_path, "out.txt", ConflictPolicy.RENAME)
+    assert dest == tmp_path / "out (1).txt" and dest.read_bytes() == b"new"
+    assert (tmp_path / "out.txt").read_bytes() == b"user's"
+
+
 class _Killed(BaseException):
     """Stands for the process being killed: nothing below it runs, no handler sees it."""
 
