@@ -184,17 +184,7 @@ Verdict = Literal["free", "ours", "stale", "live"]
 
 
 def pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: alive
-        return True
-    except OSError:
-        return True
-    return True
+    return platform.pid_alive(pid)
 
 
 @dataclass(frozen=True)

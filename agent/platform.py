@@ -14,6 +14,8 @@ on Linux by the tests where that is possible (the byte-range lock, see ``Portabl
 - ``install_stop_handlers``: SIGINT/SIGTERM through the event loop on POSIX; Ctrl-C and
   Ctrl-Break (SIGINT, SIGBREAK) through ``signal.signal`` on Windows, where the loop has none.
 - ``block_stop_signals``: keep SIGINT/SIGTERM off a worker thread (POSIX only).
+- ``pid_alive``: whether a process runs (``kill(pid, 0)`` on POSIX; on Windows ``os.kill`` with
+  any signal but Ctrl-C/Ctrl-Break *terminates* the process, so it asks ``OpenProcess``).
 
 ``CONVERT_AGENT_FORCE_PORTABLE=1`` in the environment (for tests) makes a Linux agent use the
 choices made for the other platforms where they can run on Linux: the byte-range lock (Linux's
@@ -45,6 +47,7 @@ FORCE_PORTABLE = os.environ.get("CONVERT_AGENT_FORCE_PORTABLE") == "1"
 HARD_LINKS = not FORCE_PORTABLE
 
 if sys.platform == "win32":
+    import ctypes
     import msvcrt
 
     O_NOFOLLOW = 0
@@ -227,3 +230,28 @@ def start_file(target: str | Path) -> None:
         os.startfile(target)
         return
     raise OSError(errno.ENOSYS, "os.startfile exists only on Windows", str(target))
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (another user's counts: alive). Never signals it."""
+    if pid <= 0:
+        return False
+    if sys.platform == "win32":
+        kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+        handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+        if not handle:
+            return bool(ctypes.get_last_error() == 5)  # access denied: it exists
+        try:
+            code = ctypes.c_ulong()
+            if not kernel32.GetExitCodeProcess(handle, ctypes.byref(code)):
+                return True
+            return bool(code.value == 259)  # STILL_ACTIVE
+        finally:
+            kernel32.CloseHandle(handle)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: another user's process
+        return True
+    return True

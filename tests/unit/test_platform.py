@@ -9,6 +9,8 @@ import errno
 import os
 import re
 import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -121,3 +123,11 @@ def test_sys_platform_is_branched_on_only_in_the_platform_layer() -> None:
         and re.search(r"\bsys\.platform\b", p.read_text())
     ]
     assert offenders == []
+
+
+def test_pid_alive_tells_a_running_process_from_a_finished_one() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    assert platform.pid_alive(os.getpid())
+    assert not platform.pid_alive(child.pid)
+    assert not platform.pid_alive(0) and not platform.pid_alive(-1)
