@@ -226,6 +226,31 @@ def conflict_candidates(name: str) -> Iterator[str]:
         yield f"{stem} ({i}){ext}"
 
 
+# What a name grows by on disk: its hidden part file ``.NAME.<id8>.part`` (15 characters), or a
+# conflict candidate ``NAME (9999)`` (7).
+_PATH_RESERVE = 15
+
+
+def _utf16_len(text: str) -> int:
+    return len(text.encode("utf-16-le", "surrogatepass")) // 2
+
+
+def fit_path(name: str, folder: str, limit: int) -> str:
+    """``name``, its stem shortened (the extension kept) so that its part file and its conflict
+    candidates in ``folder`` stay under ``limit`` UTF-16 units, the full path counted (Windows'
+    ``MAX_PATH`` of 260 without long paths). Unchanged when it fits, or when the folder leaves
+    no room for a readable name (8 units): the system's error then says so."""
+    room = limit - 1 - _utf16_len(folder) - 1 - _PATH_RESERVE
+    if _utf16_len(name) <= room or room < 8:
+        return name
+    stem, ext = split_ext(name)
+    if _utf16_len(ext) > room // 2:
+        stem, ext = name, ""
+    keep = room - _utf16_len(ext) - 2  # safe_name may add a "_" at either end
+    cut = stem.encode("utf-16-le", "surrogatepass")[: 2 * keep].decode("utf-16-le", "ignore")
+    return safe_name(cut.rstrip(". ") + ext, fallback=name[:keep])
+
+
 def part_name(final_name: str, output_id: str) -> str:
     """Hidden temp name ``.NAME.<id8>.part`` for a download that will become ``final_name``."""
     ident = "".join(ch for ch in output_id if ch.isascii() and ch.isalnum())[:8]

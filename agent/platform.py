@@ -20,7 +20,8 @@ on Linux by the tests where that is possible (the byte-range lock, see ``Portabl
 ``CONVERT_AGENT_FORCE_PORTABLE=1`` in the environment (for tests) makes a Linux agent use the
 choices made for the other platforms where they can run on Linux: the byte-range lock (Linux's
 open-file-description locks standing in for ``msvcrt.locking``), placement without hard links
-(the exclusive placeholder, then a rename), and no folder fsync.
+(the exclusive placeholder, then a rename), no folder fsync, and output names shortened to fit
+Windows' ``MAX_PATH``.
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ NAME = sys.platform
 IS_WINDOWS = sys.platform == "win32"
 IS_LINUX = sys.platform.startswith("linux")
 FORCE_PORTABLE = os.environ.get("CONVERT_AGENT_FORCE_PORTABLE") == "1"
+# The longest full path (UTF-16 units, with its terminating NUL) where the system limits it:
+# Windows' MAX_PATH, unless long paths are enabled (not assumed). Forced on for tests.
+MAX_PATH: int | None = 260 if sys.platform == "win32" or FORCE_PORTABLE else None
 # Whether output placement tries a hard link first (it falls back by itself where the
 # filesystem has none; forced off, every placement takes the fallback).
 HARD_LINKS = not FORCE_PORTABLE

@@ -34,7 +34,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from agent import downloader, folder, lifecycle, paths
+from agent import downloader, folder, lifecycle, paths, platform
 from agent import slots as slots_mod
 from agent.api import FINISH, ApiClient
 from agent.config import Config, FolderConfig
@@ -1298,7 +1298,7 @@ class Scheduler:
         target = spec.conversions[0].target if spec.conversions else ""
         stem = rec.name[: -len(".job")] if rec.name.endswith(".job") else rec.name
         ext = target or "bin"
-        return paths.render_output_name(
+        name = paths.render_output_name(
             spec.output.name,
             server_name=out.filename,
             ticket_stem=stem,
@@ -1307,6 +1307,9 @@ class Scheduler:
             count=n,
             fallback=f"{stem}-{out.idx + 1}.{ext}" if n > 1 else f"{stem}.{ext}",
         )
+        if platform.MAX_PATH is not None:  # Windows: the full path must fit
+            name = paths.fit_path(name, str(Path(rec.path).parent), platform.MAX_PATH)
+        return name
 
     async def _download_one(
         self, rec: TicketRecord, spec: TicketSpec, out: OutputRecord, count: int

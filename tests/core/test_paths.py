@@ -17,6 +17,7 @@ from agent.paths import (
     conflict_candidates,
     done_path,
     failed_path,
+    fit_path,
     is_agent_file,
     is_ticket_name,
     is_within,
@@ -263,6 +264,35 @@ def test_the_chosen_name_is_safe_and_never_collides_case_insensitively(
     folded = {unicodedata.normalize("NFC", e).casefold() for e in existing}
     assert unicodedata.normalize("NFC", chosen).casefold() not in folded
     assert name_key(chosen) not in {name_key(e) for e in existing}
+
+
+def _utf16(text: str) -> int:
+    return len(text.encode("utf-16-le", "surrogatepass")) // 2
+
+
+@given(st.text(min_size=1, max_size=250), st.integers(min_value=3, max_value=200))
+def test_fit_path_keeps_the_part_file_and_candidates_under_max_path(raw: str, depth: int) -> None:
+    name = safe_name(raw, fallback="output.bin")
+    folder = "C:\\" + "d" * depth
+    fitted = fit_path(name, folder, 260)
+    assert safe_name(fitted, fallback="x") == fitted
+    stem, ext = split_ext(fitted)
+    longest = max(part_name(fitted, "abcdef12"), f"{stem} (9999){ext}", key=_utf16)
+    if 259 - _utf16(folder) - 1 - 15 >= 8:  # room for a readable name
+        assert _utf16(folder) + 1 + _utf16(longest) <= 259
+    else:
+        assert fitted == name  # none: left for the system to refuse
+    if _utf16(folder) + 1 + _utf16(part_name(name, "abcdef12")) <= 259:
+        assert fitted == name  # a path that fits is left alone
+
+
+def test_fit_path_shortens_the_stem_and_keeps_the_extension() -> None:
+    folder = "C:\\Users\\someone\\" + "x" * 150
+    fitted = fit_path("a" * 150 + ".jpeg", folder, 260)
+    assert fitted.endswith(".jpeg") and fitted.startswith("aaaa")
+    assert _utf16(folder) + 1 + _utf16(part_name(fitted, "abcdef12")) <= 259
+    assert fit_path("short.jpg", folder, 260) == "short.jpg"
+    assert fit_path("a" * 100 + ".jpg", "C:\\" + "y" * 250, 260) == "a" * 100 + ".jpg"  # no room
 
 
 def test_conflict_candidates_are_bounded() -> None:

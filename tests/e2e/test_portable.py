@@ -93,3 +93,25 @@ async def test_the_portable_choices_are_in_force_and_the_lock_keeps_a_second_age
         "a.png",
         "a.status.yaml",
     ]
+
+
+async def test_an_output_name_too_long_for_windows_max_path_is_shortened(
+    tmp_path: Path, make_emulator: MakeEmulator
+) -> None:
+    emu = await make_emulator()
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "a.png").write_bytes(png_bytes())
+    long = "x" * 190
+    (inbox / "a.job").write_text(
+        f'input: a.png\ntarget: jpg\noutput: {{name: "{{stem}}-{long}.jpg"}}\n'
+    )
+    cfg = write_config(tmp_path / "c.yaml", emu.base_url, [inbox], tmp_path / "s.db")
+    assert len(str(inbox)) + 1 + len(f"a-{long}.jpg") > 259  # too long as it is
+
+    code, out = await run_agent(cfg, "run", "--once", timeout=60)
+
+    assert code == 0, out
+    (output,) = [p for p in inbox.iterdir() if p.suffix == ".jpg"]
+    assert output.name.startswith("a-xxxx") and len(output.name) < len(f"a-{long}.jpg")
+    assert len(str(output)) + 15 <= 259  # its part file fitted too
