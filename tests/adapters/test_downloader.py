@@ -347,6 +347,17 @@ def test_place_rename_never_clobbers(tmp_path: Path) -> None:
     assert not part.exists()
 
 
+def test_place_never_clobbers_a_file_made_after_the_folder_was_listed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The listing is a moment old (or, in a big folder, a while): the link itself refuses."""
+    monkeypatch.setattr(downloader.FOLDER_NAMES, "keys", lambda folder, fresh=False: {})
+    (tmp_path / "out.txt").write_bytes(b"user's")
+    dest = place(make_part(tmp_path), tmp_path, "out.txt", ConflictPolicy.RENAME)
+    assert dest == tmp_path / "out (1).txt" and dest.read_bytes() == b"new"
+    assert (tmp_path / "out.txt").read_bytes() == b"user's"
+
+
 def test_place_uses_given_candidates(tmp_path: Path) -> None:
     (tmp_path / "a").write_bytes(b"x")
     dest = place(make_part(tmp_path), tmp_path, "a", ConflictPolicy.RENAME, candidates=["a", "b"])
