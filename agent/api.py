@@ -36,7 +36,7 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 from yarl import URL
 
-from agent import __version__
+from agent import __version__, platform
 from agent.errors import (
     AgentError,
     ApiRejected,
@@ -67,8 +67,8 @@ MAX_REDIRECTS = 10
 DOWNLOAD_CHUNK_SIZE = 1024 * 1024
 _MIN_CHUNK_SIZE = 256 * 1024
 _MAX_MESSAGE_CHARS = 500
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_NOFOLLOW = platform.O_NOFOLLOW
+_CLOEXEC = platform.O_CLOEXEC
 # Values under keys like these in a request body are secrets (api-contract.md §5.5): an error
 # message that echoes one has it masked.
 _SECRET_KEY_PARTS = (

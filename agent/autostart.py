@@ -22,6 +22,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent import platform as platform_layer
+
 APP = "convert-agent"
 LAUNCHD_LABEL = "com.convert-agent.agent"
 DESKTOP_NAME = f"{APP}.desktop"
@@ -49,11 +51,11 @@ def agent_command(config: Path | None = None) -> list[str]:
     there is one (a venv or pipx install), else ``python -m agent``; with ``--config`` when a
     config file was named explicitly."""
     exe = Path(sys.executable)
-    script = exe.with_name(f"{APP}.exe" if sys.platform == "win32" else APP)
+    script = exe.with_name(f"{APP}.exe" if platform_layer.IS_WINDOWS else APP)
     if script.is_file():
         cmd = [str(script)]
     else:
-        if sys.platform == "win32" and exe.with_name("pythonw.exe").is_file():
+        if platform_layer.IS_WINDOWS and exe.with_name("pythonw.exe").is_file():
             exe = exe.with_name("pythonw.exe")  # no console window at login
         cmd = [str(exe), "-m", "agent"]
     if config is not None:
@@ -154,7 +156,7 @@ def windows_entries(startup: Path, command: Sequence[str], base: Path | None = N
 def platform_entries(
     command: Sequence[str],
     *,
-    platform: str = sys.platform,
+    platform: str = platform_layer.NAME,
     env: Mapping[str, str] | None = None,
     home: Path | None = None,
 ) -> list[Entry]:

@@ -6,13 +6,14 @@ port, token, pid). Only loopback URLs are ever called, and the token never leave
 from __future__ import annotations
 
 import json
-import os
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from agent import platform
 
 
 class ControlError(Exception):
@@ -25,13 +26,7 @@ def runtime_path(state_path: Path) -> Path:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return platform.pid_alive(pid)
 
 
 @dataclass(frozen=True)

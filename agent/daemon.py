@@ -16,7 +16,6 @@ import logging
 import logging.handlers
 import os
 import secrets
-import signal
 import socket
 import threading
 import time
@@ -24,7 +23,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from agent import __version__
+from agent import __version__, platform
 from agent.api import ApiClient
 from agent.config import Config, FolderConfig, share_names
 from agent.dashboard import Dashboard
@@ -199,7 +198,7 @@ class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
     log lines name the user's files and jobs."""
 
     def _open(self) -> io.TextIOWrapper:
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | platform.O_CLOEXEC
         fd = os.open(self.baseFilename, flags, 0o600)
         stream = open(fd, self.mode, encoding=self.encoding, errors=self.errors)  # noqa: SIM115
         assert isinstance(stream, io.TextIOWrapper)
@@ -268,6 +267,7 @@ class Agent:
         self.cfg = cfg
         self.clock = clock
         self._stop = asyncio.Event()
+        self._unhook_signals: Callable[[], None] | None = None
         self.store: StateStore | None = None
         self.scheduler: Scheduler | None = None
         self.watcher: Watcher | None = None
@@ -382,6 +382,11 @@ class Agent:
             raise ConfigError(problem, key="state.path")
         lock = StateLock(cfg.state.path)
         lock.acquire()
+        if platform.FORCE_PORTABLE:
+            log.warning(
+                "CONVERT_AGENT_FORCE_PORTABLE: the byte-range lock, placement without hard "
+                "links and no folder fsync (the choices made for other platforms; for tests)"
+            )
         store = api = dashboard = marks = None
         runner: asyncio.Task[None] | None = None
         marking: asyncio.Task[None] | None = None
@@ -556,14 +561,11 @@ class Agent:
         return 0
 
     def _install_signals(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, self.request_stop)
+        self._unhook_signals = platform.install_stop_handlers(
+            asyncio.get_running_loop(), self.request_stop
+        )
 
     def _remove_signals(self) -> None:
-        with contextlib.suppress(RuntimeError):
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                with contextlib.suppress(NotImplementedError, RuntimeError):
-                    loop.remove_signal_handler(sig)
+        unhook, self._unhook_signals = self._unhook_signals, None
+        if unhook is not None:
+            unhook()

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from agent.control import runtime_path
+from agent.platform import O_BINARY, O_NOFOLLOW
 from agent.store import TicketRecord
 
 if TYPE_CHECKING:
@@ -159,7 +160,7 @@ class Dashboard:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_NOFOLLOW | O_BINARY, 0o600)
         try:
             os.write(fd, json.dumps(info).encode())
             os.fsync(fd)

@@ -5,7 +5,9 @@ download context manager. Data goes to a hidden part file in the target folder (
 ``O_NOFOLLOW``, never through a symlink), is hashed while it streams, checked against the
 server's checksum and size, fsynced, and only then placed under its final name: ``os.link``
 (atomic, never clobbers) for rename/skip/fail, ``os.replace`` for overwrite, then the folder is
-fsynced.
+fsynced. A name is taken when any name in the folder has its ``paths.name_key`` (the same name
+but for case or Unicode normalisation, one name on NTFS and APFS): rename numbers it, skip and
+fail treat it as existing, overwrite replaces that file under its own spelling (``FolderNames``).
 
 What happens to the part file on errors:
 - kept when a later attempt can resume from it: network trouble (``RetryableError`` from the
@@ -26,12 +28,15 @@ import hashlib
 import logging
 import os
 import stat
+import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
+from agent import platform
 from agent.errors import (
     AgentError,
     ApiUnavailable,
@@ -43,7 +48,7 @@ from agent.errors import (
     from_os_error,
 )
 from agent.models import ConflictPolicy, VerifyMode
-from agent.paths import conflict_candidates
+from agent.paths import conflict_candidates, name_key
 
 log = logging.getLogger("agent.downloader")
 
@@ -67,22 +72,14 @@ IN_FLIGHT = 16 * 1024 * 1024
 _WRITEV = getattr(os, "writev", None)
 
 
-def _iov_max() -> int:
-    try:
-        n = os.sysconf("SC_IOV_MAX")
-    except (AttributeError, ValueError, OSError):
-        return 16
-    return min(n, 1024) if n > 0 else 16
-
-
-_IOV_MAX = _iov_max()
+_IOV_MAX = platform.iov_max()
 # Hard links unsupported here (some SMB/FUSE mounts, Android storage): use the fallback.
 _NO_LINK = frozenset(
     {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.ENOSYS, errno.EMLINK}
 )
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-_BINARY = getattr(os, "O_BINARY", 0)
+_NOFOLLOW = platform.O_NOFOLLOW
+_CLOEXEC = platform.O_CLOEXEC
+_BINARY = platform.O_BINARY
 
 Verdict = Literal["verified", "unverified"]
 
@@ -303,20 +300,15 @@ class _Sink:
         except BaseException as exc:
             self._write_error = exc
             raise
-        if self.written - self.kicked >= WRITEBACK_EVERY and hasattr(os, "posix_fadvise"):
-            with contextlib.suppress(OSError):
-                # Starts the writeback of what was written since the last time (pages still
-                # dirty or under writeback are not dropped by this call) ...
-                os.posix_fadvise(
-                    self.fd, self.kicked, self.written - self.kicked, os.POSIX_FADV_DONTNEED
-                )
-                # ... and drops the range started last time, clean by now: the page cache
-                # pages are recycled for the next writes instead of new ones being touched.
-                if self.dropped < self.kicked:
-                    os.posix_fadvise(
-                        self.fd, self.dropped, self.kicked - self.dropped, os.POSIX_FADV_DONTNEED
-                    )
-                    self.dropped = self.kicked
+        if self.written - self.kicked >= WRITEBACK_EVERY:
+            # Starts the writeback of what was written since the last time (pages still
+            # dirty or under writeback are not dropped by this call) ...
+            platform.drop_written_pages(self.fd, self.kicked, self.written - self.kicked)
+            # ... and drops the range started last time, clean by now: the page cache
+            # pages are recycled for the next writes instead of new ones being touched.
+            if self.dropped < self.kicked:
+                platform.drop_written_pages(self.fd, self.dropped, self.kicked - self.dropped)
+                self.dropped = self.kicked
             self.kicked = self.written
 
     def restart(self, offset: int) -> None:
@@ -474,11 +466,9 @@ async def fetch_to_part(
 def _check_space(part: Path, needed: int) -> None:
     """Refuse before any byte is requested (a GET spends one of the output's downloads) when the
     folder cannot hold the rest of the file; the scheduler waits and looks again."""
-    try:
-        st = os.statvfs(part.parent)
-    except (OSError, AttributeError):
-        return  # cannot tell (some network filesystems, Windows): ENOSPC remains the backstop
-    free = st.f_bavail * st.f_frsize
+    free = platform.free_bytes(part.parent)
+    if free is None:
+        return  # cannot tell (some network filesystems): ENOSPC remains the backstop
     if free < needed:
         raise LocalResourceError(
             f"disk full on {part.parent}: the output needs {needed} more bytes and only {free} "
@@ -554,30 +544,25 @@ async def _stream_into(
 # --------------------------------------------------------------------------- placing
 
 
-def _check_basename(name: str) -> None:
-    if (
+def _plain_basename(name: str) -> bool:
+    return not (
         not name
         or name in (".", "..")
         or "/" in name
         or "\\" in name
         or "\x00" in name
         or os.path.basename(name) != name
-    ):
+    )
+
+
+def _check_basename(name: str) -> None:
+    if not _plain_basename(name):
         raise PermanentError(f"refusing to write an output named {name!r}: not a plain file name")
 
 
 def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _CLOEXEC)
-    except OSError:
-        return  # Windows and some network filesystems cannot open a folder: nothing to sync
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EBADF):
-            raise
-    finally:
-        os.close(fd)
+    # Windows and some network filesystems cannot open a folder: nothing to sync there.
+    platform.fsync_dir(folder, strict=True)
 
 
 PLACEHOLDER_MODE = 0o000
@@ -605,6 +590,8 @@ def complete_placeholder(part: Path, dest: Path) -> bool:
 def _link_no_clobber(part: Path, dest: Path) -> bool:
     """Make ``dest`` the part's content unless ``dest`` exists; False when it exists."""
     try:
+        if not platform.HARD_LINKS:
+            raise OSError(errno.ENOTSUP, "placement without hard links (forced)", str(dest))
         os.link(part, dest, follow_symlinks=False)
     except FileExistsError:
         return False
@@ -633,6 +620,77 @@ def _link_no_clobber(part: Path, dest: Path) -> bool:
     return True
 
 
+# A folder with fewer names than this is listed again whenever it may have changed; a bigger
+# one at most once per RELIST_FACTOR times the last listing's duration (a listing of 20,000 names
+# takes milliseconds: a bulk run placing into it pays at most 1/RELIST_FACTOR of its time).
+SMALL_FOLDER = 1000
+RELIST_FACTOR = 20
+# An unchanged mtime proves an unchanged folder only when it is older than the listing by more
+# than a timestamp's granularity (filesystem clocks tick in milliseconds): "racy" otherwise.
+RACY_NS = 100_000_000
+_FOLDERS_KEPT = 64
+
+
+@dataclass
+class _Listing:
+    ino: int
+    mtime_ns: int
+    listed_ns: int  # wall clock, to compare with the mtime
+    listed_at: float
+    cost: float
+    keys: dict[str, str]  # name_key -> a name in the folder with that key
+
+
+class FolderNames:
+    """The names in output folders by ``paths.name_key``, for conflicts decided case- and
+    normalisation-insensitively on a filesystem that is not (ext4 shared to Windows or macOS).
+
+    A listing is reused while the folder's mtime is unchanged and was already older than the
+    listing (``RACY_NS``); names placed through ``add`` are added to it. In a folder of
+    ``SMALL_FOLDER`` names or more it is also reused for a short while after a change (see
+    ``RELIST_FACTOR``): a case variant created in that moment is not seen, and the output then
+    gets its own name beside it, as before this check (a case-insensitive filesystem refuses
+    that name by itself: ``os.link`` says it exists)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cache: dict[str, _Listing] = {}
+
+    def keys(self, folder: Path, *, fresh: bool = False) -> dict[str, str]:
+        """``name_key`` → name for ``folder``'s entries (do not modify the result)."""
+        st = os.stat(folder)
+        now = time.monotonic()
+        path = str(folder)
+        with self._lock:
+            got = self._cache.get(path)
+            if got is not None and not fresh and got.ino == st.st_ino:
+                if got.mtime_ns == st.st_mtime_ns and got.mtime_ns < got.listed_ns - RACY_NS:
+                    return got.keys
+                if len(got.keys) >= SMALL_FOLDER and now - got.listed_at < RELIST_FACTOR * got.cost:
+                    return got.keys
+        listed_ns = time.time_ns()
+        names = os.listdir(folder)
+        keys = {name_key(n): n for n in names}
+        cost = time.monotonic() - now
+        listing = _Listing(st.st_ino, st.st_mtime_ns, listed_ns, now, cost, keys)
+        with self._lock:
+            self._cache.pop(path, None)
+            self._cache[path] = listing
+            while len(self._cache) > _FOLDERS_KEPT:
+                del self._cache[next(iter(self._cache))]
+        return keys
+
+    def add(self, folder: Path, name: str) -> None:
+        """``name`` was just created in ``folder`` by us."""
+        with self._lock:
+            got = self._cache.get(str(folder))
+            if got is not None:
+                got.keys.setdefault(name_key(name), name)
+
+
+FOLDER_NAMES = FolderNames()
+
+
 def fsync_folder(folder: Path) -> None:
     """Make the names placed in ``folder`` durable (after ``place(..., sync_dir=False)``)."""
     _fsync_dir(folder)
@@ -650,8 +708,10 @@ def place(
     """Give the verified, fsynced ``part`` its final name in ``folder``; None when skipped.
 
     RENAME tries ``candidates`` in order (default ``paths.conflict_candidates(name)``), SKIP and
-    FAIL only ``name``; none of them ever replaces an existing file or symlink. OVERWRITE
-    replaces ``name`` (a symlink there is replaced itself, its target is untouched). Every
+    FAIL only ``name``; none of them ever replaces an existing file or symlink, nor takes a name
+    that differs from an existing one only in case or Unicode normalisation (``name_key``).
+    OVERWRITE replaces ``name``, or the existing name with its key (a symlink there is replaced
+    itself, its target is untouched). Every
     candidate must be a plain base name. On an OS error the part is kept, so the next attempt can
     place it without downloading again; on skip and fail it is deleted. ``sync_dir=False`` leaves
     the folder's fsync to the caller (``fsync_folder``, e.g. in a worker thread).
@@ -663,16 +723,22 @@ def place(
         names = (name,)
     dest = folder / name
     try:
+        taken = FOLDER_NAMES.keys(folder)
         if policy == ConflictPolicy.OVERWRITE:
             _check_basename(name)
+            held = taken.get(name_key(name), name)
+            if held != name and _plain_basename(held):
+                dest = folder / held  # one file for that name on NTFS and APFS: that one
             os.replace(part, dest)
             if sync_dir:
                 _fsync_dir(folder)
             return dest
         for candidate in names:
             _check_basename(candidate)
-            dest = folder / candidate
-            if _link_no_clobber(part, dest):
+            dest = folder / taken.get(name_key(candidate), candidate)
+            if name_key(candidate) not in taken and _link_no_clobber(part, folder / candidate):
+                FOLDER_NAMES.add(folder, candidate)
+                dest = folder / candidate
                 if sync_dir:
                     _fsync_dir(folder)
                 return dest

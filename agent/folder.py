@@ -18,7 +18,9 @@ from typing import Any
 
 import yaml
 
+from agent import platform
 from agent.errors import AgentError, from_os_error
+from agent.platform import O_BINARY, O_NOFOLLOW
 
 MAX_TICKET_READ = 64 * 1024 + 1  # one byte more than a ticket may have, to detect oversize
 
@@ -34,16 +36,8 @@ def read_ticket(path: Path) -> bytes:
 
 
 def fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems (SMB, FUSE) refuse fsync on directories
-    finally:
-        os.close(fd)
+    # Every error ignored: some filesystems (SMB, FUSE) refuse fsync on directories.
+    platform.fsync_dir(folder)
 
 
 def temp_path(path: Path) -> Path:
@@ -55,7 +49,7 @@ def temp_path(path: Path) -> Path:
 def _write_new(tmp: Path, data: bytes, *, durable: bool = True) -> None:
     """Create ``tmp`` (never through a symlink), write ``data`` and fsync it (unless not
     ``durable``)."""
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_NOFOLLOW | O_BINARY, 0o644)
     try:
         os.write(fd, data)
         if durable:

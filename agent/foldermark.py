@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from agent import platform
+
 log = logging.getLogger("agent.marks")
 
 MARK_NAME = ".convert-agent.lock.json"
@@ -182,17 +184,7 @@ Verdict = Literal["free", "ours", "stale", "live"]
 
 
 def pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: alive
-        return True
-    except OSError:
-        return True
-    return True
+    return platform.pid_alive(pid)
 
 
 @dataclass(frozen=True)
@@ -268,7 +260,7 @@ def describe_owner(folder: Path, mark: Mark, now: float) -> str:
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | platform.O_CLOEXEC, 0o644)
     try:
         view = memoryview(data)
         while view:

@@ -20,11 +20,12 @@ import ctypes
 import errno
 import os
 import struct
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from agent.platform import IS_LINUX, O_CLOEXEC, O_NONBLOCK
 
 IN_CLOSE_WRITE = 0x00000008
 IN_MOVED_FROM = 0x00000040
@@ -60,7 +61,7 @@ _READ_SIZE = 256 * 1024
 
 
 def _load_libc() -> ctypes.CDLL | None:
-    if not sys.platform.startswith("linux"):
+    if not IS_LINUX:
         return None
     try:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -93,7 +94,7 @@ class Inotify:
     def __init__(self) -> None:
         if _LIBC is None:
             raise OSError(errno.ENOSYS, "inotify is not available on this system")
-        fd = _LIBC.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = _LIBC.inotify_init1(O_NONBLOCK | O_CLOEXEC)
         if fd < 0:
             raise _os_error()
         self.fd: int = fd

@@ -19,11 +19,11 @@ import logging
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from agent import platform as platform_layer
 from agent.models import Phase
 
 if TYPE_CHECKING:
@@ -127,7 +127,7 @@ Runner = Callable[..., "subprocess.CompletedProcess[bytes]"]
 def desktop_command(
     msg: Message,
     *,
-    platform: str = sys.platform,
+    platform: str = platform_layer.NAME,
     env: Mapping[str, str] | None = None,
     which: Callable[[str], str | None] = shutil.which,
 ) -> list[str] | None:

@@ -6,6 +6,10 @@ hidden, at most 200 bytes). ``render_output_name`` fills a ticket's name templat
 fields and sanitises the result again. The rest names the agent's own files: hidden ``.part``
 temp files, ``NAME.status.yaml`` sidecars, ``NAME.job.done`` / ``NAME.job.failed``.
 
+Conflicts are decided by ``name_key`` (case-insensitively, after Unicode normalisation) on every
+platform: ``Photo.JPG`` from the server beside the user's ``photo.jpg`` is written as
+``Photo (1).JPG``, as NTFS and APFS (and a share Windows or macOS clients open) would need.
+
 Pure: no I/O, except ``os.path.realpath`` in the confinement check ``is_within``.
 """
 
@@ -197,6 +201,19 @@ def _field(value: str) -> str:
 # --------------------------------------------------------------------------- conflicts, temp files
 
 
+def name_key(name: str) -> str:
+    """What two names share when Windows (NTFS, SMB) or macOS (APFS, HFS+) take them for one:
+    case and Unicode normalisation ignored. ``Photo.JPG``, ``photo.jpg`` and ``PHOTO.jpg`` have
+    one key; so do ``café`` written precomposed (NFC) and decomposed (NFD, as macOS writes it).
+
+    Folded generously (upper case, then case folding: ``ß``/``SS``, ``ı``/``I``/``i`` are one),
+    so two names one of those systems keeps apart may share a key (the output is numbered when
+    it need not be), never the other way round."""
+    if name.isascii():
+        return name.lower()
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFD", name).upper().casefold())
+
+
 def conflict_candidates(name: str) -> Iterator[str]:
     """``name``, then ``stem (1).ext``, ``stem (2).ext``, … (at most ``MAX_CONFLICT_CANDIDATES``).
 
@@ -207,6 +224,31 @@ def conflict_candidates(name: str) -> Iterator[str]:
     stem, ext = split_ext(name)
     for i in range(1, MAX_CONFLICT_CANDIDATES):
         yield f"{stem} ({i}){ext}"
+
+
+# What a name grows by on disk: its hidden part file ``.NAME.<id8>.part`` (15 characters), or a
+# conflict candidate ``NAME (9999)`` (7).
+_PATH_RESERVE = 15
+
+
+def _utf16_len(text: str) -> int:
+    return len(text.encode("utf-16-le", "surrogatepass")) // 2
+
+
+def fit_path(name: str, folder: str, limit: int) -> str:
+    """``name``, its stem shortened (the extension kept) so that its part file and its conflict
+    candidates in ``folder`` stay under ``limit`` UTF-16 units, the full path counted (Windows'
+    ``MAX_PATH`` of 260 without long paths). Unchanged when it fits, or when the folder leaves
+    no room for a readable name (8 units): the system's error then says so."""
+    room = limit - 1 - _utf16_len(folder) - 1 - _PATH_RESERVE
+    if _utf16_len(name) <= room or room < 8:
+        return name
+    stem, ext = split_ext(name)
+    if _utf16_len(ext) > room // 2:
+        stem, ext = name, ""
+    keep = room - _utf16_len(ext) - 2  # safe_name may add a "_" at either end
+    cut = stem.encode("utf-16-le", "surrogatepass")[: 2 * keep].decode("utf-16-le", "ignore")
+    return safe_name(cut.rstrip(". ") + ext, fallback=name[:keep])
 
 
 def part_name(final_name: str, output_id: str) -> str:

@@ -34,7 +34,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from agent import downloader, folder, lifecycle, paths
+from agent import downloader, folder, lifecycle, paths, platform
 from agent import slots as slots_mod
 from agent.api import FINISH, ApiClient
 from agent.config import Config, FolderConfig
@@ -1303,7 +1303,7 @@ class Scheduler:
         target = spec.conversions[0].target if spec.conversions else ""
         stem = rec.name[: -len(".job")] if rec.name.endswith(".job") else rec.name
         ext = target or "bin"
-        return paths.render_output_name(
+        name = paths.render_output_name(
             spec.output.name,
             server_name=out.filename,
             ticket_stem=stem,
@@ -1312,6 +1312,9 @@ class Scheduler:
             count=n,
             fallback=f"{stem}-{out.idx + 1}.{ext}" if n > 1 else f"{stem}.{ext}",
         )
+        if platform.MAX_PATH is not None:  # Windows: the full path must fit
+            name = paths.fit_path(name, str(Path(rec.path).parent), platform.MAX_PATH)
+        return name
 
     async def _download_one(
         self, rec: TicketRecord, spec: TicketSpec, out: OutputRecord, count: int
@@ -1463,16 +1466,26 @@ class Scheduler:
         to its name, then removes the part: killed in between, both names are one file), or,
         where there are no hard links, our empty placeholder, which the part then replaces.
         Without a part, a free candidate name holding the recorded digest is ours (``mine``:
-        the file this process placed this output as, whose record was lost, is free for it)."""
+        the file this process placed this output as, whose record was lost, is free for it). A
+        candidate another name holds but for case or normalisation (``paths.name_key``) was
+        passed over by placement, so the search goes on past it."""
         try:
             part_st: os.stat_result | None = os.lstat(part)
         except FileNotFoundError:
             part_st = None
+        taken: dict[str, str] | None = None
         for i, cand in enumerate(paths.conflict_candidates(name)):
             p = folder_path / cand
             try:
                 st = os.lstat(p)
             except FileNotFoundError:
+                if taken is None:
+                    try:
+                        taken = downloader.FOLDER_NAMES.keys(folder_path, fresh=True)
+                    except OSError:
+                        return None
+                if paths.name_key(cand) in taken:
+                    continue
                 return None
             if i > 10_000:
                 return None

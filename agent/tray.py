@@ -40,6 +40,8 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image, ImageDraw
 
+from agent import platform as platform_layer
+
 if TYPE_CHECKING:
     from agent.daemon import Agent
 
@@ -152,7 +154,9 @@ def draw_icon(state: str, *, badge: bool = False, size: int = 64) -> Image.Image
 # --------------------------------------------------------------------------- desktop helpers
 
 
-def display_available(env: Mapping[str, str] | None = None, platform: str = sys.platform) -> bool:
+def display_available(
+    env: Mapping[str, str] | None = None, platform: str = platform_layer.NAME
+) -> bool:
     """Whether a desktop could show an icon (macOS and Windows always can)."""
     env = os.environ if env is None else env
     if platform in ("darwin", "win32"):
@@ -160,10 +164,10 @@ def display_available(env: Mapping[str, str] | None = None, platform: str = sys.
     return bool(env.get("DISPLAY") or env.get("WAYLAND_DISPLAY"))
 
 
-def open_path(target: str | Path, platform: str = sys.platform) -> None:
+def open_path(target: str | Path, platform: str = platform_layer.NAME) -> None:
     """Open a folder or file with the desktop's default application, without waiting."""
     if platform == "win32":
-        os.startfile(target)  # type: ignore[attr-defined]  # Windows only
+        platform_layer.start_file(target)
         return
     opener = "open" if platform == "darwin" else "xdg-open"
     try:
@@ -211,7 +215,7 @@ def _borrow_system_gi() -> ModuleType | None:
 def choose_backend(env: Mapping[str, str] | None = None) -> str | None:
     """The pystray backend for this desktop (Linux/BSD), or None to let pystray decide."""
     env = os.environ if env is None else env
-    if env.get("PYSTRAY_BACKEND") or sys.platform in ("darwin", "win32"):
+    if env.get("PYSTRAY_BACKEND") or platform_layer.NAME in ("darwin", "win32"):
         return env.get("PYSTRAY_BACKEND") or None
     gi: ModuleType | None
     try:
@@ -490,8 +494,7 @@ def run_with_tray(agent: Agent, tray: Tray, *, once: bool = False) -> int:
         # until the next X event. Blocked here, they always interrupt that select(). (The
         # notification commands run from here inherit the mask: short, and SIGKILLed at their
         # timeout; the menu's openers start from the main thread.)
-        if hasattr(signal, "pthread_sigmask"):
-            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        platform_layer.block_stop_signals()
         try:
             result["code"] = asyncio.run(agent.run(once=once))
         except BaseException as exc:  # handed to the main thread
@@ -573,6 +576,6 @@ def start_tray(agent: Agent, want: bool | None, notifications: Any = None) -> Tr
             raise
         log.info("running headless, without a tray icon: %s", exc)
         return None
-    if notifications is not None and sys.platform == "win32" and tray.icon.HAS_NOTIFICATION:
+    if notifications is not None and platform_layer.IS_WINDOWS and tray.icon.HAS_NOTIFICATION:
         notifications.balloon = tray.icon.notify
     return tray

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -346,6 +347,17 @@ def test_place_rename_never_clobbers(tmp_path: Path) -> None:
     assert not part.exists()
 
 
+def test_place_never_clobbers_a_file_made_after_the_folder_was_listed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The listing is a moment old (or, in a big folder, a while): the link itself refuses."""
+    monkeypatch.setattr(downloader.FOLDER_NAMES, "keys", lambda folder, fresh=False: {})
+    (tmp_path / "out.txt").write_bytes(b"user's")
+    dest = place(make_part(tmp_path), tmp_path, "out.txt", ConflictPolicy.RENAME)
+    assert dest == tmp_path / "out (1).txt" and dest.read_bytes() == b"new"
+    assert (tmp_path / "out.txt").read_bytes() == b"user's"
+
+
 def test_place_uses_given_candidates(tmp_path: Path) -> None:
     (tmp_path / "a").write_bytes(b"x")
     dest = place(make_part(tmp_path), tmp_path, "a", ConflictPolicy.RENAME, candidates=["a", "b"])
@@ -387,6 +399,107 @@ def test_place_overwrite_replaces(tmp_path: Path) -> None:
     assert (tmp_path / "out.txt").read_bytes() == b"new" and not part.exists()
 
 
+# Names that differ only in case or Unicode normalisation are one name on NTFS and APFS (and on
+# a share Windows or macOS clients open): conflicts are decided that way on every platform.
+CAFE_NFD = "cafe\u0301.jpg"  # how macOS writes "café.jpg"
+
+
+@pytest.mark.parametrize(
+    ("existing", "server", "placed"),
+    [
+        (["photo.jpg"], "Photo.JPG", "Photo (1).JPG"),
+        (["PHOTO.JPG", "photo (1).jpg"], "Photo.jpg", "Photo (2).jpg"),
+        ([CAFE_NFD], "caf\u00e9.jpg", "caf\u00e9 (1).jpg"),
+        (["STRASSE.txt"], "stra\u00dfe.txt", "stra\u00dfe (1).txt"),
+    ],
+)
+def test_place_rename_treats_case_and_normalisation_variants_as_taken(
+    tmp_path: Path, existing: list[str], server: str, placed: str
+) -> None:
+    for name in existing:
+        (tmp_path / name).write_bytes(b"user's")
+    part = make_part(tmp_path)
+    dest = place(part, tmp_path, server, ConflictPolicy.RENAME)
+    assert dest == tmp_path / placed and dest.read_bytes() == b"new"
+    assert sorted(os.listdir(tmp_path)) == sorted([*existing, placed])
+    assert all((tmp_path / name).read_bytes() == b"user's" for name in existing)
+
+
+def test_place_skip_fail_and_overwrite_see_a_case_variant_as_the_same_file(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "photo.jpg").write_bytes(b"user's")
+    part = make_part(tmp_path)
+    assert place(part, tmp_path, "Photo.JPG", ConflictPolicy.SKIP) is None
+    assert os.listdir(tmp_path) == ["photo.jpg"]
+    part = make_part(tmp_path)
+    with pytest.raises(PermanentError, match=r"photo\.jpg already exists"):
+        place(part, tmp_path, "Photo.JPG", ConflictPolicy.FAIL)
+    assert os.listdir(tmp_path) == ["photo.jpg"]
+    part = make_part(tmp_path)
+    dest = place(part, tmp_path, "Photo.JPG", ConflictPolicy.OVERWRITE)
+    assert dest == tmp_path / "photo.jpg" and dest.read_bytes() == b"new"
+    assert os.listdir(tmp_path) == ["photo.jpg"]
+
+
+def test_two_outputs_differing_in_case_get_two_names(tmp_path: Path) -> None:
+    first = place(make_part(tmp_path), tmp_path, "a.png", ConflictPolicy.RENAME)
+    second = place(make_part(tmp_path), tmp_path, "A.PNG", ConflictPolicy.RENAME)
+    assert (first, second) == (tmp_path / "a.png", tmp_path / "A (1).PNG")
+
+
+@pytest.mark.parametrize("coarse", [False, True], ids=["fine-mtime", "coarse-mtime"])
+def test_a_variant_made_right_after_a_placement_is_seen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, coarse: bool
+) -> None:
+    """The folder's listing is not trusted on an mtime as recent as the listing itself: with a
+    clock that did not tick between the listing and the user's new file (``coarse``) the mtime
+    is unchanged, yet the new file is seen."""
+    if coarse:
+        real_stat = os.stat
+        frozen = real_stat(tmp_path).st_mtime_ns
+
+        def stat(path: object, *args: object, **kw: object) -> object:
+            st = real_stat(path, *args, **kw)  # type: ignore[arg-type, call-overload]
+            if str(path) != str(tmp_path):
+                return st
+            return SimpleNamespace(st_ino=st.st_ino, st_mtime_ns=frozen)
+
+        monkeypatch.setattr(downloader.os, "stat", stat)
+    place(make_part(tmp_path), tmp_path, "x.png", ConflictPolicy.RENAME)
+    (tmp_path / "PHOTO.jpg").write_bytes(b"user's")
+    dest = place(make_part(tmp_path), tmp_path, "photo.JPG", ConflictPolicy.RENAME)
+    assert dest == tmp_path / "photo (1).JPG"
+
+
+def test_a_big_folder_is_not_listed_for_every_placement_but_sees_its_own_outputs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for i in range(downloader.SMALL_FOLDER):
+        (tmp_path / f"in-{i}.txt").write_bytes(b"")
+    listed: list[str] = []
+    real = os.listdir
+
+    def listdir(path: object) -> list[str]:
+        listed.append(str(path))
+        return real(path)  # type: ignore[call-overload, no-any-return]
+
+    monkeypatch.setattr(downloader.os, "listdir", listdir)
+    monkeypatch.setattr(downloader, "RELIST_FACTOR", 1e9)  # no re-listing within this test
+    assert place(make_part(tmp_path), tmp_path, "IN-1.TXT", ConflictPolicy.RENAME) == (
+        tmp_path / "IN-1 (1).TXT"
+    )
+    for name, placed in [
+        ("b.png", "b.png"),
+        ("B.PNG", "B (1).PNG"),
+        ("b (1).PNG", "b (1) (1).PNG"),
+    ]:
+        assert place(make_part(tmp_path), tmp_path, name, ConflictPolicy.RENAME) == (
+            tmp_path / placed
+        )
+    assert len(listed) == 1
+
+
 @pytest.mark.parametrize("policy", list(ConflictPolicy))
 def test_symlink_at_destination_is_never_followed(tmp_path: Path, policy: ConflictPolicy) -> None:
     outside = tmp_path / "outside"
@@ -421,6 +534,22 @@ def test_place_without_hard_links_falls_back_without_clobbering(
     dest = place(part, tmp_path, "out.txt", ConflictPolicy.RENAME)
     assert dest == tmp_path / "out (1).txt" and dest.read_bytes() == b"new"
     assert (tmp_path / "out.txt").read_bytes() == b"user's" and not part.exists()
+
+
+def test_placement_without_hard_links_when_forced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CONVERT_AGENT_FORCE_PORTABLE (platform.HARD_LINKS false): no link is even tried."""
+
+    def link(*args: object, **kw: object) -> None:
+        raise AssertionError("os.link called")
+
+    monkeypatch.setattr(downloader.platform, "HARD_LINKS", False)
+    monkeypatch.setattr(downloader.os, "link", link)
+    (tmp_path / "out.txt").write_bytes(b"user's")
+    dest = place(make_part(tmp_path), tmp_path, "out.txt", ConflictPolicy.RENAME)
+    assert dest == tmp_path / "out (1).txt" and dest.read_bytes() == b"new"
+    assert (tmp_path / "out.txt").read_bytes() == b"user's"
 
 
 class _Killed(BaseException):

@@ -17,10 +17,12 @@ from agent.paths import (
     conflict_candidates,
     done_path,
     failed_path,
+    fit_path,
     is_agent_file,
     is_ticket_name,
     is_within,
     job_path,
+    name_key,
     part_name,
     render_output_name,
     safe_name,
@@ -222,6 +224,75 @@ def test_conflict_candidates_number_before_the_last_extension() -> None:
     assert list(islice(conflict_candidates("a.tar.gz"), 2)) == ["a.tar.gz", "a.tar (1).gz"]
     assert list(islice(conflict_candidates("noext"), 2)) == ["noext", "noext (1)"]
     assert list(islice(conflict_candidates(".hidden"), 2)) == [".hidden", ".hidden (1)"]
+
+
+def test_name_key_is_one_for_names_ntfs_or_apfs_take_for_one() -> None:
+    same = [
+        ("Photo.JPG", "photo.jpg"),
+        ("caf\u00e9.jpg", "cafe\u0301.jpg"),  # NFC and NFD (macOS)
+        ("CAF\u00c9.JPG", "cafe\u0301.jpg"),
+        ("stra\u00dfe", "STRASSE"),
+        ("\u0131", "I"),  # dotless i: NTFS upper-cases it to I
+    ]
+    for a, b in same:
+        assert name_key(a) == name_key(b), (a, b)
+    assert name_key("photo.jpg") != name_key("photo.jpeg")
+    assert name_key("a (1).txt") != name_key("a.txt")
+
+
+def _first_free(name: str, existing: set[str]) -> str:
+    """What placement picks with ``on_conflict: rename`` (downloader.place's rule)."""
+    taken = {name_key(n) for n in existing}
+    return next(c for c in conflict_candidates(name) if name_key(c) not in taken)
+
+
+_NAMES = st.text(min_size=1, max_size=40)
+
+
+@given(_NAMES, st.lists(_NAMES, max_size=6), st.data())
+def test_the_chosen_name_is_safe_and_never_collides_case_insensitively(
+    raw: str, others: list[str], data: st.DataObject
+) -> None:
+    name = safe_name(raw, fallback="output.bin")
+    variant = data.draw(
+        st.sampled_from([name, name.upper(), name.lower(), unicodedata.normalize("NFD", name)])
+    )
+    existing = {safe_name(o, fallback="x") for o in others} | {variant}
+    chosen = _first_free(name, existing)
+    assert safe_name(chosen, fallback="output.bin") == chosen  # valid everywhere
+    assert len(chosen.encode("utf-8", "surrogatepass")) <= MAX_NAME_BYTES + 8
+    folded = {unicodedata.normalize("NFC", e).casefold() for e in existing}
+    assert unicodedata.normalize("NFC", chosen).casefold() not in folded
+    assert name_key(chosen) not in {name_key(e) for e in existing}
+
+
+def _utf16(text: str) -> int:
+    return len(text.encode("utf-16-le", "surrogatepass")) // 2
+
+
+@given(st.text(min_size=1, max_size=250), st.integers(min_value=3, max_value=200))
+def test_fit_path_keeps_the_part_file_and_candidates_under_max_path(raw: str, depth: int) -> None:
+    name = safe_name(raw, fallback="output.bin")
+    folder = "C:\\" + "d" * depth
+    fitted = fit_path(name, folder, 260)
+    assert safe_name(fitted, fallback="x") == fitted
+    stem, ext = split_ext(fitted)
+    longest = max(part_name(fitted, "abcdef12"), f"{stem} (9999){ext}", key=_utf16)
+    if 259 - _utf16(folder) - 1 - 15 >= 8:  # room for a readable name
+        assert _utf16(folder) + 1 + _utf16(longest) <= 259
+    else:
+        assert fitted == name  # none: left for the system to refuse
+    if _utf16(folder) + 1 + _utf16(part_name(name, "abcdef12")) <= 259:
+        assert fitted == name  # a path that fits is left alone
+
+
+def test_fit_path_shortens_the_stem_and_keeps_the_extension() -> None:
+    folder = "C:\\Users\\someone\\" + "x" * 150
+    fitted = fit_path("a" * 150 + ".jpeg", folder, 260)
+    assert fitted.endswith(".jpeg") and fitted.startswith("aaaa")
+    assert _utf16(folder) + 1 + _utf16(part_name(fitted, "abcdef12")) <= 259
+    assert fit_path("short.jpg", folder, 260) == "short.jpg"
+    assert fit_path("a" * 100 + ".jpg", "C:\\" + "y" * 250, 260) == "a" * 100 + ".jpg"  # no room
 
 
 def test_conflict_candidates_are_bounded() -> None:
