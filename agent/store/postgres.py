@@ -1861,6 +1861,14 @@ class PgStore:
             )
         ]
 
+    def team_tickets(self) -> list[TicketRecord]:
+        """Every active ticket of the team, whoever holds it, with paths on this agent's mount
+        (a cold read: the mirror of a team member holds only its own claims)."""
+        return [
+            _ticket(r, self._pm)
+            for r in self._rows("SELECT * FROM tickets WHERE active ORDER BY id")
+        ]
+
     def holders(self) -> dict[str, str]:
         """(Local) ticket path → name of the agent whose live claim covers it (a cold read)."""
         return {
