@@ -74,6 +74,7 @@ MIGRATION_LOCK = 0x6D696772  # serialises migrations of agents starting together
 RECONNECT_PAUSE = 1.0  # seconds between attempts to read the mirror again after a loss
 FENCE_MARGIN = 2.0  # seconds a claim must still live for a flush to write under it
 COUNTS_RETRY = 10.0  # seconds before the team's counts are asked of a database that failed
+AGENT_KEEP_SECONDS = 86400.0  # an agent's row is kept this long after its last heartbeat
 FAIR_SLACK = 2  # claims an agent may hold above its share of the team's before it leaves
 # new tickets to the others
 OWN_CACHE = 1024  # answers of ``is_own_output`` kept (the database's, for a few recent paths)
@@ -1359,6 +1360,15 @@ class PgStore:
         try:
             with conn.transaction():
                 result = self._prune_batch(conn, now, cutoff, keep_finished, limit)
+                if self.team is not None:
+                    # Rows of the team's agents gone for a day (each run makes one) leave
+                    # too, once no claim names them.
+                    conn.execute(
+                        "DELETE FROM agents a WHERE a.id <> %s AND"
+                        " coalesce(a.stopped_at, a.heartbeat_at) < now() - %s * interval '1 second'"
+                        " AND NOT EXISTS (SELECT 1 FROM claims c WHERE c.owner = a.id)",
+                        [self.agent_id, AGENT_KEEP_SECONDS],
+                    )
         except psycopg.Error as exc:
             raise _safe_error(exc, self._url) from None
         if result.tickets or result.tombstones:
