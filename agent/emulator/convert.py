@@ -1,4 +1,4 @@
-"""Real conversions and the conversion catalog: bytes in, named bytes out. Pure, no I/O.
+"""The image and text conversions, and the shared types of the catalog (`catalog.py`).
 
 - Raster images among png/jpg/webp/gif/bmp/tiff go through Pillow, read as leniently as common
   tools read them (a truncated JPEG, a bad CRC on an ancillary PNG chunk: see `_decode`).
@@ -8,7 +8,6 @@
   (png, jpg, bmp) yields **one output per frame**, named `{stem}-{n}.{ext}` (1-based).
 - Plain text (UTF-8, no NUL bytes): `txt` (newlines normalised to LF), `html` (escaped, wrapped in
   a minimal document with a `<pre>`), `md` (the text in a fenced block under a `# stem` heading).
-- Any other target is a passthrough: the input bytes unchanged, named with the target's extension.
 
 Failures raise `ConversionFailed(code, message)` with the documented conversion code 6005.
 """
@@ -21,8 +20,8 @@ import mimetypes
 import posixpath
 import re
 import threading
-import uuid
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from PIL import Image, ImageFile, ImageSequence, UnidentifiedImageError
@@ -51,11 +50,23 @@ CONTENT_TYPES = {
     "txt": "text/plain",
     "html": "text/html",
     "md": "text/markdown",
+    "pdf": "application/pdf",
+    "zip": "application/zip",
+    "json": "application/json",
+    "aac": "audio/aac",
+    "flac": "audio/flac",
+    "wav": "audio/wav",
+    "md5": "text/plain",
+    "sha1": "text/plain",
+    "sha256": "text/plain",
+    "sha512": "text/plain",
+    "bin": "application/octet-stream",
 }
-#: A target is a lowercase extension-like word; anything else is rejected with 422.
-TARGET_RE = re.compile(r"^[a-z0-9]{1,10}$")
+#: A target is a lowercase word (an extension or an operation such as `resize-image`); anything
+#: else is rejected with 422. A well-formed target the catalog lacks fails the job instead.
+TARGET_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,29}$")
 MAX_PIXELS = 40_000_000
-_IMAGE_OPTIONS: dict[str, dict[str, Any]] = {
+IMAGE_OPTIONS: dict[str, dict[str, Any]] = {
     "width": {"type": "integer", "range": [1, 10000], "default": None},
     "height": {"type": "integer", "range": [1, 10000], "default": None},
     "quality": {"type": "integer", "range": [1, 100], "default": 85},
@@ -80,6 +91,24 @@ class Produced:
     filename: str
     data: bytes
     content_type: str
+    #: Goes into the output's `metadata` (e.g. a comparison's figures).
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Source:
+    """One input as a conversion sees it."""
+
+    id: str
+    filename: str
+    data: bytes
+    content_type: str = ""
+    engine: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def stem(self) -> str:
+        return posixpath.splitext(self.filename)[0] or "output"
 
 
 def content_type_for(name: str) -> str:
@@ -90,50 +119,30 @@ def content_type_for(name: str) -> str:
     return guessed or "application/octet-stream"
 
 
-def category_for(target: str) -> str:
-    if target in IMAGE_TARGETS:
-        return "image"
-    if target in TEXT_TARGETS:
-        return "document"
-    return "archive" if target in ("zip", "7z", "tar") else "document"
-
-
-def catalog() -> list[dict[str, Any]]:
-    """The `GET /conversions` catalog: what this emulator really converts (plus no passthroughs)."""
-    rows: list[dict[str, Any]] = []
-    for target in ("png", "jpg", "webp", "gif", "bmp", "tiff"):
-        rows.append(_row("image", target, _IMAGE_OPTIONS))
-    for target in TEXT_TARGETS:
-        rows.append(_row("document", target, {}))
-    return rows
-
-
-def _row(category: str, target: str, options: dict[str, Any]) -> dict[str, Any]:
-    ident = str(uuid.uuid5(uuid.NAMESPACE_URL, f"emulator:{category}:{target}"))
-    return {"id": ident, "target": target, "category": category, "options": options}
-
-
-def validate_options(target: str, options: dict[str, Any]) -> None:
-    """Reject option values this emulator would use but cannot; unknown keys are ignored."""
-    if target not in IMAGE_TARGETS:
-        return
-    for name, spec in _IMAGE_OPTIONS.items():
-        value = options.get(name)
-        if value is None:
-            continue
-        low, high = spec["range"]
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise OptionError(f"Option {name!r} must be an integer between {low} and {high}")
-
-
 def convert(data: bytes, filename: str, target: str, options: dict[str, Any]) -> list[Produced]:
-    """Convert `data` (named `filename`) to `target`; returns one or more outputs."""
+    """Convert `data` (named `filename`) to an image or text `target`; one or more outputs."""
     stem = posixpath.splitext(filename)[0] or "output"
     if target in IMAGE_TARGETS:
         return _convert_image(data, stem, target, options)
-    if target in TEXT_TARGETS:
-        return [_convert_text(data, stem, target)]
-    return [Produced(f"{stem}.{target}", data, content_type_for("x." + target))]
+    return [_convert_text(data, stem, target)]
+
+
+def decode_image(
+    data: bytes, message: str = "The input file is not a readable image"
+) -> list[Image.Image]:
+    """Every frame of an image (leniently read), or ConversionFailed with `message`."""
+    try:
+        return _decode(data)
+    except (*_DECODE_ERRORS, Image.DecompressionBombError) as exc:
+        raise ConversionFailed(f"{message}: {exc}") from exc
+
+
+def save_frames(frames: list[Image.Image], target: str, options: Mapping[str, Any]) -> bytes:
+    """Frames written as `target` (one of IMAGE_TARGETS), or ConversionFailed."""
+    try:
+        return _save(frames, IMAGE_TARGETS[target], options)
+    except (OSError, ValueError) as exc:
+        raise ConversionFailed(f"The image could not be written as {target}: {exc}") from exc
 
 
 _DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError)
@@ -170,11 +179,7 @@ def _frames(data: bytes) -> list[Image.Image]:
 
 def _convert_image(data: bytes, stem: str, target: str, options: dict[str, Any]) -> list[Produced]:
     fmt = IMAGE_TARGETS[target]
-    try:
-        frames = _decode(data)
-    except (*_DECODE_ERRORS, Image.DecompressionBombError) as exc:
-        raise ConversionFailed(f"The input file is not a readable image: {exc}") from exc
-    frames = [_resize(frame, options) for frame in frames]
+    frames = [_resize(frame, options) for frame in decode_image(data)]
     content_type = CONTENT_TYPES[target]
     try:
         if len(frames) > 1 and fmt not in MULTI_FRAME_FORMATS:
@@ -187,7 +192,7 @@ def _convert_image(data: bytes, stem: str, target: str, options: dict[str, Any])
         raise ConversionFailed(f"The image could not be written as {target}: {exc}") from exc
 
 
-def _resize(frame: Image.Image, options: dict[str, Any]) -> Image.Image:
+def _resize(frame: Image.Image, options: Mapping[str, Any]) -> Image.Image:
     width, height = options.get("width"), options.get("height")
     if isinstance(width, int) and isinstance(height, int):
         return frame.resize((width, height))
@@ -198,7 +203,7 @@ def _resize(frame: Image.Image, options: dict[str, Any]) -> Image.Image:
     return frame
 
 
-def _save(frames: list[Image.Image], fmt: str, options: dict[str, Any]) -> bytes:
+def _save(frames: list[Image.Image], fmt: str, options: Mapping[str, Any]) -> bytes:
     converted = [_mode_for(frame, fmt) for frame in frames]
     out = io.BytesIO()
     kwargs: dict[str, Any] = {}
@@ -230,6 +235,11 @@ def _convert_text(data: bytes, stem: str, target: str) -> Produced:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise ConversionFailed("The input file is not UTF-8 text") from exc
+    return text_output(text, stem, target)
+
+
+def text_output(text: str, stem: str, target: str) -> Produced:
+    """`text` as a `txt`, `html` or `md` file named `{stem}.{target}`."""
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     if target == "html":
         title = html.escape(stem)
