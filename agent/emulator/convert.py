@@ -20,6 +20,7 @@ import mimetypes
 import posixpath
 import re
 import threading
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -153,7 +154,8 @@ _LENIENT = threading.Lock()
 def _decode(data: bytes) -> list[Image.Image]:
     """Every frame of the image, read as leniently as the service and common tools read it:
     strictly first; then, if that fails, with Pillow's tolerance for a truncated file (a JPEG
-    cut short or without its end marker) and for a bad checksum on an ancillary PNG chunk."""
+    cut short or without its end marker) and for a bad checksum on an ancillary PNG chunk;
+    then, for a PNG, rebuilt as browsers read it (`repair_png`)."""
     try:
         return _frames(data)
     except Image.DecompressionBombError:
@@ -165,9 +167,58 @@ def _decode(data: bytes) -> list[Image.Image]:
             try:
                 return _frames(data)
             except _DECODE_ERRORS:
-                raise strict from None
+                repaired = repair_png(data)
+                if repaired is None:
+                    raise strict from None
+                try:
+                    return _frames(repaired)
+                except _DECODE_ERRORS:
+                    raise strict from None
             finally:
                 ImageFile.LOAD_TRUNCATED_IMAGES = before
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _chunk(kind: bytes, body: bytes) -> bytes:
+    crc = zlib.crc32(kind + body)
+    return len(body).to_bytes(4, "big") + kind + body + crc.to_bytes(4, "big")
+
+
+def repair_png(data: bytes) -> bytes | None:
+    """A PNG rebuilt the way browsers read a damaged one: image data inflated without checking
+    its zlib checksum, chunk CRCs ignored, and a wrong length on the last IDAT (the 1×1 PNG in
+    the SDK's uploading-files guide declares 12 bytes and holds 13) read up to `IEND`. None when
+    `data` is no PNG or holds no image data."""
+    if not data.startswith(PNG_SIGNATURE):
+        return None
+    kept: list[bytes] = []
+    idat = b""
+    at = len(PNG_SIGNATURE)
+    end = data.rfind(b"IEND")
+    while at + 8 <= len(data):
+        length, kind = int.from_bytes(data[at : at + 4], "big"), data[at + 4 : at + 8]
+        if kind == b"IEND":
+            break
+        body_end = at + 8 + length
+        if kind == b"IDAT" and end > 0 and data.find(b"IDAT", at + 8, end) < 0:
+            body_end = max(at + 8, end - 8)  # the last IDAT: its data run up to the IEND
+        body = data[at + 8 : body_end]
+        if kind == b"IDAT":
+            idat += body
+        elif kind in (b"IHDR", b"PLTE", b"tRNS"):
+            kept.append(_chunk(kind, body))
+        at = body_end + 4
+    if not kept or not idat:
+        return None
+    try:
+        raw = zlib.decompressobj(-15).decompress(idat[2:])  # raw inflate: no checksum
+    except zlib.error:
+        return None
+    return (
+        PNG_SIGNATURE + b"".join(kept) + _chunk(b"IDAT", zlib.compress(raw)) + _chunk(b"IEND", b"")
+    )
 
 
 def _frames(data: bytes) -> list[Image.Image]:

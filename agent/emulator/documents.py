@@ -228,11 +228,18 @@ def text_pdf(text: str, title: str) -> bytes:
 
 
 def images_pdf(frames: list[Image.Image]) -> bytes:
-    """One page per frame, each image at 72 dpi (one pixel, one point)."""
-    pages = [frame.convert("RGB") for frame in frames]
-    out = io.BytesIO()
-    pages[0].save(out, "PDF", resolution=72.0, save_all=True, append_images=pages[1:])
-    return out.getvalue()
+    """One page per frame, each image at 72 dpi (one pixel, one point), embedded losslessly
+    with its transparency (fpdf2), as a stamp needs."""
+    from fpdf import FPDF
+
+    pdf = FPDF(unit="pt", format=(frames[0].width, frames[0].height))
+    pdf.set_creator("api2convert emulator (fpdf2)")
+    pdf.set_auto_page_break(auto=False)
+    for frame in frames:
+        image = frame if frame.mode in ("RGB", "RGBA", "L", "LA") else frame.convert("RGBA")
+        pdf.add_page(format=(image.width, image.height))
+        pdf.image(image, x=0, y=0, w=image.width, h=image.height)
+    return bytes(pdf.output())
 
 
 # -- PDF pages to images ------------------------------------------------------------------
