@@ -124,7 +124,8 @@ def convert(data: bytes, filename: str, target: str, options: dict[str, Any]) ->
     """Convert `data` (named `filename`) to an image or text `target`; one or more outputs."""
     stem = posixpath.splitext(filename)[0] or "output"
     if target in IMAGE_TARGETS:
-        return _convert_image(data, stem, target, options)
+        unreadable = f"The input {posixpath.basename(filename)} is not a readable image"
+        return _convert_image(data, stem, target, options, unreadable)
     return [_convert_text(data, stem, target)]
 
 
@@ -134,6 +135,8 @@ def decode_image(
     """Every frame of an image (leniently read), or ConversionFailed with `message`."""
     try:
         return _decode(data)
+    except UnidentifiedImageError as exc:
+        raise ConversionFailed(f"{message} (no image format recognised)") from exc
     except (*_DECODE_ERRORS, Image.DecompressionBombError) as exc:
         raise ConversionFailed(f"{message}: {exc}") from exc
 
@@ -228,9 +231,11 @@ def _frames(data: bytes) -> list[Image.Image]:
         return [frame.copy() for frame in ImageSequence.Iterator(image)]
 
 
-def _convert_image(data: bytes, stem: str, target: str, options: dict[str, Any]) -> list[Produced]:
+def _convert_image(
+    data: bytes, stem: str, target: str, options: dict[str, Any], unreadable: str
+) -> list[Produced]:
     fmt = IMAGE_TARGETS[target]
-    frames = [_resize(frame, options) for frame in decode_image(data)]
+    frames = [_resize(frame, options) for frame in decode_image(data, unreadable)]
     content_type = CONTENT_TYPES[target]
     try:
         if len(frames) > 1 and fmt not in MULTI_FRAME_FORMATS:
