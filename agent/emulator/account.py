@@ -174,6 +174,7 @@ async def contracts(request: web.Request) -> web.Response:
                 "credits": state.credits_remaining,
                 "concurrent_jobs": state.config.max_concurrent_jobs,
                 "max_input_bytes": state.config.max_input_bytes,
+                "max_inputs": state.config.max_inputs,
             }
         ]
     )
