@@ -21,6 +21,7 @@ from agent.emulator import documents as docs
 from agent.emulator.convert import (
     CONTENT_TYPES,
     IMAGE_TARGETS,
+    MAX_PIXELS,
     ConversionFailed,
     Produced,
     Source,
@@ -86,26 +87,29 @@ def resize_image(source: Source, options: Mapping[str, Any]) -> list[Produced]:
     if width is None and height is None:
         raise ConversionFailed("resize-image needs `width` and/or `height`")
     handling = options.get("resize_handling", "keep_aspect_ratio")
+    percent = options.get("resize_by") == "percent"
     out: list[Image.Image] = []
     for frame in frames:
         w0, h0 = frame.size
-        if options.get("resize_by") == "percent":
+        if percent:
             w_pct = width if width is not None else height
             h_pct = height if height is not None else width
             assert w_pct is not None and h_pct is not None
-            w, h = max(1, round(w0 * w_pct / 100)), max(1, round(h0 * h_pct / 100))
-            out.append(frame.resize((w, h)))
-            continue
-        if width is None or height is None:  # one side given: keep the aspect ratio
-            out.append(frame.resize(fit_size(frame.size, width, height)))
-        elif handling == "stretch":
-            out.append(frame.resize((width, height)))
-        elif handling == "keep_aspect_ratio_crop":
-            out.append(ImageOps.fit(frame, (width, height)))
-        elif handling == "keep_aspect_ratio_fill":
-            out.append(ImageOps.pad(frame.convert("RGBA"), (width, height), color=(0, 0, 0, 0)))
+            size = max(1, round(w0 * w_pct / 100)), max(1, round(h0 * h_pct / 100))
         else:
-            out.append(ImageOps.contain(frame, (width, height)))
+            size = fit_size(frame.size, width, height)
+        if size[0] * size[1] > MAX_PIXELS:
+            raise ConversionFailed(
+                f"resize-image would make {size[0]} x {size[1]} pixels; at most {MAX_PIXELS}"
+            )
+        if percent or width is None or height is None or handling == "stretch":
+            out.append(frame.resize(size))
+        elif handling == "keep_aspect_ratio_crop":
+            out.append(ImageOps.fit(frame, size))
+        elif handling == "keep_aspect_ratio_fill":
+            out.append(ImageOps.pad(frame.convert("RGBA"), size, color=(0, 0, 0, 0)))
+        else:
+            out.append(ImageOps.contain(frame, size))
     return [_image_output(out, source.stem, own, {})]
 
 
@@ -228,6 +232,9 @@ def render_capture(source: Source) -> Image.Image:
     scale = _number(opts.get("device_scale_factor"), 1.0, 0.5, 4.0)
     width = int(_number(opts.get("screen_width"), 1280, 100, 4000) * scale)
     height = int(_number(opts.get("screen_height"), 1024, 100, 4000) * scale)
+    if width * height > MAX_PIXELS:  # a huge screen is drawn at the pixel cap, same shape
+        shrink = (MAX_PIXELS / (width * height)) ** 0.5
+        width, height, scale = int(width * shrink), int(height * shrink), scale * shrink
     title, body = docs.html_text(source.data)
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)

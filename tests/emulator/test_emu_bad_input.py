@@ -89,6 +89,7 @@ async def test_a_category_the_target_is_not_in_fails_the_job(client: Client) -> 
             ("not a readable image",),
         ),
     ],
+    ids=["png-to-aac", "wav-to-png", "png-to-extract-assets", "pdf-to-resize-image"],
 )
 async def test_an_input_the_category_does_not_fit_fails_the_job(
     client: Client, conversion: dict[str, Any], name: str, data: bytes, words: tuple[str, ...]
@@ -119,6 +120,14 @@ async def test_a_bad_option_value_is_refused_when_the_job_is_created(client: Cli
         ("aac", "audio", "noise.wav", b"RIFF\x10\x00\x00\x00WAVEjunkjunk", ("noise.wav",)),
         ("extract-assets", "operation", "bad.docx", b"PK\x03\x04" + b"\x00" * 40, ("bad.docx",)),
         ("png", "image", "half.png", png_bytes()[:30], ("not a readable image",)),
+    ],
+    ids=[
+        "thumbnail-cut-pdf",
+        "pdf-cut-pdf",
+        "txt-cut-docx",
+        "aac-junk-wav",
+        "assets-bad-zip",
+        "png-cut",
     ],
 )
 async def test_a_corrupt_input_fails_the_job_with_6005(
