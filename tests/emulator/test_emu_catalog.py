@@ -15,7 +15,7 @@ import pytest
 from emu_helpers import docx_bytes, image_bytes, pdf_bytes, png_bytes, wav_bytes
 from PIL import Image
 
-from agent.emulator import catalog
+from agent.emulator import catalog, operations
 from agent.emulator.convert import ConversionFailed, Produced, Source
 
 
@@ -165,14 +165,15 @@ def test_extract_assets_from_a_pdf() -> None:
     assert _image(asset.data).size == (30, 20)
 
 
-def test_a_huge_capture_screen_is_drawn_at_the_pixel_cap() -> None:
+def test_a_huge_capture_screen_is_drawn_at_the_pixel_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(operations, "MAX_PIXELS", 1_000_000)  # the real cap, scaled down
     (out,) = _make(
         "png",
         "image",
         {},
         ("page.html", b"<p>hi</p>"),
         engine="screenshot",
-        options={"screen_width": 4000, "screen_height": 4000, "device_scale_factor": 4},
+        options={"screen_width": 2000, "screen_height": 1000, "device_scale_factor": 2},
     )
     width, height = _image(out.data).size
-    assert width == height and width * height <= 40_000_000
+    assert width == 2 * height and 990_000 <= width * height <= 1_000_000
