@@ -24,6 +24,8 @@ from agent.emulator.convert import MAX_PIXELS, ConversionFailed, decode_image
 #: Where Office Open XML documents keep their embedded media.
 MEDIA_DIRS = ("word/media/", "xl/media/", "ppt/media/")
 _W = "{http://schemas.openxmlformats.org/wordprocessingml/2006/main}"
+#: Most bytes unpacked from one Office file (a zip bomb fails instead of filling the memory).
+MAX_UNPACKED = 256 * 1024 * 1024
 #: PDFium is not thread-safe and conversions run in worker threads: one render at a time.
 _PDFIUM = threading.Lock()
 ALIGNMENTS = (
@@ -88,6 +90,7 @@ def docx_text(data: bytes) -> str:
     """The paragraphs of a DOCX's main document, one per line (tabs and breaks kept)."""
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            _check_unpacked([archive.getinfo("word/document.xml")])
             xml = archive.read("word/document.xml")
         root = ElementTree.fromstring(xml)
     except (zipfile.BadZipFile, KeyError, OSError, ValueError, ElementTree.ParseError) as exc:
@@ -335,15 +338,25 @@ def pdf_images(data: bytes) -> list[tuple[str, bytes]]:
     return found
 
 
+def _check_unpacked(members: list[zipfile.ZipInfo]) -> None:
+    total = sum(info.file_size for info in members)
+    if total > MAX_UNPACKED:
+        raise ConversionFailed(
+            f"The document unpacks to {total} bytes; at most {MAX_UNPACKED} are read here"
+        )
+
+
 def office_media(data: bytes) -> list[tuple[str, bytes]]:
     """(name, bytes) of the media an Office Open XML file embeds (`word/media/*` and kin)."""
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            return [
-                (posixpath.basename(info.filename), archive.read(info))
+            media = [
+                info
                 for info in archive.infolist()
                 if info.filename.startswith(MEDIA_DIRS) and not info.is_dir()
             ]
+            _check_unpacked(media)
+            return [(posixpath.basename(info.filename), archive.read(info)) for info in media]
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise ConversionFailed(f"The input file is not a readable Office document: {exc}") from exc
 

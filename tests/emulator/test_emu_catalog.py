@@ -15,7 +15,7 @@ import pytest
 from emu_helpers import docx_bytes, image_bytes, pdf_bytes, png_bytes, wav_bytes
 from PIL import Image
 
-from agent.emulator import catalog, operations
+from agent.emulator import catalog, documents, operations
 from agent.emulator.convert import ConversionFailed, Produced, Source
 
 
@@ -177,3 +177,11 @@ def test_a_huge_capture_screen_is_drawn_at_the_pixel_cap(monkeypatch: pytest.Mon
     )
     width, height = _image(out.data).size
     assert width == 2 * height and 990_000 <= width * height <= 1_000_000
+
+
+def test_an_office_file_that_unpacks_too_big_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(documents, "MAX_UNPACKED", 1000)  # the real cap, scaled down
+    bomb = docx_bytes(["x" * 2000], {"big.bin": b"\0" * 5000})
+    for target in ("extract-assets", "txt"):
+        with pytest.raises(ConversionFailed, match="unpacks to"):
+            _make(target, None, {}, ("bomb.docx", bomb))
