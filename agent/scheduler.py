@@ -1889,6 +1889,14 @@ class Scheduler:
         if rec.path != str(path):
             return  # renamed: the record follows the new name (_follow_rename)
         if rec.active and not rec.phase.terminal:
+            if await asyncio.to_thread(_filed_earlier, rec, path):
+                # Not deleted: filed (NAME.job.done) by a step whose record was then lost (the
+                # state database dropped the writes): the step is taken again, and finds its
+                # output placed (by its digest) and the ticket filed.
+                log.info("%s: filed before its record said so; it goes on", path.name)
+                if rec.id not in self._tasks:
+                    self._schedule(rec.id, 0.0)
+                return
             await self._cancel(rec, "the ticket file was deleted", "deleted")
 
     async def _drop_staged_job(self, rec: TicketRecord) -> None:
@@ -2003,3 +2011,23 @@ def _loads(s: str) -> dict[str, Any]:
     d = json.loads(s)
     assert isinstance(d, dict)
     return d
+
+
+FILED_SLACK_SECONDS = 60.0  # clocks of a team's machines and file times may differ this much
+
+
+def _filed_earlier(rec: TicketRecord, path: Path) -> bool:
+    """Whether ``path`` (a ticket that went away) was filed as this very ticket: its
+    ``.job.done``/``.job.failed`` twin holds the same content and was renamed there after the
+    ticket was accepted (its ctime; an older twin of an identical earlier request does not
+    count). A deletion is then no cancel."""
+    for outcome in ("done", "failed"):
+        twin = path.with_name(f"{path.name}.{outcome}")
+        try:
+            if os.stat(twin).st_ctime < rec.created_at - FILED_SLACK_SECONDS:
+                continue
+            if hashlib.sha256(twin.read_bytes()).hexdigest() == rec.sha256:
+                return True
+        except OSError:
+            continue
+    return False
