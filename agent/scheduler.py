@@ -1897,7 +1897,15 @@ class Scheduler:
                 if rec.id not in self._tasks:
                     self._schedule(rec.id, 0.0)
                 return
-            await self._cancel(rec, "the ticket file was deleted", "deleted")
+            try:
+                await self._cancel(rec, "the ticket file was deleted", "deleted")
+            except WritesLost as exc:
+                # The state database did not take the cancel (away, or the claim went to
+                # another agent): looked at again once it may have, not dropped.
+                log.warning("%s: deleted; its cancel is not saved yet: %s", path.name, exc)
+                await asyncio.sleep(STATE_RETRY_SECONDS)
+                if not self._stopping:
+                    self._spawn_side(self._removed(path))
 
     async def _drop_staged_job(self, rec: TicketRecord) -> None:
         """A ticket failed before its job was started (a refused upload, an input that never
