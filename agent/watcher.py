@@ -803,8 +803,13 @@ class Watcher:
         if self.ignore is not None:
             try:
                 announce = not self.ignore(path)
-            except Exception:
-                log.exception("ignore hook failed for %s", path)
+            except Exception as exc:  # e.g. a team's state database away: the file is looked at
+                log.warning(
+                    "cannot tell whether %s is one of the agent's own outputs (%s); it is "
+                    "looked at as a new file",
+                    path.name,
+                    exc,
+                )
         self._seen[path] = _Seen(pending.index, pending.kind, pending.signature, announce)
         if announce:
             self._send(WatchEvent(pending.kind, path, folder))
