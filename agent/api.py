@@ -569,12 +569,17 @@ class ApiClient:
             raise ApiUnavailable("the upload server answered with something that is not an input")
         return RemoteInput.from_dict(answer.body)
 
-    async def add_remote_input(self, job_id: str, url: str) -> RemoteInput:
-        """``POST /jobs/{id}/input`` with a ``remote`` input (not retried on 5xx)."""
+    async def add_remote_input(
+        self, job_id: str, url: str, *, settings: Mapping[str, Any] | None = None
+    ) -> RemoteInput:
+        """``POST /jobs/{id}/input`` with a ``remote`` input (not retried on 5xx). ``settings``
+        are the input's own keys beside ``type``/``source``: ``engine``, ``options``,
+        ``parameters``, ``filename`` (api-contract §2.2)."""
+        body: dict[str, Any] = {**(settings or {}), "type": "remote", "source": url}
         answer = await self._call(
             "POST",
             f"/jobs/{_seg(job_id)}/input",
-            json_body={"type": "remote", "source": url},
+            json_body=body,
             ok=(200, 201),
             what="POST /jobs/{id}/input",
             priority=PROGRESS,
@@ -1087,9 +1092,20 @@ def _size_of(path: Path) -> int | None:
         return None
 
 
+#: A 402 on an input that is about their number, not this input's size.
+_TOO_MANY = re.compile(r"too many|number of inputs|inputs? (?:count|limit)", re.IGNORECASE)
+
+
 def _input_refused(what: str, size: int | None, text: str) -> InputRefused:
     """A 402 on an input: the API's text (which names the limit) and the input's own size."""
     text = text.removesuffix(_QUOTA_WORDS)
+    if _TOO_MANY.search(text):
+        return InputRefused(
+            f"the API refused {what}: the job already has as many inputs as the API contract "
+            f"allows ({text}); this ticket fails, the others go on — split its inputs over "
+            "several tickets",
+            status=402,
+        )
     sized = f" ({_human_size(size)})" if size is not None else ""
     return InputRefused(
         f"{what}{sized} is larger than the API contract allows for an input ({text}); "

@@ -172,6 +172,43 @@ async def test_a_402_on_an_input_is_that_input_not_the_quota(aiohttp_server, cli
         await api.create_job([{"target": "png"}], idempotency_key="k-1")
 
 
+async def test_a_402_for_too_many_inputs_says_so_not_too_large(aiohttp_server, clients):
+    async def refuse(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response({"message": "Too many inputs for your contract (2)"}, status=402)
+
+    srv = await serve(aiohttp_server, [("POST", "/jobs/{id}/input", refuse)])
+    with pytest.raises(InputRefused) as info:
+        await clients(base_of(srv), max_retries=0).add_remote_input("j1", "https://x/3.png")
+    message = info.value.message
+    assert "as many inputs as the API contract allows" in message, message
+    assert "Too many inputs for your contract (2)" in message and "split" in message
+    assert "larger" not in message and "credits" not in message
+
+
+async def test_a_remote_input_carries_its_own_settings(aiohttp_server, clients):
+    bodies: list[Any] = []
+
+    async def add(request: web.Request) -> web.Response:
+        bodies.append(await request.json())
+        return web.json_response({"id": "i1", "type": "remote", "source": "s"}, status=201)
+
+    srv = await serve(aiohttp_server, [("POST", "/jobs/{id}/input", add)])
+    api = clients(base_of(srv))
+    await api.add_remote_input("j1", "https://x/")
+    settings = {"engine": "screenshot", "options": {"screen_width": 1280}, "type": "upload"}
+    await api.add_remote_input("j1", "https://site/", settings=settings)
+    assert bodies == [
+        {"type": "remote", "source": "https://x/"},
+        {
+            "engine": "screenshot",
+            "options": {"screen_width": 1280},
+            "type": "remote",  # type and source are always the agent's own
+            "source": "https://site/",
+        },
+    ]
+
+
 async def test_upload_without_server_or_token_fails_before_sending(clients):
     api = clients("http://127.0.0.1:9")
     with pytest.raises(ApiRejected):
