@@ -863,8 +863,9 @@ def _conversion_spec(conv: Mapping[str, Any]) -> ConversionSpec:
 def _input_spec(
     item: str | Mapping[str, Any], key: str, fields: _Fields, ticket_path: Path, root: Path
 ) -> InputSpec:
+    extra: dict[str, Any] = {}
     if isinstance(item, str):
-        value, extra = item, {}
+        value = item
     else:
         value = item["source"]
         key = f"{key}.source"
