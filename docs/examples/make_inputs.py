@@ -130,14 +130,14 @@ def document_docx() -> bytes:
     """A minimal Word document: one paragraph and one inline picture (word/media/logo.png)."""
     emu = 48 * 9525  # 48 px in EMU
     drawing = (
-        '<w:drawing><wp:inline><wp:extent cx="{e}" cy="{e}"/><wp:docPr id="1" name="logo"/>'
+        f'<w:drawing><wp:inline><wp:extent cx="{emu}" cy="{emu}"/><wp:docPr id="1" name="logo"/>'
         '<a:graphic><a:graphicData uri="http://schemas.openxmlformats.org/drawingml/2006/picture">'
         '<pic:pic><pic:nvPicPr><pic:cNvPr id="1" name="logo.png"/><pic:cNvPicPr/></pic:nvPicPr>'
         '<pic:blipFill><a:blip r:embed="rIdLogo"/><a:stretch><a:fillRect/></a:stretch>'
-        '</pic:blipFill><pic:spPr><a:xfrm><a:off x="0" y="0"/><a:ext cx="{e}" cy="{e}"/></a:xfrm>'
+        f'</pic:blipFill><pic:spPr><a:xfrm><a:off x="0" y="0"/><a:ext cx="{emu}" cy="{emu}"/></a:xfrm>'
         '<a:prstGeom prst="rect"><a:avLst/></a:prstGeom></pic:spPr></pic:pic></a:graphicData>'
         "</a:graphic></wp:inline></w:drawing>"
-    ).format(e=emu)
+    )
     document = (
         '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>'
         f'<w:document xmlns:w="{_W}" xmlns:r="{_R}" '
