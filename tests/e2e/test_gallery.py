@@ -311,6 +311,8 @@ def check_output(check: Mapping[str, Any], data: bytes, folder: Path) -> str | N
     if kind == "zip":
         return _zip_problem(check, data, folder)
     if kind == "holds_image":
+        if any(data == p.read_bytes() for p in folder.iterdir() if p.is_file()):
+            return "is an input of the example, unchanged"
         if _image_problem(check, data, folder) is None:
             return None
         if zipfile.is_zipfile(io.BytesIO(data)):
@@ -401,3 +403,93 @@ def _aac_problem(data: bytes) -> str | None:
     except Exception as exc:  # PyAV raises its own error family for undecodable data
         return f"does not decode ({type(exc).__name__}: {exc})"
     return None if frames else "decodes to no audio frames"
+
+
+# --------------------------------------------------------------------------- the checks can fail
+
+
+def _zip_of(members: Mapping[str, bytes]) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return out.getvalue()
+
+
+def test_the_output_checks_tell_right_from_wrong() -> None:
+    archives = ROOT / "create-archives"
+    names = ["photo.jpg", "notes.txt", "data.csv"]
+    inputs = {n: (archives / n).read_bytes() for n in names}
+    zip_check = {"kind": "zip", "members": names}
+    assert check_output(zip_check, _zip_of(inputs), archives) is None
+    assert (
+        check_output(zip_check, _zip_of({f"in/{n}": d for n, d in inputs.items()}), archives)
+        is None
+    )
+    assert "lists" in str(
+        check_output(zip_check, _zip_of({"photo.jpg": inputs["photo.jpg"]}), archives)
+    )
+    changed = {**inputs, "notes.txt": b"other"}
+    assert "differs" in str(check_output(zip_check, _zip_of(changed), archives))
+    assert check_output(zip_check, b"PK nothing", archives) == "not a zip archive"
+
+    hashes = ROOT / "create-hashes"
+    digest = hashlib.sha256((hashes / "document.pdf").read_bytes()).hexdigest()
+    sha_check = {"kind": "sha256", "of": "document.pdf"}
+    assert check_output(sha_check, f"{digest}  document.pdf\n".encode(), hashes) is None
+    assert check_output(sha_check, hashlib.sha256(b"x").hexdigest().encode(), hashes) is not None
+
+    photo = ROOT / "quickstart"
+    png = io.BytesIO()
+    Image.new("RGB", (160, 120)).save(png, "PNG")
+    image_check = {"kind": "image", "format": "PNG", "width": 160, "height": 120}
+    assert check_output(image_check, png.getvalue(), photo) is None
+    assert "not PNG" in str(check_output(image_check, (photo / "photo.jpg").read_bytes(), photo))
+    assert "smaller" in str(
+        check_output(
+            {"kind": "image", "smaller_than": "photo.jpg"},
+            (photo / "photo.jpg").read_bytes(),  # the input itself is not smaller
+            photo,
+        )
+    )
+
+    assets = ROOT / "extract-assets"
+    logo = io.BytesIO()
+    Image.new("RGB", (48, 48)).save(logo, "PNG")
+    holds = {"kind": "holds_image", "width": 48, "height": 48}
+    assert check_output(holds, logo.getvalue(), assets) is None
+    assert check_output(holds, _zip_of({"media/logo.png": logo.getvalue()}), assets) is None
+    docx = (assets / "document.docx").read_bytes()
+    assert check_output(holds, docx, assets) == "is an input of the example, unchanged"
+
+    stamped = io.BytesIO()
+    Image.new("RGB", (30, 40), "red").save(stamped, "PDF")
+    pdf_check = {"kind": "pdf", "pages": 1, "image_on_page_1": True}
+    assert check_output(pdf_check, stamped.getvalue(), assets) is None
+    plain = (ROOT / "add-watermark" / "document.pdf").read_bytes()
+    assert check_output(pdf_check, plain, assets) == "no image on page 1"
+
+    assert check_output({"kind": "json"}, b'{"width": 1}', assets) is None
+    assert check_output({"kind": "json"}, b"width=1", assets) is not None
+    assert check_output(
+        {"kind": "aac"}, (ROOT / "audio-operations" / "tone.wav").read_bytes(), assets
+    )
+    text_check = {"kind": "text", "contains": ["<html"]}
+    assert check_output(text_check, b"<html>", assets) is None
+    assert check_output(text_check, b"plain", assets) is not None
+
+
+def test_outputs_are_matched_one_to_one_and_counted() -> None:
+    folder = ROOT / "convert-files"
+    gif, webp = io.BytesIO(), io.BytesIO()
+    Image.new("RGB", (160, 120)).save(gif, "GIF")
+    Image.new("RGB", (160, 120)).save(webp, "WEBP")
+    spec = [{"kind": "image", "format": "WEBP"}, {"kind": "image", "format": "GIF"}]
+    assert match_outputs(spec, {"a.gif": gif.getvalue(), "a.webp": webp.getvalue()}, folder) == []
+    assert match_outputs(spec, {"a.gif": gif.getvalue(), "b.gif": gif.getvalue()}, folder)
+    assert match_outputs(spec, {"a.gif": gif.getvalue()}, folder) == [
+        "1 outputs ['a.gif'], expected 2"
+    ]
+    at_least = {"at_least": 1, "checks": [{"kind": "image", "format": "GIF"}]}
+    assert match_outputs(at_least, {}, folder) == ["0 outputs, expected at least 1"]
+    assert match_outputs(at_least, {"a.gif": gif.getvalue(), "x": b"?"}, folder) == []
