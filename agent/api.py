@@ -472,15 +472,20 @@ class ApiClient:
     ) -> RemoteJob:
         """``POST /jobs`` with ``process: false`` (staged); retried on 5xx thanks to the key."""
         body = {"conversion": [dict(c) for c in conversions], "process": False}
-        answer = await self._call(
-            "POST",
-            "/jobs",
-            json_body=body,
-            ok=(200, 201),
-            idempotency_key=idempotency_key,
-            priority=ADD,
-            retry_429=False,
-        )
+        try:
+            answer = await self._call(
+                "POST",
+                "/jobs",
+                json_body=body,
+                ok=(200, 201),
+                idempotency_key=idempotency_key,
+                priority=ADD,
+                retry_429=False,
+            )
+        except ApiRejected as err:
+            if err.status not in (400, 422):
+                raise
+            raise ApiRejected(_conversion_refused(err.message), status=err.status) from err
         return self._job(answer, "POST /jobs")
 
     async def get_job(
@@ -1090,6 +1095,22 @@ def _size_of(path: Path) -> int | None:
         return os.stat(path).st_size
     except OSError:
         return None
+
+
+_CALL_PREFIX = re.compile(r"^POST /jobs: HTTP (\d{3}) ")
+
+
+def _conversion_refused(text: str) -> str:
+    """A 400/422 on ``POST /jobs`` in plain words: the API's reason and what to do. (What the
+    ticket asked is not repeated: request bodies never go into error text.)"""
+    match = _CALL_PREFIX.match(text)
+    reason = text[match.end() :] if match else text
+    status = f"HTTP {match.group(1)}" if match else "refused"
+    return (
+        f"the API refused the conversion: {reason} (POST /jobs, {status}) — check the "
+        "ticket's `target`, `category` and `options` against the conversions the API offers "
+        "(GET /v2/conversions), fix the ticket and rename it back to .job"
+    )
 
 
 #: A 402 on an input that is about their number, not this input's size.

@@ -186,6 +186,25 @@ async def test_a_402_for_too_many_inputs_says_so_not_too_large(aiohttp_server, c
     assert "larger" not in message and "credits" not in message
 
 
+async def test_a_refused_conversion_says_why_and_what_to_do(aiohttp_server, clients):
+    async def refuse(request: web.Request) -> web.Response:
+        await request.read()
+        text = "The category 'audio' does not fit the target 'png'"
+        return web.json_response({"message": text}, status=400)
+
+    srv = await serve(aiohttp_server, [("POST", "/jobs", refuse)])
+    with pytest.raises(ApiRejected) as info:
+        await clients(base_of(srv)).create_job(
+            [{"category": "audio", "target": "png"}, {"target": "gif"}], idempotency_key="k"
+        )
+    assert info.value.status == 400
+    assert info.value.message.startswith(
+        "the API refused the conversion: The category 'audio' does not fit the target 'png' "
+        "(POST /jobs, HTTP 400) — "
+    ), info.value.message
+    assert "GET /v2/conversions" in info.value.message
+
+
 async def test_a_remote_input_carries_its_own_settings(aiohttp_server, clients):
     bodies: list[Any] = []
 
