@@ -126,7 +126,9 @@ async def test_gallery_example(path: Path, tmp_path: Path, make_emulator: MakeEm
     # An input the server names its output after (document.pdf → document.pdf) is "named like a
     # server output": fine while it is the example's own file, unchanged.
     inputs = {
-        inbox / p.name for p in example.files() if (inbox / p.name).read_bytes() == p.read_bytes()
+        inbox / p.name
+        for p in example.files()
+        if (inbox / p.name).is_file() and (inbox / p.name).read_bytes() == p.read_bytes()
     }
     problems = [
         p
