@@ -118,7 +118,9 @@ async def test_gallery_example(path: Path, tmp_path: Path, make_emulator: MakeEm
         side = sidecar(inbox, stem)
         assert side["phase"] == "done", f"{stem}: {side.get('error')}\n{out[-3000:]}"
         assert (inbox / f"{stem}.job.done").exists()
-        names = [o["name"] for o in side.get("outputs") or [] if o.get("state") == "done"]
+        written = [o for o in side.get("outputs") or [] if o.get("state") == "done"]
+        assert all(o.get("verdict") == "verified" for o in written), written  # checksums matched
+        names = [o["name"] for o in written]
         outputs = {n: (inbox / n).read_bytes() for n in names}
         problems = match_outputs(spec, outputs, path)
         assert not problems, f"{example.name}/{stem}: " + "; ".join(problems)
