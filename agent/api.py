@@ -468,10 +468,19 @@ class ApiClient:
     # ------------------------------------------------------------------ resources
 
     async def create_job(
-        self, conversions: Sequence[Mapping[str, Any]], *, idempotency_key: str
+        self,
+        conversions: Sequence[Mapping[str, Any]],
+        *,
+        idempotency_key: str,
+        settings: Mapping[str, Any] | None = None,
     ) -> RemoteJob:
-        """``POST /jobs`` with ``process: false`` (staged); retried on 5xx thanks to the key."""
-        body = {"conversion": [dict(c) for c in conversions], "process": False}
+        """``POST /jobs`` with ``process: false`` (staged); retried on 5xx thanks to the key.
+        ``settings`` are job-level keys such as ``callback`` and ``notify_status``."""
+        body = {
+            **(settings or {}),
+            "conversion": [dict(c) for c in conversions],
+            "process": False,
+        }
         try:
             answer = await self._call(
                 "POST",

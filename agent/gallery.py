@@ -9,6 +9,7 @@ needs: [archive/zip]              # catalog entries (category/target) the API mu
                                   # input engines it must honour (engine/screenshot), and
                                   # inputs it must read (decode/pixel.png)
 serve: {"https://www.example.com/": page.html}   # optional: URL inputs a test serves locally
+receive: ["https://your-app.example.com/hook"]   # optional: callbacks a test receives locally
 folder: {defaults: {target: webp}}               # optional: this folder's agent configuration
 config: {api: {requests_per_second: 2}}          # optional: agent configuration sections
 emulator: {rate_limit: 4}                        # optional: emulator settings it is shown with
@@ -56,7 +57,17 @@ GUIDES = (
 META = "example.yaml"
 #: Need kinds that no catalog lists: a test finds out by trying (``engine/…``, ``decode/…``).
 _PROBED = ("engine", "decode")
-_KEYS = ("guide", "title", "needs", "serve", "folder", "config", "emulator", "expect")
+_KEYS = (
+    "guide",
+    "title",
+    "needs",
+    "serve",
+    "receive",
+    "folder",
+    "config",
+    "emulator",
+    "expect",
+)
 
 
 def default_root() -> Path | None:
@@ -72,6 +83,7 @@ class Example:
     title: str
     needs: tuple[str, ...]
     serve: Mapping[str, str] = field(default_factory=dict)
+    receive: tuple[str, ...] = ()
     folder: Mapping[str, Any] = field(default_factory=dict)
     config: Mapping[str, Any] = field(default_factory=dict)
     emulator: Mapping[str, Any] = field(default_factory=dict)
@@ -132,6 +144,9 @@ def load(path: Path) -> Example:
         raise ConfigError(
             f"{meta}: `needs` must be a list of `category/target`, `engine/NAME` or `decode/FILE`"
         )
+    receive = raw.get("receive") or []
+    if not isinstance(receive, list) or not all(isinstance(u, str) for u in receive):
+        raise ConfigError(f"{meta}: `receive` must be a list of callback URLs")
     for key in ("serve", "folder", "config", "emulator", "expect"):
         if not isinstance(raw.get(key) or {}, dict):
             raise ConfigError(f"{meta}: `{key}` must be a mapping")
@@ -141,6 +156,7 @@ def load(path: Path) -> Example:
         title=str(raw.get("title") or path.name),
         needs=tuple(needs),
         serve=raw.get("serve") or {},
+        receive=tuple(receive),
         folder=raw.get("folder") or {},
         config=raw.get("config") or {},
         emulator=raw.get("emulator") or {},

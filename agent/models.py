@@ -169,9 +169,29 @@ class TicketSpec:
     job_token: str | None = field(default=None, repr=False)  # ADOPTION only
     output: OutputOptions = OutputOptions()
     download: DownloadOptions = DownloadOptions()
+    # The service POSTs the job to ``callback`` when it ends (every status with
+    # ``notify_status``); the agent itself still polls.
+    callback: str | None = None
+    notify_status: bool = False
+
+    def job_settings(self) -> dict[str, Any]:
+        """Job-level keys for ``POST /jobs`` beside ``conversion`` (empty when none are set)."""
+        settings: dict[str, Any] = {}
+        if self.callback:
+            settings["callback"] = self.callback
+            if self.notify_status:
+                settings["notify_status"] = True
+        return settings
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able form for the state database (secrets included: the db is private)."""
+        d = self._json()
+        if self.callback:  # only when set: a spec stored before reads back the same
+            d["callback"] = self.callback
+            d["notify_status"] = self.notify_status
+        return d
+
+    def _json(self) -> dict[str, Any]:
         return {
             "kind": str(self.kind),
             "inputs": [i.to_json() for i in self.inputs],
@@ -207,6 +227,8 @@ class TicketSpec:
                 dl.get("password"),
                 VerifyMode(dl.get("verify", "if-present")),
             ),
+            callback=d.get("callback"),
+            notify_status=bool(d.get("notify_status", False)),
         )
 
 

@@ -1019,7 +1019,9 @@ class Scheduler:
             await self._persisted(rec)  # the idempotency key and "creating" first
             try:
                 job = await self.api.create_job(
-                    [c.to_api() for c in spec.conversions], idempotency_key=rec.idem_key
+                    [c.to_api() for c in spec.conversions],
+                    idempotency_key=rec.idem_key,
+                    settings=spec.job_settings(),
                 )
             except RateLimited as err:
                 return self._refused_at_limit(rec, slots_mod.CREATE, err)

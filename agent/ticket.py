@@ -61,6 +61,8 @@ TOP_KEYS = (
     "token",
     "output",
     "download",
+    "callback",
+    "notify_status",
 )
 CONVERSION_KEYS = ("target", "category", "options")
 OUTPUT_KEYS = ("name", "on_conflict")
@@ -71,7 +73,15 @@ URL_ONLY_INPUT_KEYS = ("engine", "options", "parameters")
 INPUT_ENGINES = ("auto", "video", "file", "website", "screenshot", "screenshot_pdf", "zip")
 DOWNLOAD_KEYS = ("encoding", "password", "verify")
 # Keys that describe a new conversion; an adoption ticket (``job:``) may have none of them.
-_CONVERSION_SIDE = ("input", "target", "category", "options", "conversion")
+_CONVERSION_SIDE = (
+    "input",
+    "target",
+    "category",
+    "options",
+    "conversion",
+    "callback",
+    "notify_status",
+)
 
 _FORMAT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
 _JOB_ID = re.compile(r"[A-Za-z0-9._~-]{1,128}")
@@ -614,6 +624,25 @@ class _Fields:
             )
         return value
 
+    def callback(self, node: Node, key: str) -> str:
+        example = "callback: https://my-app.example.com/api2convert"
+        value = self.text(node, key, max_chars=MAX_INPUT_CHARS, example=example)
+        if not _URL_LIKE.match(value):
+            raise FieldError(
+                f"`{_show(value)}` is not a URL — the service POSTs to it when the job ends, "
+                f"so write it in full, e.g. `{example}`",
+                key=key,
+                line=node.line,
+            )
+        _check_url(value, key, node.line)
+        return value
+
+    def flag(self, node: Node, key: str, *, example: str) -> bool:
+        self.lines.setdefault(key, node.line)
+        if node.kind != "scalar" or not isinstance(node.value, bool):
+            raise FieldError(f"must be true or false — e.g. `{example}`", key=key, line=node.line)
+        return bool(node.value)
+
     # -- a whole (possibly partial) ticket
 
     def ticket(self, node: Node, prefix: str) -> dict[str, Any]:
@@ -639,6 +668,10 @@ class _Fields:
                 out[name] = self.job(child, key)
             elif name == "token":
                 out[name] = self.token(child, key)
+            elif name == "callback":
+                out[name] = self.callback(child, key)
+            elif name == "notify_status":
+                out[name] = self.flag(child, key, example="notify_status: true")
         out.update(self.conversion_fields(fields, prefix))
         return out
 
@@ -815,6 +848,11 @@ def _build(
         )
     if "token" in merged:
         raise fields.fail("token", "`token` only goes with `job:` — add `job: <id>` or remove it")
+    if "notify_status" in merged and "callback" not in merged:
+        raise fields.fail(
+            "notify_status",
+            "`notify_status` needs a `callback:` URL to notify — add one or remove it",
+        )
     if "conversion" in merged:
         for name in ("target", "category", "options"):
             if name in merged:
@@ -847,6 +885,8 @@ def _build(
         conversions=conversions,
         output=output,
         download=download,
+        callback=merged.get("callback"),
+        notify_status=bool(merged.get("notify_status", False)),
     )
 
 

@@ -263,6 +263,11 @@ def test_target_and_conversion_are_not_both_allowed(tmp_path: Path) -> None:
             "is not a file name",
         ),
         ("input: {source: 'ftp://h/x'}\ntarget: pdf", "input.source", 1, "ftp:// inputs"),
+        ("input: a\ntarget: pdf\ncallback: my-app/hook", "callback", 3, "is not a URL"),
+        ("input: a\ntarget: pdf\ncallback: 'ftp://h/x'", "callback", 3, "ftp:// inputs"),
+        ("input: a\ntarget: pdf\nnotify_status: yes please", "notify_status", 3, "true or false"),
+        ("input: a\ntarget: pdf\nnotify_status: true", "notify_status", 3, "needs a `callback:`"),
+        ("job: j1\ncallback: 'https://h/'", "callback", 2, "cannot go with `job:`"),
         ("input:\ntarget: pdf", "input", 1, "needs a value"),
         ("input: ''\ntarget: pdf", "input", 1, "is empty"),
         ("input: []\ntarget: pdf", "input", 1, "the list is empty"),
@@ -791,3 +796,18 @@ def test_a_mapping_input_outside_the_root_names_its_source_key(tmp_path: Path) -
     err = refused("input:\n  - a.png\n  - {source: ../../etc/passwd}\ntarget: png\n", tmp_path)
     assert (err.key, err.line) == ("input[1].source", 3)
     assert "outside the watched folder" in err.message
+
+
+def test_a_callback_goes_into_the_job_and_is_kept(tmp_path: Path) -> None:
+    spec = parse(
+        "input: a.docx\ntarget: pdf\ncallback: https://my-app.example.com/hook\n"
+        "notify_status: true\n",
+        tmp_path,
+    )
+    assert spec.job_settings() == {
+        "callback": "https://my-app.example.com/hook",
+        "notify_status": True,
+    }
+    assert TicketSpec.from_json(spec.to_json()) == spec
+    plain = parse("input: a.docx\ntarget: pdf\n", tmp_path)
+    assert plain.job_settings() == {} and "callback" not in plain.to_json()

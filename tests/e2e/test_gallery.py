@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import hmac
 import io
 import json
 import mimetypes
@@ -81,7 +82,8 @@ async def test_gallery_example(path: Path, tmp_path: Path, make_emulator: MakeEm
     catalog = await _catalog(emu.base_url)
     _check_needs_are_declared(example, catalog)
     waiting = example.missing(catalog)
-    async with _serve(example) as served:
+    async with _serve(example) as served, _receive(example) as (receivers, received):
+        served = {**served, **receivers}
         for engine in example.engine_needs():
             if not await _engine_works(emu.base_url, engine, served):
                 waiting.append(f"engine/{engine}")
@@ -124,6 +126,8 @@ async def test_gallery_example(path: Path, tmp_path: Path, make_emulator: MakeEm
         outputs = {n: (inbox / n).read_bytes() for n in names}
         problems = match_outputs(spec, outputs, path)
         assert not problems, f"{example.name}/{stem}: " + "; ".join(problems)
+    if example.receive:
+        await _check_callbacks(example, received, inbox)
     state = emu.state.snapshot()
     # An input the server names its output after (document.pdf → document.pdf) is "named like a
     # server output": fine while it is the example's own file, unchanged.
@@ -209,6 +213,55 @@ async def _serve(example: Example) -> AsyncIterator[dict[str, str]]:
         yield {url: origin + (urlsplit(url).path or "/") for url in example.serve}
     finally:
         await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def _receive(
+    example: Example,
+) -> AsyncIterator[tuple[dict[str, str], list[tuple[dict[str, str], bytes]]]]:
+    """A callback receiver on loopback for the example's `receive` URLs: yields ticket URL →
+    loopback URL, and the list every POST (headers, raw body) is appended to."""
+    from aiohttp import web
+
+    got: list[tuple[dict[str, str], bytes]] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        got.append((dict(request.headers), await request.read()))
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    origin = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        yield {url: origin + (urlsplit(url).path or "/") for url in example.receive}, got
+    finally:
+        await runner.cleanup()
+
+
+async def _check_callbacks(
+    example: Example, received: list[tuple[dict[str, str], bytes]], inbox: Path
+) -> None:
+    """Each ticket's job was POSTed to the receiver when it completed, signed as the SDKs check
+    (hex HMAC-SHA256 of the raw body with the secret), when the emulator has a secret."""
+    jobs = {sidecar(inbox, stem)["job_id"] for stem in example.expect}
+    for _ in range(100):  # the callback may land just after the agent's last poll
+        if jobs <= {json.loads(body)["id"] for _, body in received}:
+            break
+        await asyncio.sleep(0.05)
+    secret = example.emulator.get("webhook_secret")
+    done = set()
+    for headers, body in received:
+        job = json.loads(body)
+        if secret:
+            want = hmac.new(str(secret).encode(), body, hashlib.sha256).hexdigest()
+            assert headers.get("X-Oc-Signature") == want, "a callback's signature does not match"
+        if job["status"]["code"] == "completed":
+            done.add(job["id"])
+    assert jobs <= done, f"no completed callback for {sorted(jobs - done)}"
 
 
 def _rewrite_urls(text: str, served: Mapping[str, str]) -> str:
