@@ -1122,18 +1122,15 @@ def _conversion_refused(text: str) -> str:
     )
 
 
-#: A 402 on an input that is about their number, not this input's size.
-_TOO_MANY = re.compile(r"too many|number of inputs|inputs? (?:count|limit)", re.IGNORECASE)
-
-
 def _input_refused(what: str, size: int | None, text: str) -> InputRefused:
-    """A 402 on an input: the API's text (which names the limit) and the input's own size."""
+    """A 402 on an input: the contract limits an input's size and a job's number of inputs
+    (api-contract §8); the API's text (which names the limit) says which, with the input's own
+    size for the first."""
     text = text.removesuffix(_QUOTA_WORDS)
-    if _TOO_MANY.search(text):
+    if re.search(r"number of inputs|too many inputs|inputs per job", text, re.IGNORECASE):
         return InputRefused(
-            f"the API refused {what}: the job already has as many inputs as the API contract "
-            f"allows ({text}); this ticket fails, the others go on — split its inputs over "
-            "several tickets",
+            f"{what} is one input more than the API contract allows in one job ({text}); "
+            "this ticket fails, the others go on: split its inputs over several tickets",
             status=402,
         )
     sized = f" ({_human_size(size)})" if size is not None else ""

@@ -247,6 +247,7 @@ class Scheduler:
         self._claim_tries: dict[str, int] = {}  # team mode: claims left to others so far
         self._state_problem: str | None = None  # the state database away: sidecars say so
         self._team_live = 1  # agents of the team alive at the last heartbeat
+        self._resuming = False  # a check after lost writes is under way (_resume_when_saved)
         # Outputs linked into a folder whose record naming them is not committed yet (the
         # store answers for the others, ``is_own_output``); one whose placement or commit
         # failed stays (the file is ours whatever the state file says).
@@ -610,6 +611,9 @@ class Scheduler:
                         )
                         if not isinstance(exc, LeaseLost):
                             self.state_problem("the state database: " + str(exc))
+                    if not self._resuming:
+                        self._resuming = True
+                        self._spawn_side(self._resume_when_saved())
                     for fut in (*waiters, *self._commit_waiters):
                         if not fut.done():
                             fut.set_exception(exc)
@@ -625,6 +629,29 @@ class Scheduler:
                         fut.set_result(None)
         finally:
             self._flushing = None
+
+    async def _resume_when_saved(self) -> None:
+        """After a flush was lost: once the store has read back what the database holds, every
+        ticket it has unfinished that no task here works on goes on from its stored phase.
+        Those are the tickets whose last steps ran and ended before the loss was known (a
+        ticket filed, its claim given back): their writes are undone, and no act waits to take
+        them again. Steps done twice are recognised as at a restart (the job by its id, an
+        output by its digest, a filed ticket by its name)."""
+        try:
+            while not self._stopping:
+                await asyncio.sleep(STATE_RETRY_SECONDS)
+                try:
+                    await self._persisted()  # reads the database back, or raises while away
+                except Exception:
+                    continue
+                if self.store.dirty:
+                    continue
+                for rec in self.store.unfinished():
+                    if rec.id not in self._tasks and rec.root not in self.held:
+                        self._schedule(rec.id, 0.0)
+                return
+        finally:
+            self._resuming = False
 
     async def _committed(self) -> Exception | None:
         """``_commit_now`` for a caller that can wait for an asynchronous store's flush."""
