@@ -468,19 +468,33 @@ class ApiClient:
     # ------------------------------------------------------------------ resources
 
     async def create_job(
-        self, conversions: Sequence[Mapping[str, Any]], *, idempotency_key: str
+        self,
+        conversions: Sequence[Mapping[str, Any]],
+        *,
+        idempotency_key: str,
+        settings: Mapping[str, Any] | None = None,
     ) -> RemoteJob:
-        """``POST /jobs`` with ``process: false`` (staged); retried on 5xx thanks to the key."""
-        body = {"conversion": [dict(c) for c in conversions], "process": False}
-        answer = await self._call(
-            "POST",
-            "/jobs",
-            json_body=body,
-            ok=(200, 201),
-            idempotency_key=idempotency_key,
-            priority=ADD,
-            retry_429=False,
-        )
+        """``POST /jobs`` with ``process: false`` (staged); retried on 5xx thanks to the key.
+        ``settings`` are job-level keys such as ``callback`` and ``notify_status``."""
+        body = {
+            **(settings or {}),
+            "conversion": [dict(c) for c in conversions],
+            "process": False,
+        }
+        try:
+            answer = await self._call(
+                "POST",
+                "/jobs",
+                json_body=body,
+                ok=(200, 201),
+                idempotency_key=idempotency_key,
+                priority=ADD,
+                retry_429=False,
+            )
+        except ApiRejected as err:
+            if err.status not in (400, 422):
+                raise
+            raise ApiRejected(_conversion_refused(err.message), status=err.status) from err
         return self._job(answer, "POST /jobs")
 
     async def get_job(
@@ -569,12 +583,17 @@ class ApiClient:
             raise ApiUnavailable("the upload server answered with something that is not an input")
         return RemoteInput.from_dict(answer.body)
 
-    async def add_remote_input(self, job_id: str, url: str) -> RemoteInput:
-        """``POST /jobs/{id}/input`` with a ``remote`` input (not retried on 5xx)."""
+    async def add_remote_input(
+        self, job_id: str, url: str, *, settings: Mapping[str, Any] | None = None
+    ) -> RemoteInput:
+        """``POST /jobs/{id}/input`` with a ``remote`` input (not retried on 5xx). ``settings``
+        are the input's own keys beside ``type``/``source``: ``engine``, ``options``,
+        ``parameters``, ``filename`` (api-contract §2.2)."""
+        body: dict[str, Any] = {**(settings or {}), "type": "remote", "source": url}
         answer = await self._call(
             "POST",
             f"/jobs/{_seg(job_id)}/input",
-            json_body={"type": "remote", "source": url},
+            json_body=body,
             ok=(200, 201),
             what="POST /jobs/{id}/input",
             priority=PROGRESS,
@@ -1085,6 +1104,22 @@ def _size_of(path: Path) -> int | None:
         return os.stat(path).st_size
     except OSError:
         return None
+
+
+_CALL_PREFIX = re.compile(r"^POST /jobs: HTTP (\d{3}) ")
+
+
+def _conversion_refused(text: str) -> str:
+    """A 400/422 on ``POST /jobs`` in plain words: the API's reason and what to do. (What the
+    ticket asked is not repeated: request bodies never go into error text.)"""
+    match = _CALL_PREFIX.match(text)
+    reason = text[match.end() :] if match else text
+    status = f"HTTP {match.group(1)}" if match else "refused"
+    return (
+        f"the API refused the conversion: {reason} (POST /jobs, {status}) — check the "
+        "ticket's `target`, `category` and `options` against the conversions the API offers "
+        "(GET /v2/conversions), fix the ticket and rename it back to .job"
+    )
 
 
 def _input_refused(what: str, size: int | None, text: str) -> InputRefused:

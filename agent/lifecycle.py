@@ -7,6 +7,7 @@ can be tested exhaustively and replayed.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Iterable
 
 from agent.models import JobMessage, RemoteJob
@@ -97,10 +98,22 @@ def job_failure_message(job: RemoteJob) -> str:
             f"the job {job.id} was canceled on the server ({detail}); "
             "rename the ticket back to .job to try again"
         )
+    if _ABOUT_THE_CONVERSION.search(detail):
+        check = (
+            "Check the ticket's `target` and `category` against the conversions the API offers "
+            "(GET /v2/conversions)"
+        )
+    else:
+        check = "Check the input and the options"
     return (
-        f"the conversion failed on the server: {detail}. Check the input and the options, then "
+        f"the conversion failed on the server: {detail}. {check}, then "
         "rename the ticket back to .job (or run `convert-agent retry`) to try again"
     )
+
+
+#: A job failure that is about what was asked (an unknown target, a category that does not fit)
+#: rather than about the input.
+_ABOUT_THE_CONVERSION = re.compile(r"\b(?:target|category)\b", re.IGNORECASE)
 
 
 def output_problem(status: str) -> str | None:

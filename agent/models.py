@@ -75,6 +75,61 @@ class InputSpec:
     kind: InputKind
     value: str  # as written in the ticket: a relative path or an http(s) URL
     path: Path | None = None  # LOCAL only: resolved absolute path, checked inside the root
+    # Per-input settings (the ticket's mapping form of an input). ``engine``, ``options`` and
+    # ``parameters`` go into a URL input's ``POST /jobs/{id}/input`` body; ``filename`` names the
+    # input on the server (the upload's part name for a file, the remote input's ``filename``).
+    engine: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+    filename: str | None = None
+
+    def upload_name(self) -> str:
+        """The file name an uploaded LOCAL input carries: ``filename`` or the file's own name."""
+        if self.filename:
+            return self.filename
+        return self.path.name if self.path is not None else Path(self.value).name
+
+    def remote_body(self) -> dict[str, Any]:
+        """The ``POST /jobs/{id}/input`` body of a URL input."""
+        body: dict[str, Any] = {"type": "remote", "source": self.value}
+        if self.engine:
+            body["engine"] = self.engine
+        if self.options:
+            body["options"] = dict(self.options)
+        if self.parameters:
+            body["parameters"] = dict(self.parameters)
+        if self.filename:
+            body["filename"] = self.filename
+        return body
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "kind": str(self.kind),
+            "value": self.value,
+            "path": str(self.path) if self.path else None,
+        }
+        # Only what is set: a spec stored before these keys existed reads back the same.
+        if self.engine:
+            d["engine"] = self.engine
+        if self.options:
+            d["options"] = dict(self.options)
+        if self.parameters:
+            d["parameters"] = dict(self.parameters)
+        if self.filename:
+            d["filename"] = self.filename
+        return d
+
+    @classmethod
+    def from_json(cls, i: Mapping[str, Any]) -> InputSpec:
+        return cls(
+            InputKind(i["kind"]),
+            i["value"],
+            Path(i["path"]) if i["path"] else None,
+            engine=i.get("engine"),
+            options=i.get("options") or {},
+            parameters=i.get("parameters") or {},
+            filename=i.get("filename"),
+        )
 
 
 @dataclass(frozen=True)
@@ -114,15 +169,32 @@ class TicketSpec:
     job_token: str | None = field(default=None, repr=False)  # ADOPTION only
     output: OutputOptions = OutputOptions()
     download: DownloadOptions = DownloadOptions()
+    # The service POSTs the job to ``callback`` when it ends (every status with
+    # ``notify_status``); the agent itself still polls.
+    callback: str | None = None
+    notify_status: bool = False
+
+    def job_settings(self) -> dict[str, Any]:
+        """Job-level keys for ``POST /jobs`` beside ``conversion`` (empty when none are set)."""
+        settings: dict[str, Any] = {}
+        if self.callback:
+            settings["callback"] = self.callback
+            if self.notify_status:
+                settings["notify_status"] = True
+        return settings
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able form for the state database (secrets included: the db is private)."""
+        d = self._json()
+        if self.callback:  # only when set: a spec stored before reads back the same
+            d["callback"] = self.callback
+            d["notify_status"] = self.notify_status
+        return d
+
+    def _json(self) -> dict[str, Any]:
         return {
             "kind": str(self.kind),
-            "inputs": [
-                {"kind": str(i.kind), "value": i.value, "path": str(i.path) if i.path else None}
-                for i in self.inputs
-            ],
+            "inputs": [i.to_json() for i in self.inputs],
             "conversions": [
                 {"target": c.target, "category": c.category, "options": dict(c.options)}
                 for c in self.conversions
@@ -142,10 +214,7 @@ class TicketSpec:
         out, dl = d.get("output") or {}, d.get("download") or {}
         return cls(
             kind=TicketKind(d["kind"]),
-            inputs=tuple(
-                InputSpec(InputKind(i["kind"]), i["value"], Path(i["path"]) if i["path"] else None)
-                for i in d.get("inputs") or ()
-            ),
+            inputs=tuple(InputSpec.from_json(i) for i in d.get("inputs") or ()),
             conversions=tuple(
                 ConversionSpec(c["target"], c.get("category"), c.get("options") or {})
                 for c in d.get("conversions") or ()
@@ -158,6 +227,8 @@ class TicketSpec:
                 dl.get("password"),
                 VerifyMode(dl.get("verify", "if-present")),
             ),
+            callback=d.get("callback"),
+            notify_status=bool(d.get("notify_status", False)),
         )
 
 

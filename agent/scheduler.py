@@ -56,13 +56,21 @@ from agent.leases import ClaimStore, Leases
 from agent.lifecycle import JobOutcome
 from agent.models import (
     InputKind,
+    InputSpec,
     Phase,
     RemoteJob,
     TicketKind,
     TicketSpec,
     VerifyMode,
 )
-from agent.store import LeaseLost, OutputRecord, StateStore, TicketRecord, WritesLost
+from agent.store import (
+    InputRecord,
+    LeaseLost,
+    OutputRecord,
+    StateStore,
+    TicketRecord,
+    WritesLost,
+)
 from agent.sweep import Sweeper, Watched
 from agent.ticket import parse_ticket, ticket_text_for_plain_file
 from agent.watcher import WatchEvent
@@ -1038,7 +1046,9 @@ class Scheduler:
             await self._persisted(rec)  # the idempotency key and "creating" first
             try:
                 job = await self.api.create_job(
-                    [c.to_api() for c in spec.conversions], idempotency_key=rec.idem_key
+                    [c.to_api() for c in spec.conversions],
+                    idempotency_key=rec.idem_key,
+                    settings=spec.job_settings(),
                 )
             except RateLimited as err:
                 return self._refused_at_limit(rec, slots_mod.CREATE, err)
@@ -1106,6 +1116,7 @@ class Scheduler:
         job = RemoteJob(id=rec.job_id, token=rec.job_token or "", server=rec.job_server or "")
         vol = self._vol_of(rec.id)
         pending = [i for i in self.store.inputs(rec.id) if not i.sent]
+        specs = self._spec_of(rec).inputs
         if pending and not vol.fresh:
             # After a restart an input may have reached the server before we recorded it.
             remote = await self.api.get_job(rec.job_id)
@@ -1114,7 +1125,7 @@ class Scheduler:
                 for r in remote.inputs:
                     if (inp.kind == InputKind.URL and r.source == inp.value) or (
                         inp.kind == InputKind.LOCAL
-                        and r.filename == os.path.basename(inp.value)
+                        and r.filename == _upload_name(specs, inp)
                         and (inp.abs_path is None or r.size in (None, _size(inp.abs_path)))
                     ):
                         self.store.mark_input_sent(inp.id, r.id)
@@ -1124,7 +1135,9 @@ class Scheduler:
         for inp in pending:
             await self._persisted(rec)
             if inp.kind == InputKind.URL:
-                r = await self.api.add_remote_input(rec.job_id, inp.value)
+                own = _input_spec_of(specs, inp)
+                settings = own.remote_body() if own is not None else {}
+                r = await self.api.add_remote_input(rec.job_id, inp.value, settings=settings)
             else:
                 assert inp.abs_path is not None
                 p = Path(inp.abs_path)
@@ -1143,7 +1156,7 @@ class Scheduler:
                 self._progress(key, f"↑ {p.name}", 0, size)
                 try:
                     r = await self.api.upload_file(
-                        job, p, filename=p.name, upload_uuid=inp.upload_uuid
+                        job, p, filename=_upload_name(specs, inp), upload_uuid=inp.upload_uuid
                     )
                 finally:
                     self._progress_done(key)
@@ -2006,6 +2019,21 @@ def _folder_reachable(rec: TicketRecord) -> None:
             "(or move the folder back) and the ticket resumes by itself",
             title="folder unavailable",
         )
+
+
+def _input_spec_of(specs: tuple[InputSpec, ...], inp: InputRecord) -> InputSpec | None:
+    """The ticket's own description of a stored input (its per-input settings), by position."""
+    if 0 <= inp.idx < len(specs) and specs[inp.idx].value == inp.value:
+        return specs[inp.idx]
+    return None
+
+
+def _upload_name(specs: tuple[InputSpec, ...], inp: InputRecord) -> str:
+    """The name a local input is uploaded under: the ticket's ``filename`` or the file's name."""
+    own = _input_spec_of(specs, inp)
+    if own is not None:
+        return own.upload_name()
+    return Path(inp.abs_path).name if inp.abs_path else os.path.basename(inp.value)
 
 
 def _size(p: str) -> int | None:

@@ -61,12 +61,27 @@ TOP_KEYS = (
     "token",
     "output",
     "download",
+    "callback",
+    "notify_status",
 )
 CONVERSION_KEYS = ("target", "category", "options")
 OUTPUT_KEYS = ("name", "on_conflict")
+INPUT_KEYS = ("source", "engine", "options", "parameters", "filename")
+#: Keys that tell the server how to fetch a remote input; a local file is uploaded as it is.
+URL_ONLY_INPUT_KEYS = ("engine", "options", "parameters")
+#: The remote download engines of api-contract §2.2 (OA ``InputFile.engine``).
+INPUT_ENGINES = ("auto", "video", "file", "website", "screenshot", "screenshot_pdf", "zip")
 DOWNLOAD_KEYS = ("encoding", "password", "verify")
 # Keys that describe a new conversion; an adoption ticket (``job:``) may have none of them.
-_CONVERSION_SIDE = ("input", "target", "category", "options", "conversion")
+_CONVERSION_SIDE = (
+    "input",
+    "target",
+    "category",
+    "options",
+    "conversion",
+    "callback",
+    "notify_status",
+)
 
 _FORMAT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
 _JOB_ID = re.compile(r"[A-Za-z0-9._~-]{1,128}")
@@ -355,9 +370,12 @@ class _Fields:
             )
         return value.lower()
 
-    def inputs(self, node: Node, key: str) -> list[str]:
+    def inputs(self, node: Node, key: str) -> list[str | dict[str, Any]]:
+        """``input:`` as one value or a list; each item a path/URL or a mapping (``INPUT_KEYS``).
+
+        A plain item stays a ``str``; a mapping item becomes ``{"source": …, <its other keys>}``.
+        """
         self.lines.setdefault(key, node.line)
-        example = "input: report.docx"
         if node.kind == "seq":
             if len(node.value) > MAX_INPUTS:
                 raise FieldError(
@@ -369,12 +387,13 @@ class _Fields:
             items = [(f"{key}[{i}]", item) for i, item in enumerate(node.value)]
         else:
             items = [(key, node)]
-        result = []
+        result: list[str | dict[str, Any]] = []
         for item_key, item in items:
-            value = self.text(item, item_key, max_chars=MAX_INPUT_CHARS, example=example)
-            if _URL_LIKE.match(value):
-                _check_url(value, item_key, item.line)
-            result.append(value)
+            self.lines.setdefault(item_key, item.line)
+            if item.kind == "map":
+                result.append(self.input_item(item, item_key))
+            else:
+                result.append(self.input_source(item, item_key))
         if not result:
             raise FieldError(
                 "the list is empty — name at least one file or http(s) URL, "
@@ -384,11 +403,67 @@ class _Fields:
             )
         return result
 
-    def options(self, node: Node, key: str) -> dict[str, Any]:
+    def input_source(self, node: Node, key: str) -> str:
+        value = self.text(node, key, max_chars=MAX_INPUT_CHARS, example="input: report.docx")
+        if _URL_LIKE.match(value):
+            _check_url(value, key, node.line)
+        return value
+
+    def input_item(self, node: Node, key: str) -> dict[str, Any]:
+        """One input in the mapping form: ``{source: …, engine: …, options: {…}, …}``."""
+        fields = self.mapping(
+            node, key, INPUT_KEYS, "e.g. `- {source: https://example.com, engine: screenshot}`"
+        )
+        if "source" not in fields:
+            raise FieldError(
+                "source: required in an input written as a mapping — add the file or http(s) "
+                "URL, e.g. `- {source: stamp.png}`",
+                key=key,
+                line=node.line,
+            )
+        out: dict[str, Any] = {"source": self.input_source(fields["source"], _join(key, "source"))}
+        if "engine" in fields:
+            out["engine"] = self.choice(fields["engine"], _join(key, "engine"), INPUT_ENGINES)
+        for name in ("options", "parameters"):
+            if name in fields:
+                out[name] = self.options(
+                    fields[name], _join(key, name), example=f"{name}: {{screen_width: 1280}}"
+                )
+        if "filename" in fields:
+            name_key = _join(key, "filename")
+            filename = self.text(fields["filename"], name_key, max_chars=255, example="filename: a")
+            if (
+                "/" in filename
+                or "\\" in filename
+                or filename in (".", "..")
+                or any(ch < " " or ch == "\x7f" for ch in filename)
+            ):
+                raise FieldError(
+                    f"`{_show(filename)}` is not a file name — write a bare name without "
+                    "folders or control characters, e.g. `filename: stamp.png`",
+                    key=name_key,
+                    line=fields["filename"].line,
+                )
+            out["filename"] = filename
+        if not _URL_LIKE.match(out["source"]):
+            for name in URL_ONLY_INPUT_KEYS:
+                if name in fields:
+                    raise FieldError(
+                        f"`{name}` only applies to an http(s) URL input (it tells the server how "
+                        f"to fetch it); `{_show(out['source'])}` is a file here, uploaded as it "
+                        f"is — remove `{name}`",
+                        key=_join(key, name),
+                        line=fields[name].line,
+                    )
+        return out
+
+    def options(
+        self, node: Node, key: str, *, example: str = "options: {pdfa: true}"
+    ) -> dict[str, Any]:
         self.lines.setdefault(key, node.line)
         if node.kind != "map":
             raise FieldError(
-                "must be a mapping of conversion options — e.g. `options: {pdfa: true}`",
+                f"must be a mapping of options — e.g. `{example}`",
                 key=key,
                 line=node.line,
             )
@@ -549,6 +624,25 @@ class _Fields:
             )
         return value
 
+    def callback(self, node: Node, key: str) -> str:
+        example = "callback: https://my-app.example.com/api2convert"
+        value = self.text(node, key, max_chars=MAX_INPUT_CHARS, example=example)
+        if not _URL_LIKE.match(value):
+            raise FieldError(
+                f"`{_show(value)}` is not a URL — the service POSTs to it when the job ends, "
+                f"so write it in full, e.g. `{example}`",
+                key=key,
+                line=node.line,
+            )
+        _check_url(value, key, node.line)
+        return value
+
+    def flag(self, node: Node, key: str, *, example: str) -> bool:
+        self.lines.setdefault(key, node.line)
+        if node.kind != "scalar" or not isinstance(node.value, bool):
+            raise FieldError(f"must be true or false — e.g. `{example}`", key=key, line=node.line)
+        return bool(node.value)
+
     # -- a whole (possibly partial) ticket
 
     def ticket(self, node: Node, prefix: str) -> dict[str, Any]:
@@ -574,6 +668,10 @@ class _Fields:
                 out[name] = self.job(child, key)
             elif name == "token":
                 out[name] = self.token(child, key)
+            elif name == "callback":
+                out[name] = self.callback(child, key)
+            elif name == "notify_status":
+                out[name] = self.flag(child, key, example="notify_status: true")
         out.update(self.conversion_fields(fields, prefix))
         return out
 
@@ -750,6 +848,11 @@ def _build(
         )
     if "token" in merged:
         raise fields.fail("token", "`token` only goes with `job:` — add `job: <id>` or remove it")
+    if "notify_status" in merged and "callback" not in merged:
+        raise fields.fail(
+            "notify_status",
+            "`notify_status` needs a `callback:` URL to notify — add one or remove it",
+        )
     if "conversion" in merged:
         for name in ("target", "category", "options"):
             if name in merged:
@@ -782,10 +885,12 @@ def _build(
         conversions=conversions,
         output=output,
         download=download,
+        callback=merged.get("callback"),
+        notify_status=bool(merged.get("notify_status", False)),
     )
 
 
-def _input_key(values: list[str], index: int) -> str:
+def _input_key(values: list[Any], index: int) -> str:
     return "input" if len(values) == 1 else f"input[{index}]"
 
 
@@ -795,9 +900,23 @@ def _conversion_spec(conv: Mapping[str, Any]) -> ConversionSpec:
     )
 
 
-def _input_spec(value: str, key: str, fields: _Fields, ticket_path: Path, root: Path) -> InputSpec:
+def _input_spec(
+    item: str | Mapping[str, Any], key: str, fields: _Fields, ticket_path: Path, root: Path
+) -> InputSpec:
+    extra: dict[str, Any] = {}
+    if isinstance(item, str):
+        value = item
+    else:
+        value = item["source"]
+        key = f"{key}.source"
+        extra = {
+            "engine": item.get("engine"),
+            "options": item.get("options") or {},
+            "parameters": item.get("parameters") or {},
+            "filename": item.get("filename"),
+        }
     if _URL_LIKE.match(value):
-        return InputSpec(kind=InputKind.URL, value=value)
+        return InputSpec(kind=InputKind.URL, value=value, **extra)
     line = fields.lines.get(key, fields.lines.get("input"))
     try:
         resolved = os.path.realpath(os.path.join(ticket_path.parent, value))
@@ -816,7 +935,7 @@ def _input_spec(value: str, key: str, fields: _Fields, ticket_path: Path, root: 
             key=key,
             line=line,
         )
-    return InputSpec(kind=InputKind.LOCAL, value=value, path=Path(resolved))
+    return InputSpec(kind=InputKind.LOCAL, value=value, path=Path(resolved), **extra)
 
 
 def _inside(real: str, real_root: str) -> bool:

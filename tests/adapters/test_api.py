@@ -197,6 +197,48 @@ async def test_a_402_for_one_input_too_many_says_so_not_size(aiohttp_server, cli
     assert "larger" not in message, message
 
 
+async def test_a_refused_conversion_says_why_and_what_to_do(aiohttp_server, clients):
+    async def refuse(request: web.Request) -> web.Response:
+        await request.read()
+        text = "The category 'audio' does not fit the target 'png'"
+        return web.json_response({"message": text}, status=400)
+
+    srv = await serve(aiohttp_server, [("POST", "/jobs", refuse)])
+    with pytest.raises(ApiRejected) as info:
+        await clients(base_of(srv)).create_job(
+            [{"category": "audio", "target": "png"}, {"target": "gif"}], idempotency_key="k"
+        )
+    assert info.value.status == 400
+    assert info.value.message.startswith(
+        "the API refused the conversion: The category 'audio' does not fit the target 'png' "
+        "(POST /jobs, HTTP 400) — "
+    ), info.value.message
+    assert "GET /v2/conversions" in info.value.message
+
+
+async def test_a_remote_input_carries_its_own_settings(aiohttp_server, clients):
+    bodies: list[Any] = []
+
+    async def add(request: web.Request) -> web.Response:
+        bodies.append(await request.json())
+        return web.json_response({"id": "i1", "type": "remote", "source": "s"}, status=201)
+
+    srv = await serve(aiohttp_server, [("POST", "/jobs/{id}/input", add)])
+    api = clients(base_of(srv))
+    await api.add_remote_input("j1", "https://x/")
+    settings = {"engine": "screenshot", "options": {"screen_width": 1280}, "type": "upload"}
+    await api.add_remote_input("j1", "https://site/", settings=settings)
+    assert bodies == [
+        {"type": "remote", "source": "https://x/"},
+        {
+            "engine": "screenshot",
+            "options": {"screen_width": 1280},
+            "type": "remote",  # type and source are always the agent's own
+            "source": "https://site/",
+        },
+    ]
+
+
 async def test_upload_without_server_or_token_fails_before_sending(clients):
     api = clients("http://127.0.0.1:9")
     with pytest.raises(ApiRejected):

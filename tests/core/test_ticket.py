@@ -235,7 +235,39 @@ def test_target_and_conversion_are_not_both_allowed(tmp_path: Path) -> None:
         ("input: a\ntarget: pdf\nzzz: 1", "zzz", 3, "known keys: version, input"),
         ("input: a\ntarget: pdf\nversion: 2", "version", 3, "`version: 1`"),
         ("input: a\ntarget: pdf\nversion: true", "version", 3, "`version: 1`"),
-        ("input: {a: 1}\ntarget: pdf", "input", 1, "single text value"),
+        ("input: {a: 1}\ntarget: pdf", "input.a", 1, "known keys: source, engine"),
+        ("input: [[a]]\ntarget: pdf", "input[0]", 1, "single text value"),
+        ("input: [a, {engine: zip}]\ntarget: pdf", "input[1]", 1, "source: required"),
+        (
+            "input:\n  - a\n  - {source: b, engine: screenshot}\ntarget: pdf",
+            "input[1].engine",
+            3,
+            "only applies to an http(s) URL input",
+        ),
+        (
+            "input: {source: 'http://h/', engine: photo}\ntarget: pdf",
+            "input.engine",
+            1,
+            "is not one of auto | video",
+        ),
+        (
+            "input: {source: 'http://h/', options: [1]}\ntarget: pdf",
+            "input.options",
+            1,
+            "must be a mapping of options",
+        ),
+        (
+            "input:\n  - {source: a,\n     filename: ../b}\ntarget: pdf",
+            "input[0].filename",
+            3,
+            "is not a file name",
+        ),
+        ("input: {source: 'ftp://h/x'}\ntarget: pdf", "input.source", 1, "ftp:// inputs"),
+        ("input: a\ntarget: pdf\ncallback: my-app/hook", "callback", 3, "is not a URL"),
+        ("input: a\ntarget: pdf\ncallback: 'ftp://h/x'", "callback", 3, "ftp:// inputs"),
+        ("input: a\ntarget: pdf\nnotify_status: yes please", "notify_status", 3, "true or false"),
+        ("input: a\ntarget: pdf\nnotify_status: true", "notify_status", 3, "needs a `callback:`"),
+        ("job: j1\ncallback: 'https://h/'", "callback", 2, "cannot go with `job:`"),
         ("input:\ntarget: pdf", "input", 1, "needs a value"),
         ("input: ''\ntarget: pdf", "input", 1, "is empty"),
         ("input: []\ntarget: pdf", "input", 1, "the list is empty"),
@@ -709,3 +741,73 @@ def test_ticket_errors_say_whether_more_bytes_could_cure_them(
     with pytest.raises(TicketError) as info:
         parse(data, tmp_path)
     assert info.value.final is final, info.value.message
+
+
+# --------------------------------------------------------------------------- inputs as mappings
+
+
+def test_inputs_as_mappings_carry_their_own_settings(tmp_path: Path) -> None:
+    spec = parse(
+        "input:\n"
+        "  - report.pdf\n"
+        "  - {source: stamp.png, filename: logo.png}\n"
+        "  - source: https://example.com/\n"
+        "    engine: screenshot\n"
+        "    options: {screen_width: 1280, device_scale_factor: 1}\n"
+        "    parameters: {note: x}\n"
+        "conversion: [{category: operation, target: compare-image, options: {method: ssim}}]\n",
+        tmp_path,
+    )
+    plain, stamp, site = spec.inputs
+    assert (plain.kind, plain.engine, plain.options, plain.filename) == (
+        InputKind.LOCAL,
+        None,
+        {},
+        None,
+    )
+    assert plain.upload_name() == "report.pdf"
+    assert stamp.kind is InputKind.LOCAL and stamp.path == tmp_path / "stamp.png"
+    assert stamp.upload_name() == "logo.png"
+    assert site.kind is InputKind.URL
+    assert site.remote_body() == {
+        "type": "remote",
+        "source": "https://example.com/",
+        "engine": "screenshot",
+        "options": {"screen_width": 1280, "device_scale_factor": 1},
+        "parameters": {"note": "x"},
+    }
+    assert spec.conversions[0].to_api() == {
+        "target": "compare-image",
+        "category": "operation",
+        "options": {"method": "ssim"},
+    }
+    # what the state database keeps reads back the same, settings included
+    assert TicketSpec.from_json(spec.to_json()) == spec
+
+
+def test_a_plain_input_is_stored_as_before(tmp_path: Path) -> None:
+    spec = parse("input: a.png\ntarget: jpg\n", tmp_path)
+    assert spec.to_json()["inputs"] == [
+        {"kind": "local", "value": "a.png", "path": str(tmp_path / "a.png")}
+    ]
+
+
+def test_a_mapping_input_outside_the_root_names_its_source_key(tmp_path: Path) -> None:
+    err = refused("input:\n  - a.png\n  - {source: ../../etc/passwd}\ntarget: png\n", tmp_path)
+    assert (err.key, err.line) == ("input[1].source", 3)
+    assert "outside the watched folder" in err.message
+
+
+def test_a_callback_goes_into_the_job_and_is_kept(tmp_path: Path) -> None:
+    spec = parse(
+        "input: a.docx\ntarget: pdf\ncallback: https://my-app.example.com/hook\n"
+        "notify_status: true\n",
+        tmp_path,
+    )
+    assert spec.job_settings() == {
+        "callback": "https://my-app.example.com/hook",
+        "notify_status": True,
+    }
+    assert TicketSpec.from_json(spec.to_json()) == spec
+    plain = parse("input: a.docx\ntarget: pdf\n", tmp_path)
+    assert plain.job_settings() == {} and "callback" not in plain.to_json()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -70,5 +71,17 @@ async def test_the_demo_command_exits_0_and_every_ticket_is_done(tmp_path: Path)
     inbox = directory / "inbox"
     done = sorted(p.name for p in inbox.glob("*.job.done"))
     assert len(done) == 6 and not list(inbox.glob("*.job.failed")), (done, text)
-    assert "FAIL" not in text and text.count("ok  ") == 6, text
-    assert not [p for p in inbox.iterdir() if p.name.startswith(".") or ".part" in p.name]
+    # the gallery examples the emulator can run, each in its own folder, all done as well
+    shown = re.search(r"gallery: +(\d+) examples", text)
+    assert shown is not None, text
+    gallery = sorted((directory / "gallery").iterdir())
+    assert len(gallery) == int(shown.group(1)) >= 2, text
+    assert {"convert-files", "presets"} <= {g.name for g in gallery}
+    gallery_tickets = [p for g in gallery for p in g.iterdir() if p.name.endswith(".job")]
+    assert not gallery_tickets, gallery_tickets  # every one renamed to .job.done
+    gallery_done = [p for g in gallery for p in g.glob("*.job.done")]
+    assert len(gallery_done) >= 3 and not list(directory.rglob("*.job.failed"))
+    assert "FAIL" not in text and text.count("ok  ") == 6 + len(gallery_done), text
+    assert (directory / "gallery" / "presets" / "photo.webp").is_file()  # the folder's defaults
+    for folder in (inbox, *gallery):
+        assert not [p for p in folder.iterdir() if p.name.startswith(".") or ".part" in p.name]

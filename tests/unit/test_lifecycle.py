@@ -57,6 +57,16 @@ def test_failure_message_quotes_the_server_and_says_what_to_do() -> None:
     assert "retry" in msg
 
 
+def test_a_failure_about_the_target_or_category_points_at_them() -> None:
+    for text in ("Unknown conversion target 'x'", "The category audio does not fit this input"):
+        msg = lifecycle.job_failure_message(job("failed", (JobMessage("conversion", 6005, text),)))
+        assert f"{text} (code 6005)" in msg
+        assert "`target` and `category`" in msg and "GET /v2/conversions" in msg, msg
+        assert "Check the input" not in msg
+    msg = lifecycle.job_failure_message(job("failed", (JobMessage("input", 6005, "Corrupt"),)))
+    assert "Check the input and the options" in msg
+
+
 def test_output_problems_in_plain_words() -> None:
     assert lifecycle.output_problem("enabled") is None
     assert lifecycle.output_problem("") is None
