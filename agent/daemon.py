@@ -42,6 +42,10 @@ T = TypeVar("T")
 
 #: ``run --once`` found every folder served by another agent (README, exit codes).
 EXIT_ALL_REFUSED = 6
+# How often the allocator's free pages are given back to the system (``platform.
+# release_free_memory``): without it RSS creeps up under steady traffic while the memory in use
+# stays flat (docs/decisions.md, Memory held by the allocator).
+MEMORY_TRIM_SECONDS = 30.0
 
 
 def state_location_problem(path: Path, mountinfo: str | None = None) -> str | None:
@@ -390,6 +394,7 @@ class Agent:
         store = api = dashboard = marks = None
         runner: asyncio.Task[None] | None = None
         marking: asyncio.Task[None] | None = None
+        trimming: asyncio.Task[None] | None = None
         leasing: asyncio.Task[None] | None = None
         try:
             store = self.store = open_state(cfg)
@@ -451,6 +456,7 @@ class Agent:
             self._install_signals()
             await self._start_watcher()
             marking = asyncio.create_task(self._marks_loop(), name="folder-marks")
+            trimming = asyncio.create_task(self._trim_loop(), name="memory-trim")
             if cfg.dashboard.enabled:
                 dashboard = Dashboard(self, port=cfg.dashboard.port, forward=self.progress)
                 sched.progress = dashboard  # shows transfers, then hands them to the terminal
@@ -467,6 +473,10 @@ class Agent:
             if dashboard is not None:
                 await dashboard.stop()
                 self.dashboard = None
+            if trimming is not None:
+                trimming.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await trimming
             if marking is not None:
                 marking.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -537,6 +547,22 @@ class Agent:
                 if change.kind == "gained":
                     sched.release(str(change.path))
             await self._start_watcher()
+
+    async def _trim_loop(self) -> None:
+        """Every ``MEMORY_TRIM_SECONDS``, give the allocator's free pages back to the system (in
+        a worker thread: it takes the allocator's locks for a few milliseconds). Stops by
+        itself where there is nothing to call (not glibc)."""
+        while True:
+            await asyncio.sleep(MEMORY_TRIM_SECONDS)
+            began = time.perf_counter()
+            try:
+                released = await asyncio.to_thread(platform.release_free_memory)
+            except Exception:  # advice to the allocator: never worth ending the agent for
+                log.exception("giving free memory back to the system failed")
+                return
+            if released is None:
+                return
+            log.debug("free memory given back in %.1f ms", 1000 * (time.perf_counter() - began))
 
     async def _wait_until_idle(self, sched: Scheduler) -> None:
         quiet_since: float | None = None
