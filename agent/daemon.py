@@ -27,6 +27,7 @@ from agent import __version__, platform
 from agent.api import ApiClient
 from agent.config import Config, FolderConfig, share_names
 from agent.dashboard import Dashboard
+from agent.downloader import FOLDER_NAMES
 from agent.errors import ConfigError
 from agent.foldermark import FolderMarks, Identity, default_agent_name, pid_alive
 from agent.leases import Leases
@@ -42,9 +43,10 @@ T = TypeVar("T")
 
 #: ``run --once`` found every folder served by another agent (README, exit codes).
 EXIT_ALL_REFUSED = 6
-# How often the allocator's free pages are given back to the system (``platform.
-# release_free_memory``): without it RSS creeps up under steady traffic while the memory in use
-# stays flat (docs/decisions.md, Memory held by the allocator).
+# How often the folder listings no longer placed into are dropped and the allocator's free pages
+# given back to the system (``platform.release_free_memory``): without it RSS creeps up under
+# steady traffic while the memory in use stays flat (docs/decisions.md, Retention and months of
+# uptime).
 MEMORY_TRIM_SECONDS = 30.0
 
 
@@ -549,19 +551,24 @@ class Agent:
             await self._start_watcher()
 
     async def _trim_loop(self) -> None:
-        """Every ``MEMORY_TRIM_SECONDS``, give the allocator's free pages back to the system (in
-        a worker thread: it takes the allocator's locks for a few milliseconds). Stops by
-        itself where there is nothing to call (not glibc)."""
+        """Every ``MEMORY_TRIM_SECONDS``: drop the folder listings no longer placed into, then
+        give the allocator's free pages back to the system (in a worker thread: it takes the
+        allocator's locks for a few milliseconds; not again where there is nothing to call)."""
+        release = True
         while True:
             await asyncio.sleep(MEMORY_TRIM_SECONDS)
+            FOLDER_NAMES.forget_idle()
+            if not release:
+                continue
             began = time.perf_counter()
             try:
                 released = await asyncio.to_thread(platform.release_free_memory)
             except Exception:  # advice to the allocator: never worth ending the agent for
                 log.exception("giving free memory back to the system failed")
-                return
+                released = None
             if released is None:
-                return
+                release = False
+                continue
             log.debug("free memory given back in %.1f ms", 1000 * (time.perf_counter() - began))
 
     async def _wait_until_idle(self, sched: Scheduler) -> None:
