@@ -295,13 +295,20 @@ class AdaptiveBudget:
         if self.rate < math.inf:
             self._tat = max(self._tat, at) + 1.0 / self.rate
         self._sent.append(at)
+        self._forget(now)
         return wait
 
     def measured(self, now: float) -> float:
         """Requests/s sent over the last ``BUDGET_MEASURE`` seconds."""
+        self._forget(now)
+        return len(self._sent) / BUDGET_MEASURE
+
+    def _forget(self, now: float) -> None:
+        """Drop the send times older than the measuring window: at every request, not only when
+        the rate is measured (a push-back), or a budget that is never pushed back keeps every
+        send time of the agent's life (issue 13's slow RSS growth)."""
         while self._sent and self._sent[0] < now - BUDGET_MEASURE:
             self._sent.popleft()
-        return len(self._sent) / BUDGET_MEASURE
 
     def hold(self, now: float, retry_after: float | None) -> None:
         """No request before ``retry_after`` seconds from now have passed (capped at 120 s)."""

@@ -27,6 +27,7 @@ from agent import __version__, platform
 from agent.api import ApiClient
 from agent.config import Config, FolderConfig, share_names
 from agent.dashboard import Dashboard
+from agent.downloader import FOLDER_NAMES
 from agent.errors import ConfigError
 from agent.foldermark import FolderMarks, Identity, default_agent_name, pid_alive
 from agent.leases import Leases
@@ -42,6 +43,11 @@ T = TypeVar("T")
 
 #: ``run --once`` found every folder served by another agent (README, exit codes).
 EXIT_ALL_REFUSED = 6
+# How often the folder listings no longer placed into are dropped and the allocator's free pages
+# given back to the system (``platform.release_free_memory``): without it RSS creeps up under
+# steady traffic while the memory in use stays flat (docs/decisions.md, Retention and months of
+# uptime).
+MEMORY_TRIM_SECONDS = 30.0
 
 
 def state_location_problem(path: Path, mountinfo: str | None = None) -> str | None:
@@ -407,6 +413,7 @@ class Agent:
         store = api = dashboard = marks = None
         runner: asyncio.Task[None] | None = None
         marking: asyncio.Task[None] | None = None
+        trimming: asyncio.Task[None] | None = None
         leasing: asyncio.Task[None] | None = None
         try:
             store = self.store = open_state(cfg)
@@ -468,6 +475,7 @@ class Agent:
             self._install_signals()
             await self._start_watcher()
             marking = asyncio.create_task(self._marks_loop(), name="folder-marks")
+            trimming = asyncio.create_task(self._trim_loop(), name="memory-trim")
             if cfg.dashboard.enabled:
                 dashboard = Dashboard(self, port=cfg.dashboard.port, forward=self.progress)
                 sched.progress = dashboard  # shows transfers, then hands them to the terminal
@@ -484,6 +492,10 @@ class Agent:
             if dashboard is not None:
                 await dashboard.stop()
                 self.dashboard = None
+            if trimming is not None:
+                trimming.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await trimming
             if marking is not None:
                 marking.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -554,6 +566,27 @@ class Agent:
                 if change.kind == "gained":
                     sched.release(str(change.path))
             await self._start_watcher()
+
+    async def _trim_loop(self) -> None:
+        """Every ``MEMORY_TRIM_SECONDS``: drop the folder listings no longer placed into, then
+        give the allocator's free pages back to the system (in a worker thread: it takes the
+        allocator's locks for a few milliseconds; not again where there is nothing to call)."""
+        release = True
+        while True:
+            await asyncio.sleep(MEMORY_TRIM_SECONDS)
+            FOLDER_NAMES.forget_idle()
+            if not release:
+                continue
+            began = time.perf_counter()
+            try:
+                released = await asyncio.to_thread(platform.release_free_memory)
+            except Exception:  # advice to the allocator: never worth ending the agent for
+                log.exception("giving free memory back to the system failed")
+                released = None
+            if released is None:
+                release = False
+                continue
+            log.debug("free memory given back in %.1f ms", 1000 * (time.perf_counter() - began))
 
     async def _wait_until_idle(self, sched: Scheduler) -> None:
         quiet_since: float | None = None

@@ -628,7 +628,12 @@ RELIST_FACTOR = 20
 # An unchanged mtime proves an unchanged folder only when it is older than the listing by more
 # than a timestamp's granularity (filesystem clocks tick in milliseconds): "racy" otherwise.
 RACY_NS = 100_000_000
+# Listings kept: at most this many folders, each only while outputs are being placed in it. A
+# listing holds every name of its folder (~150 bytes each: a wave of a few hundred tickets is
+# ~100 KiB); kept for every folder ever placed into, they were MiBs of RSS for folders long
+# gone (issue 13). A folder not placed into for FOLDER_IDLE_SECONDS is listed again next time.
 _FOLDERS_KEPT = 64
+FOLDER_IDLE_SECONDS = 60.0
 
 
 @dataclass
@@ -636,9 +641,10 @@ class _Listing:
     ino: int
     mtime_ns: int
     listed_ns: int  # wall clock, to compare with the mtime
-    listed_at: float
+    listed_at: float  # monotonic
     cost: float
     keys: dict[str, str]  # name_key -> a name in the folder with that key
+    used_at: float = 0.0  # monotonic: last asked for or added to
 
 
 class FolderNames:
@@ -650,42 +656,82 @@ class FolderNames:
     ``SMALL_FOLDER`` names or more it is also reused for a short while after a change (see
     ``RELIST_FACTOR``): a case variant created in that moment is not seen, and the output then
     gets its own name beside it, as before this check (a case-insensitive filesystem refuses
-    that name by itself: ``os.link`` says it exists)."""
+    that name by itself: ``os.link`` says it exists).
 
-    def __init__(self) -> None:
+    Listings are kept in the order of their last use and dropped once unused for
+    ``FOLDER_IDLE_SECONDS`` (at the next ``keys`` or ``forget_idle``, which the daemon calls
+    every ``MEMORY_TRIM_SECONDS``) or beyond ``_FOLDERS_KEPT`` folders: an idle agent keeps
+    none."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._lock = threading.Lock()
         self._cache: dict[str, _Listing] = {}
+        self._clock = clock
 
     def keys(self, folder: Path, *, fresh: bool = False) -> dict[str, str]:
         """``name_key`` → name for ``folder``'s entries (do not modify the result)."""
-        st = os.stat(folder)
-        now = time.monotonic()
         path = str(folder)
+        try:
+            st = os.stat(folder)
+        except OSError:
+            with self._lock:
+                self._cache.pop(path, None)
+            raise
+        now = self._clock()
         with self._lock:
+            self._forget_idle(now)
             got = self._cache.get(path)
-            if got is not None and not fresh and got.ino == st.st_ino:
-                if got.mtime_ns == st.st_mtime_ns and got.mtime_ns < got.listed_ns - RACY_NS:
-                    return got.keys
-                if len(got.keys) >= SMALL_FOLDER and now - got.listed_at < RELIST_FACTOR * got.cost:
-                    return got.keys
+            if got is not None and not fresh and got.ino == st.st_ino and _still_good(got, st, now):
+                self._used(path, got, now)
+                return got.keys
         listed_ns = time.time_ns()
         names = os.listdir(folder)
         keys = {name_key(n): n for n in names}
-        cost = time.monotonic() - now
+        cost = self._clock() - now
         listing = _Listing(st.st_ino, st.st_mtime_ns, listed_ns, now, cost, keys)
         with self._lock:
-            self._cache.pop(path, None)
-            self._cache[path] = listing
+            self._used(path, listing, now)
             while len(self._cache) > _FOLDERS_KEPT:
                 del self._cache[next(iter(self._cache))]
         return keys
 
     def add(self, folder: Path, name: str) -> None:
         """``name`` was just created in ``folder`` by us."""
+        path = str(folder)
         with self._lock:
-            got = self._cache.get(str(folder))
+            got = self._cache.get(path)
             if got is not None:
                 got.keys.setdefault(name_key(name), name)
+                self._used(path, got, self._clock())
+
+    def forget_idle(self) -> int:
+        """Drop the listings not used for ``FOLDER_IDLE_SECONDS``; how many are left."""
+        with self._lock:
+            self._forget_idle(self._clock())
+            return len(self._cache)
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    def _used(self, path: str, listing: _Listing, now: float) -> None:
+        """``listing`` (now ``path``'s) was used: it goes last in the order of use."""
+        listing.used_at = now
+        self._cache.pop(path, None)
+        self._cache[path] = listing
+
+    def _forget_idle(self, now: float) -> None:
+        while self._cache:
+            path, oldest = next(iter(self._cache.items()))
+            if now - oldest.used_at <= FOLDER_IDLE_SECONDS:
+                return
+            del self._cache[path]
+
+
+def _still_good(got: _Listing, st: os.stat_result, now: float) -> bool:
+    """Whether ``got`` may stand for the folder whose ``stat`` is ``st`` (``FolderNames``)."""
+    if got.mtime_ns == st.st_mtime_ns and got.mtime_ns < got.listed_ns - RACY_NS:
+        return True
+    return len(got.keys) >= SMALL_FOLDER and now - got.listed_at < RELIST_FACTOR * got.cost
 
 
 FOLDER_NAMES = FolderNames()

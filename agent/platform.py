@@ -14,6 +14,8 @@ on Linux by the tests where that is possible (the byte-range lock, see ``Portabl
 - ``install_stop_handlers``: SIGINT/SIGTERM through the event loop on POSIX; Ctrl-C and
   Ctrl-Break (SIGINT, SIGBREAK) through ``signal.signal`` on Windows, where the loop has none.
 - ``block_stop_signals``: keep SIGINT/SIGTERM off a worker thread (POSIX only).
+- ``release_free_memory``: give the allocator's free pages back to the system (glibc's
+  ``malloc_trim``); nothing elsewhere (other allocators return memory by themselves or not at all).
 - ``pid_alive``: whether a process runs (``kill(pid, 0)`` on POSIX; on Windows ``os.kill`` with
   any signal but Ctrl-C/Ctrl-Break *terminates* the process, so it asks ``OpenProcess``).
 
@@ -234,6 +236,39 @@ def start_file(target: str | Path) -> None:
         os.startfile(target)
         return
     raise OSError(errno.ENOSYS, "os.startfile exists only on Windows", str(target))
+
+
+_malloc_trim: Callable[[int], int] | bool | None = False  # False: not looked up yet
+
+
+def release_free_memory() -> bool | None:
+    """Give the C allocator's free pages back to the system: glibc's ``malloc_trim(0)``, which
+    returns whole free pages from the middle of every arena's heap too, not only its top.
+
+    Why: the agent's heap is a mix of short-lived transfer buffers (up to 256 KiB per socket
+    read, many more once glibc's adaptive mmap threshold has risen) and long-lived small blocks
+    (SQLite's page cache, Python objects over 512 bytes). Freed buffers leave holes glibc keeps,
+    so RSS creeps up with traffic while the memory in use stays flat (docs/decisions.md, Memory
+    held by the allocator). Returns whether memory was released, None where there is no
+    ``malloc_trim`` (Windows, macOS, musl) or it cannot be called. Safe from any thread; it takes
+    each arena's lock in turn (milliseconds)."""
+    global _malloc_trim
+    if _malloc_trim is False:
+        _malloc_trim = None
+        if sys.platform == "linux":
+            import ctypes
+
+            try:
+                fn = ctypes.CDLL(None).malloc_trim
+            except (OSError, AttributeError):  # not glibc
+                pass
+            else:
+                fn.argtypes = [ctypes.c_size_t]
+                fn.restype = ctypes.c_int
+                _malloc_trim = fn
+    if not callable(_malloc_trim):
+        return None
+    return bool(_malloc_trim(0))
 
 
 def pid_alive(pid: int) -> bool:

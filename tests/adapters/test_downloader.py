@@ -6,6 +6,7 @@ import errno
 import hashlib
 import itertools
 import os
+import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -614,3 +615,32 @@ def test_matches(tmp_path: Path) -> None:
     link = tmp_path / "link"
     link.symlink_to(f)
     assert not matches(link, hashlib.md5(b"hello").hexdigest())
+
+
+def test_folder_listings_are_kept_only_while_placed_into(tmp_path: Path) -> None:
+    """A listing holds every name of its folder: kept for every folder ever placed into, they
+    were MiBs for folders long gone (issue 13). Kept in the order of use, dropped once unused
+    for FOLDER_IDLE_SECONDS (placing into a folder keeps its listing), and at once when the
+    folder is gone; an idle agent keeps none."""
+    now = [0.0]
+    names = downloader.FolderNames(clock=lambda: now[0])
+    idle = downloader.FOLDER_IDLE_SECONDS
+    a, b, c = (tmp_path / n for n in "abc")
+    for folder in (a, b, c):
+        folder.mkdir()
+        (folder / "Photo.JPG").write_bytes(b"x")
+    assert names.keys(a) == {"photo.jpg": "Photo.JPG"}
+    names.keys(b)
+    assert len(names) == 2
+    now[0] += idle * 0.75
+    names.add(a, "new.png")  # a is placed into: its listing stays
+    now[0] += idle * 0.5  # b unused for longer than FOLDER_IDLE_SECONDS
+    names.keys(c)
+    assert sorted(names._cache) == [str(a), str(c)]
+    assert "new.png" in names._cache[str(a)].keys  # the kept listing, with what was added
+    shutil.rmtree(c)
+    with pytest.raises(FileNotFoundError):
+        names.keys(c)
+    assert sorted(names._cache) == [str(a)]  # a folder gone: its listing too
+    now[0] += idle + 1
+    assert names.forget_idle() == 0 and len(names) == 0

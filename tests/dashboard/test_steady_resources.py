@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import dataclasses
 import sqlite3
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import pytest
 from dash_helpers import drop_ticket, wait_for
 from e2e_harness import write_config
 
-from agent import notify
+from agent import daemon, downloader, notify, platform
 from agent.config import load_config
 from agent.daemon import Agent
 from agent.emulator import RunningEmulator
@@ -78,6 +79,7 @@ def per_ticket_traces(agent: Agent) -> dict[str, int]:
         )
     }
     sizes["store._live"] = len(agent.store._live)
+    sizes["downloader.FOLDER_NAMES"] = len(downloader.FOLDER_NAMES)  # folder listings
     if sched.sweeper is not None:
         sizes["sweeper._covered"] = len(sched.sweeper._covered)
         sizes["sweeper._listed"] = len(sched.sweeper._listed)
@@ -110,6 +112,8 @@ async def test_a_finished_ticket_leaves_no_trace_in_memory_and_retention_prunes_
     tmp_path: Path, make_emulator: MakeEmulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(notify, "SEEN_ENDINGS", 4)
+    monkeypatch.setattr(downloader, "FOLDER_IDLE_SECONDS", 0.3)  # a listing kept while used
+    monkeypatch.setattr(daemon, "MEMORY_TRIM_SECONDS", 0.1)
     emu = await make_emulator()
     inbox = tmp_path / "inbox"
     inbox.mkdir()
@@ -178,3 +182,41 @@ async def test_a_finished_ticket_leaves_no_trace_in_memory_and_retention_prunes_
     (n,) = conn.execute("SELECT count(*) FROM tickets").fetchone()
     conn.close()
     assert n <= 5  # the three kept, the newest id and the new record
+
+
+async def test_a_running_agent_gives_free_memory_back_to_the_system_now_and_then(
+    tmp_path: Path, make_emulator: MakeEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The allocator's free pages go back to the system every ``MEMORY_TRIM_SECONDS`` (freed
+    transfer buffers between blocks that stay are otherwise kept: RSS creeps up under steady
+    traffic with the memory in use flat), in a worker thread; where there is nothing to call
+    (not glibc) it is not called again, and idle folder listings are still dropped."""
+    calls: list[str] = []
+    answer: list[bool | None] = [True]
+
+    def release() -> bool | None:
+        calls.append(threading.current_thread().name)
+        return answer[0]
+
+    monkeypatch.setattr(daemon, "MEMORY_TRIM_SECONDS", 0.05)
+    monkeypatch.setattr(platform, "release_free_memory", release)
+    emu = await make_emulator()
+    (tmp_path / "inbox").mkdir()
+    forgets: list[int] = []
+    forget_idle = downloader.FOLDER_NAMES.forget_idle
+    monkeypatch.setattr(
+        downloader.FOLDER_NAMES, "forget_idle", lambda: forgets.append(1) or forget_idle()
+    )
+    async with running_agent(tmp_path, emu.base_url):
+        await wait_for(lambda: len(calls) >= 3, 10, "free memory given back, again and again")
+        # in a worker thread: it takes the allocator's locks, never the loop's time
+        assert threading.main_thread().name not in calls
+        (loop_task,) = [t for t in asyncio.all_tasks() if t.get_name() == "memory-trim"]
+        answer[0] = None
+        asked = len(calls)
+        await wait_for(lambda: len(calls) > asked, 10, "the answer that there is nothing to call")
+        n, forgotten = len(calls), len(forgets)
+        await asyncio.sleep(0.5)
+        assert len(calls) == n, "called again where there is nothing to call"
+        assert len(forgets) >= forgotten + 3, "idle folder listings are dropped all the same"
+        assert not loop_task.done()

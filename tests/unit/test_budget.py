@@ -261,3 +261,15 @@ async def test_a_refused_start_is_raised_at_once_and_not_counted_as_elsewhere(ai
     assert len(calls) == 2  # no retries into the limit: the scheduler decides
     assert not api.refused_elsewhere(10.0)
     assert api.budget.cuts == 0  # the concurrency limit is no reason to send less
+
+
+def test_the_send_times_kept_are_the_measuring_windows_only():
+    """Months of requests without a push-back keep no more send times than the window holds
+    (each was a float kept for the agent's life: issue 13's slow RSS growth)."""
+    b = AdaptiveBudget(None, now=0.0)  # no ceiling: nothing ever measures the rate
+    now = 0.0
+    for _ in range(20_000):  # 100 requests/s for 200 s
+        b.reserve(now)
+        now += 0.01
+    assert len(b._sent) <= 100 * api_mod.BUDGET_MEASURE + 1
+    assert b.measured(now) == pytest.approx(100.0, rel=0.02)
