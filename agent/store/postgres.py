@@ -298,11 +298,11 @@ _TEAM_LOAD_SQL = (
 )
 # The fence of a flush: every path it writes is still claimed by this agent with time left,
 # and stays so until it commits (FOR SHARE: a takeover's UPDATE waits for it); else a division
-# by zero aborts the whole transaction.
+# by zero aborts the whole transaction. Rows are locked in path order, as claims take them.
 _FENCE_SQL = (
     "SELECT 1 / (SELECT CASE WHEN count(*) = %(n)s THEN 1 ELSE 0 END FROM"
     " (SELECT path FROM claims WHERE path = ANY(%(paths)s) AND owner = %(me)s"
-    " AND lease_until > now() + make_interval(secs => %(margin)s) FOR SHARE) c)"
+    " AND lease_until > now() + make_interval(secs => %(margin)s) ORDER BY path FOR SHARE) c)"
 )
 
 
@@ -1614,12 +1614,16 @@ class PgStore:
         verdicts: dict[str, str] = {}
         want = [p for p, _, _ in batch if p not in self._held]
         async with self._exchange() as conn, conn.transaction():
-            # Rows of the paths already claimed by somebody, locked in one order (two agents
-            # claiming overlapping bursts never wait for each other in a circle).
+            # The paths already claimed by somebody, read without a lock: the insert below
+            # decides each claim on the row's latest version (and locks rows in path order, as
+            # a flush's fence does), so that a batch never holds row locks across statements
+            # while another agent's fence or batch waits for them (a deadlock, measured with
+            # the locking read here: flushes undone under a burst). What is read here names
+            # the previous owner in a takeover's history row.
             cur = await conn.execute(
                 "SELECT c.path, c.owner, c.fence, c.lease_until < now() AS expired,"
                 " a.name, a.host FROM claims c JOIN agents a ON a.id = c.owner"
-                " WHERE c.path = ANY(%s) ORDER BY c.path FOR UPDATE OF c",
+                " WHERE c.path = ANY(%s)",
                 [sorted(set(want))],
             )
             prev = {r["path"]: r for r in await cur.fetchall()}
