@@ -385,7 +385,9 @@ class Agent:
         if platform.FORCE_PORTABLE:
             log.warning(
                 "CONVERT_AGENT_FORCE_PORTABLE: the byte-range lock, placement without hard "
-                "links and no folder fsync (the choices made for other platforms; for tests)"
+                "links, no folder fsync, watchdog's observer instead of the inotify reader and "
+                "a stand-in for sharing violations (the choices made for other platforms; for "
+                "tests)"
             )
         store = api = dashboard = marks = None
         runner: asyncio.Task[None] | None = None
