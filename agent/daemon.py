@@ -17,6 +17,7 @@ import logging.handlers
 import os
 import secrets
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterable
@@ -221,12 +222,13 @@ def configure_logging(
     fmt = logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%Y-%m-%d %H:%M:%S")
     handlers: list[logging.Handler] = []
     if not any(getattr(h, "_convert_agent", False) for h in root.handlers):
-        if stderr is None:
+        if stderr is None and sys.stderr is not None:  # none under pythonw.exe: the file only
             stderr = logging.StreamHandler()
             stderr.setFormatter(
                 logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S")
             )
-        handlers.append(stderr)
+        if stderr is not None:
+            handlers.append(stderr)
         if cfg.log.file is not None:
             try:
                 cfg.log.file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
