@@ -458,7 +458,8 @@ def _locked_by_another(path: Path) -> bool:
     ``path`` (any byte of it). False when it cannot be told (the real call reports that)."""
     if sys.platform == "linux" and FORCE_PORTABLE:
         try:
-            fd = os.open(path, os.O_RDONLY | O_CLOEXEC | O_NONBLOCK)
+            # Never through a symlink (a link at an output's name is replaced, not its target).
+            fd = os.open(path, os.O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOFOLLOW)
         except OSError:
             return False
         try:
