@@ -1089,8 +1089,16 @@ def _size_of(path: Path) -> int | None:
 
 
 def _input_refused(what: str, size: int | None, text: str) -> InputRefused:
-    """A 402 on an input: the API's text (which names the limit) and the input's own size."""
+    """A 402 on an input: the contract limits an input's size and a job's number of inputs
+    (api-contract §8); the API's text (which names the limit) says which, with the input's own
+    size for the first."""
     text = text.removesuffix(_QUOTA_WORDS)
+    if re.search(r"number of inputs|too many inputs|inputs per job", text, re.IGNORECASE):
+        return InputRefused(
+            f"{what} is one input more than the API contract allows in one job ({text}); "
+            "this ticket fails, the others go on: split its inputs over several tickets",
+            status=402,
+        )
     sized = f" ({_human_size(size)})" if size is not None else ""
     return InputRefused(
         f"{what}{sized} is larger than the API contract allows for an input ({text}); "

@@ -305,14 +305,31 @@ class Agent:
             raise RuntimeError("the agent is not running")
         return self.scheduler
 
+    async def team_now(self) -> dict[str, Any] | None:
+        """The team's agents and holders as the database has them now (None without a team)."""
+        if self.store is None:
+            return None
+        return await asyncio.to_thread(team_view, self.store)
+
     async def snapshot(self) -> dict[str, Any]:
         """Everything a front end shows: counts, global problems, every ticket."""
         sched = self._sched()
         assert self.store is not None
+        team = await asyncio.to_thread(team_view, self.store)
+        records = self.store.tickets()
+        team_tickets = getattr(self.store, "team_tickets", None)
+        if team is not None and not team.get("problem") and team_tickets is not None:
+            # A team member's mirror holds only its own claims: the table is the team's
+            # (outputs are known for this agent's tickets; the holder for every one).
+            with contextlib.suppress(Exception):
+                records = await asyncio.to_thread(team_tickets)
+        own = {rec.id for rec in self.store.tickets()}
         tickets = []
-        for rec in self.store.tickets():
+        for rec in records:
             d = rec.public()
-            d["outputs"] = [o.public() for o in self.store.outputs(rec.id)]
+            d["outputs"] = [o.public() for o in self.store.outputs(rec.id)] if rec.id in own else []
+            if team is not None:
+                d["holder"] = team["holders"].get(rec.path)
             tickets.append(d)
         return {
             "version": __version__,
@@ -324,7 +341,7 @@ class Agent:
             "counts": self.store.counts(),
             "folders": [self._folder_view(f.path, share) for f, share in self._shares()],
             "tickets": tickets,
-            "team": await asyncio.to_thread(team_view, self.store),
+            "team": team,
         }
 
     def _shares(self) -> list[tuple[FolderConfig, str]]:

@@ -335,6 +335,8 @@ class Dashboard:
         return web.json_response({"rescanned": True})
 
     async def _metrics(self, request: web.Request) -> web.StreamResponse:
+        # The team's agents are read from the database here, off the loop (a cold read).
+        self.agent.metrics.team = await self.agent.team_now()
         body, content_type = self.agent.metrics.render()
         resp = web.Response(body=body)
         resp.headers["Content-Type"] = content_type
@@ -556,9 +558,12 @@ function ticketRow(t, now) {
   }
   const folder = t.ticket.slice(0, t.ticket.length - t.name.length);
   const short = folder.split(/[\\/]/).filter(Boolean).pop() || folder;
+  const where = el("td", {}, el("div", {class: "name", text: t.name}),
+    el("div", {class: "folder", text: "in " + short, title: folder}));
+  if (t.holder) where.append(el("div", {class: "folder holder", "data-holder": t.holder,
+    text: "held by " + t.holder}));
   return el("tr", {"data-ticket": t.name, "data-id": String(t.id), "data-phase": t.phase},
-    el("td", {}, el("div", {class: "name", text: t.name}),
-      el("div", {class: "folder", text: "in " + short, title: folder})),
+    where,
     phase, progress,
     el("td", {class: "job", text: t.job_id ? t.job_id.slice(0, 8) + "…" : "—",
       title: t.job_id || ""}),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -53,6 +54,39 @@ class _TicketCollector(Collector):
         )
 
 
+class _TeamCollector(Collector):
+    """Team mode: each agent of the team (name, host), whether it runs, seconds since its
+    heartbeat and tickets it holds, as last read from the database (by the scrape)."""
+
+    def __init__(self, source: Callable[[], Mapping[str, Any] | None]) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Metric]:
+        team = self._source()
+        if not team:
+            return
+        labels = ["agent", "host"]
+        running = GaugeMetricFamily(
+            f"{PREFIX}_team_agent_running", "1 for each running agent of the team", labels=labels
+        )
+        age = GaugeMetricFamily(
+            f"{PREFIX}_team_agent_heartbeat_age_seconds",
+            "Seconds since each agent of the team last renewed its leases",
+            labels=labels,
+        )
+        held = GaugeMetricFamily(
+            f"{PREFIX}_team_agent_tickets_held",
+            "Tickets each agent of the team holds (live claims)",
+            labels=labels,
+        )
+        for a in team.get("agents") or ():
+            key = [str(a.get("name")), str(a.get("host"))]
+            running.add_metric(key, 0 if a.get("stopped") else 1)
+            age.add_metric(key, float(a.get("heartbeat_age") or 0.0))
+            held.add_metric(key, int(a.get("held") or 0))
+        yield from (running, age, held)
+
+
 class _RuntimeCollector(Collector):
     """The event loop's live tasks at scrape time (a scrape runs on the agent's loop): a count
     that must come back to its idle level once tickets end (the soak campaign reads it)."""
@@ -73,6 +107,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.ticket_counts: Callable[[], Mapping[str, int]] | None = None  # set by the daemon
+        self.team: Mapping[str, Any] | None = None  # the team view (team mode), at each scrape
         reg = self.registry
         self._requests = Counter(
             f"{PREFIX}_api_requests",
@@ -115,6 +150,7 @@ class Metrics:
         for verdict in VERDICTS:
             self._verdicts.labels(verdict=verdict)
         reg.register(_TicketCollector(lambda: self.ticket_counts))
+        reg.register(_TeamCollector(lambda: self.team))
         reg.register(_RuntimeCollector())
 
     # ------------------------------------------------------------------ hooks

@@ -240,6 +240,7 @@ class Scheduler:
         self._claim_tries: dict[str, int] = {}  # team mode: claims left to others so far
         self._state_problem: str | None = None  # the state database away: sidecars say so
         self._team_live = 1  # agents of the team alive at the last heartbeat
+        self._resuming = False  # a check after lost writes is under way (_resume_when_saved)
         # Outputs linked into a folder whose record naming them is not committed yet (the
         # store answers for the others, ``is_own_output``); one whose placement or commit
         # failed stays (the file is ours whatever the state file says).
@@ -603,6 +604,9 @@ class Scheduler:
                         )
                         if not isinstance(exc, LeaseLost):
                             self.state_problem("the state database: " + str(exc))
+                    if not self._resuming:
+                        self._resuming = True
+                        self._spawn_side(self._resume_when_saved())
                     for fut in (*waiters, *self._commit_waiters):
                         if not fut.done():
                             fut.set_exception(exc)
@@ -618,6 +622,29 @@ class Scheduler:
                         fut.set_result(None)
         finally:
             self._flushing = None
+
+    async def _resume_when_saved(self) -> None:
+        """After a flush was lost: once the store has read back what the database holds, every
+        ticket it has unfinished that no task here works on goes on from its stored phase.
+        Those are the tickets whose last steps ran and ended before the loss was known (a
+        ticket filed, its claim given back): their writes are undone, and no act waits to take
+        them again. Steps done twice are recognised as at a restart (the job by its id, an
+        output by its digest, a filed ticket by its name)."""
+        try:
+            while not self._stopping:
+                await asyncio.sleep(STATE_RETRY_SECONDS)
+                try:
+                    await self._persisted()  # reads the database back, or raises while away
+                except Exception:
+                    continue
+                if self.store.dirty:
+                    continue
+                for rec in self.store.unfinished():
+                    if rec.id not in self._tasks and rec.root not in self.held:
+                        self._schedule(rec.id, 0.0)
+                return
+        finally:
+            self._resuming = False
 
     async def _committed(self) -> Exception | None:
         """``_commit_now`` for a caller that can wait for an asynchronous store's flush."""
@@ -1897,7 +1924,23 @@ class Scheduler:
         if rec.path != str(path):
             return  # renamed: the record follows the new name (_follow_rename)
         if rec.active and not rec.phase.terminal:
-            await self._cancel(rec, "the ticket file was deleted", "deleted")
+            if await asyncio.to_thread(_filed_earlier, rec, path):
+                # Not deleted: filed (NAME.job.done) by a step whose record was then lost (the
+                # state database dropped the writes): the step is taken again, and finds its
+                # output placed (by its digest) and the ticket filed.
+                log.info("%s: filed before its record said so; it goes on", path.name)
+                if rec.id not in self._tasks:
+                    self._schedule(rec.id, 0.0)
+                return
+            try:
+                await self._cancel(rec, "the ticket file was deleted", "deleted")
+            except WritesLost as exc:
+                # The state database did not take the cancel (away, or the claim went to
+                # another agent): looked at again once it may have, not dropped.
+                log.warning("%s: deleted; its cancel is not saved yet: %s", path.name, exc)
+                await asyncio.sleep(STATE_RETRY_SECONDS)
+                if not self._stopping:
+                    self._spawn_side(self._removed(path))
 
     async def _drop_staged_job(self, rec: TicketRecord) -> None:
         """A ticket failed before its job was started (a refused upload, an input that never
@@ -2011,3 +2054,23 @@ def _loads(s: str) -> dict[str, Any]:
     d = json.loads(s)
     assert isinstance(d, dict)
     return d
+
+
+FILED_SLACK_SECONDS = 60.0  # clocks of a team's machines and file times may differ this much
+
+
+def _filed_earlier(rec: TicketRecord, path: Path) -> bool:
+    """Whether ``path`` (a ticket that went away) was filed as this very ticket: its
+    ``.job.done``/``.job.failed`` twin holds the same content and was renamed there after the
+    ticket was accepted (its ctime; an older twin of an identical earlier request does not
+    count). A deletion is then no cancel."""
+    for outcome in ("done", "failed"):
+        twin = path.with_name(f"{path.name}.{outcome}")
+        try:
+            if os.stat(twin).st_ctime < rec.created_at - FILED_SLACK_SECONDS:
+                continue
+            if hashlib.sha256(twin.read_bytes()).hexdigest() == rec.sha256:
+                return True
+        except OSError:
+            continue
+    return False

@@ -33,7 +33,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -52,7 +52,7 @@ from watchdog.events import (
 )
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
-from watchdog.observers.polling import PollingObserver
+from watchdog.observers.polling import PollingObserverVFS
 
 from agent import inotify, platform
 from agent.paths import PART_SUFFIX, is_agent_file, is_ticket_name
@@ -180,6 +180,48 @@ def classify(path: Path, folder: FolderConfig) -> FileKind | None:
         # `*.png` is included) is a ticket even when `*.job` itself is not included.
         return "ticket" if included(lower) or included(lower[: -len(".job")]) else None
     return "plain" if included(lower) else None
+
+
+class PolledNames:
+    """The listing a poll of a folder walks (watchdog's ``listdir``): only the names the
+    watcher can care about, tickets and included plain files (and the subfolders of a recursive
+    folder). A poll then stats those alone, not every output, input and sidecar beside them:
+    on a network mount each stat is a round trip to the server (and on FUSE to its daemon),
+    and each agent of a team polls the same folder."""
+
+    def __init__(self) -> None:
+        self.folders: dict[str, FolderConfig] = {}  # watched folder path → its rules
+
+    def __call__(self, path: str | None) -> Iterator[os.DirEntry[str]]:
+        with os.scandir(path) as it:
+            entries = list(it)
+        folder = self._owner(str(path))
+        for e in entries:
+            if (
+                folder is None
+                or classify(Path(e.path), folder) is not None
+                or (folder.recursive and not e.name.startswith(".") and _is_dir(e))
+            ):
+                yield e
+
+    def _owner(self, path: str) -> FolderConfig | None:
+        """The watched folder ``path`` is (or is inside, for a recursive one)."""
+        found = self.folders.get(path)
+        if found is not None:
+            return found
+        best, depth = None, -1
+        for root, cfg in self.folders.items():
+            inside = cfg.recursive and path.startswith(root.rstrip(os.sep) + os.sep)
+            if inside and len(root) > depth:  # the innermost watched folder decides
+                best, depth = cfg, len(root)
+        return best
+
+
+def _is_dir(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir(follow_symlinks=False)
+    except OSError:
+        return False
 
 
 def filesystem_type(path: Path, mountinfo: str | None = None) -> str | None:
@@ -351,6 +393,7 @@ class Watcher:
         self._settle = max(0.0, settle_seconds)
         self._reconcile_interval = max(0.05, reconcile_interval)
         self._fs_poll_interval = max(0.05, fs_poll_interval)
+        self._polled_names = PolledNames()
         self._clock = clock
         self._mountinfo = mountinfo
         self._native_kind = native or platform.native_watcher()
@@ -455,7 +498,9 @@ class Watcher:
                 self._native.start()
             return self._native
         if self._polling is None or not self._polling.is_alive():
-            self._polling = PollingObserver(timeout=self._fs_poll_interval)
+            self._polling = PollingObserverVFS(
+                os.stat, self._polled_names, polling_interval=self._fs_poll_interval
+            )
             self._polling.start()
         return self._polling
 
@@ -533,6 +578,7 @@ class Watcher:
         else:
             log.info("polling %s every %.1f s: %s", path, self._fs_poll_interval, reason)
         observer = self._observer("polling")
+        self._polled_names.folders[str(path)] = folder.config
         try:
             folder.root_id = await asyncio.to_thread(_identity, path)
             folder.watch = await asyncio.to_thread(
@@ -825,8 +871,13 @@ class Watcher:
         if self.ignore is not None:
             try:
                 announce = not self.ignore(path)
-            except Exception:
-                log.exception("ignore hook failed for %s", path)
+            except Exception as exc:  # e.g. a team's state database away: the file is looked at
+                log.warning(
+                    "cannot tell whether %s is one of the agent's own outputs (%s); it is "
+                    "looked at as a new file",
+                    path.name,
+                    exc,
+                )
         self._seen[path] = _Seen(pending.index, pending.kind, pending.signature, announce)
         if announce:
             self._send(WatchEvent(pending.kind, path, folder))

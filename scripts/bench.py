@@ -1345,6 +1345,11 @@ def bench_team(work: Path, q: bool, reps: int) -> tuple[list[Row], dict[str, Any
     agents' sum)."""
     n = 150 if q else 300
     processing = 2.0
+    # Drop the tickets in the agents' steady state, not during their start-up scan: a drop
+    # right after the "polling" line is caught by that first scan (~0.1 s) by one agent alone,
+    # but by the next poll (up to 2 s) in a team started before it; each rep waits the same
+    # seeded time (2.5 s plus a random phase of the 2 s poll) in both arms.
+    rng = random.Random(8)
     team_s: list[float] = []
     solo_s: list[float] = []
     team_cpu: list[float] = []
@@ -1352,6 +1357,7 @@ def bench_team(work: Path, q: bool, reps: int) -> tuple[list[Row], dict[str, Any
     shares: list[dict[str, float]] = []
     for rep in range(reps):
         order = ["team", "solo"] if rep % 2 == 0 else ["solo", "team"]
+        quiet = 2.5 + rng.uniform(0.0, 2.0)
         for who in order:
             d = work / f"team-{who}-{rep}"
             emu = Emulator(work, processing)
@@ -1361,6 +1367,7 @@ def bench_team(work: Path, q: bool, reps: int) -> tuple[list[Row], dict[str, Any
                     try:
                         rig.start_all()
                         make_tickets(rig.nas, rig.stage, n, "m")
+                        time.sleep(quiet)
                         pids = [a.pid for a in rig.agents.values()]
                         cpu0 = sum(_cpu_or_zero(p) for p in pids)
                         t0 = drop(rig.nas, rig.stage, n, "m")
@@ -1401,6 +1408,7 @@ def bench_team(work: Path, q: bool, reps: int) -> tuple[list[Row], dict[str, Any
                         agent = Agent(cfg, d / "agent.log", home=d / "home")
                         try:
                             agent.wait_ready(polled=True)
+                            time.sleep(quiet)
                             cpu0 = cpu_seconds(agent.pid)
                             t0 = drop(nas, stage, n, "m")
                             end = wait_until(

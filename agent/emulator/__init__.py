@@ -9,6 +9,9 @@ URL layout (origin = the Host the client used, e.g. `http://127.0.0.1:8080`):
   outputs at `{server}/download-file/{job_id}/{output_id}/{filename}`.
 - Control and introspection: `/_emulator/state|faults|clock|reset|health` (see `control`).
 
+What it makes is one table, `catalog` (`GET /v2/conversions`): images, documents, archives,
+hashes, metadata, audio and the guides' operations (`convert`, `documents`, `operations`).
+
 Entry points: `build_app(config)`, `await start_emulator(config, host, port)`, the click command
 `agent.emulator.cli.emulator_command`, and `main(argv)`. Details and decisions: docs/emulator.md.
 """

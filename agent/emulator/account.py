@@ -21,6 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
+from agent.emulator import catalog
 from agent.emulator import convert as conv
 from agent.emulator.common import ApiError, json_response, read_json, require_key, state_of
 from agent.emulator.state import Preset
@@ -36,7 +37,7 @@ PERIODS = {
 def public_presets() -> list[Preset]:
     def make(name: str, target: str) -> Preset:
         ident = str(uuid.uuid5(uuid.NAMESPACE_URL, f"emulator:preset:{name}"))
-        return Preset(ident, name, target, conv.category_for(target), "public")
+        return Preset(ident, name, target, catalog.category_for(target), "public")
 
     return [make("web image (small jpg)", "jpg"), make("lossless png", "png")]
 
@@ -77,7 +78,7 @@ def _fields(body: Any, *, create: bool) -> dict[str, Any]:
         if not conv.TARGET_RE.match(out["target"]):
             raise ApiError(400, f"Unknown conversion target {out['target'][:40]!r}")
         try:
-            conv.validate_options(out["target"], out.get("options", {}))
+            catalog.validate_options(out["target"], out.get("category"), out.get("options", {}))
         except conv.OptionError as exc:
             raise ApiError(400, str(exc)) from exc
     if out.get("scope", "private") not in SCOPES:
@@ -96,7 +97,7 @@ async def create_preset(request: web.Request) -> web.Response:
         id=str(uuid.uuid4()),
         name=values["name"],
         target=values["target"],
-        category=values.get("category") or conv.category_for(values["target"]),
+        category=values.get("category") or catalog.category_for(values["target"]),
         scope="private",  # a preset made through the API is the account's own
         options=values.get("options", {}),
     )
@@ -123,7 +124,7 @@ async def patch_preset(request: web.Request) -> web.Response:
         if name in values:
             setattr(preset, name, values[name])
     if "target" in values:
-        preset.category = conv.category_for(preset.target)
+        preset.category = catalog.category_for(preset.target)
     return json_response(preset.to_json())
 
 
@@ -173,6 +174,7 @@ async def contracts(request: web.Request) -> web.Response:
                 "credits": state.credits_remaining,
                 "concurrent_jobs": state.config.max_concurrent_jobs,
                 "max_input_bytes": state.config.max_input_bytes,
+                "max_inputs": state.config.max_inputs,
             }
         ]
     )

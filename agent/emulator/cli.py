@@ -78,6 +78,13 @@ def _fault(
     help="Input size limit of the contract; an upload or remote input above it gets 402.",
 )
 @click.option(
+    "--max-inputs",
+    default=20,
+    show_default=True,
+    type=int,
+    help="Inputs per job the contract allows; one more gets 402 (or fails the job if inline).",
+)
+@click.option(
     "--webhook-secret",
     default=None,
     help="Sign callbacks with X-Oc-Signature (HMAC-SHA256 of the body); unsigned without it.",
@@ -119,6 +126,7 @@ def emulator_command(
     rate_limit: int | None,
     download_limit: int,
     max_input_bytes: int,
+    max_inputs: int,
     webhook_secret: str | None,
     webhook_retries: int,
     ignore_idempotency: bool,
@@ -140,6 +148,7 @@ def emulator_command(
             rate_limit=rate_limit,
             download_limit=download_limit,
             max_input_bytes=max_input_bytes,
+            max_inputs=max_inputs,
             webhook_secret=webhook_secret,
             webhook_retries=webhook_retries,
             ignore_idempotency=ignore_idempotency,

@@ -154,6 +154,21 @@ def too_large_message(limit: int) -> str:
     return f"The file exceeds the input size limit of your contract ({limit} bytes)"
 
 
+def too_many_inputs_message(limit: int) -> str:
+    """The 402 message (and inline input error) of an input past the contract's input count."""
+    return (
+        f"The number of inputs for this job has been exceeded (your contract allows {limit}); "
+        "the file was discarded"
+    )
+
+
+def check_input_count(request: web.Request, job: Job) -> None:
+    """402 when the job already holds as many inputs as the contract allows."""
+    limit = state_of(request).config.max_inputs
+    if len(job.inputs) >= limit:
+        raise ApiError(402, too_many_inputs_message(limit))
+
+
 def too_many_requests(request: web.Request) -> ApiError:
     retry_after = state_of(request).config.retry_after
     headers = {"Retry-After": _seconds(retry_after)} if retry_after is not None else {}

@@ -178,6 +178,10 @@ class EmulatorConfig:
     #: size (Content-Length) is above it, is refused with 402 (as the API documents for inputs);
     #: a remote input found bigger only while it is fetched fails the job (input error 404).
     max_input_bytes: int = 256 * 1024 * 1024
+    #: Inputs per job the contract allows: one more upload or `POST /jobs/{id}/input` gets 402
+    #: ("the number of inputs … exceeded and the file(s) discarded", as OA documents); inputs
+    #: past it given inline in `POST /jobs` are discarded and fail the job (input code 402).
+    max_inputs: int = 20
     #: Timeout for fetching a remote input.
     remote_timeout: float = 30.0
     #: Faults active from startup.
@@ -209,6 +213,8 @@ class EmulatorConfig:
             raise ConfigError("webhook_retries and webhook_retry_delay must be >= 0")
         if self.max_input_bytes < 1:
             raise ConfigError("max_input_bytes must be >= 1")
+        if self.max_inputs < 1:
+            raise ConfigError("max_inputs must be >= 1")
         if self.download_limit < 1:
             raise ConfigError("download_limit must be >= 1")
         if self.synthetic_output_bytes < 0:

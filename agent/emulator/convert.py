@@ -1,4 +1,4 @@
-"""Real conversions and the conversion catalog: bytes in, named bytes out. Pure, no I/O.
+"""The image and text conversions, and the shared types of the catalog (`catalog.py`).
 
 - Raster images among png/jpg/webp/gif/bmp/tiff go through Pillow, read as leniently as common
   tools read them (a truncated JPEG, a bad CRC on an ancillary PNG chunk: see `_decode`).
@@ -8,7 +8,6 @@
   (png, jpg, bmp) yields **one output per frame**, named `{stem}-{n}.{ext}` (1-based).
 - Plain text (UTF-8, no NUL bytes): `txt` (newlines normalised to LF), `html` (escaped, wrapped in
   a minimal document with a `<pre>`), `md` (the text in a fenced block under a `# stem` heading).
-- Any other target is a passthrough: the input bytes unchanged, named with the target's extension.
 
 Failures raise `ConversionFailed(code, message)` with the documented conversion code 6005.
 """
@@ -21,8 +20,9 @@ import mimetypes
 import posixpath
 import re
 import threading
-import uuid
-from dataclasses import dataclass
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from PIL import Image, ImageFile, ImageSequence, UnidentifiedImageError
@@ -51,11 +51,23 @@ CONTENT_TYPES = {
     "txt": "text/plain",
     "html": "text/html",
     "md": "text/markdown",
+    "pdf": "application/pdf",
+    "zip": "application/zip",
+    "json": "application/json",
+    "aac": "audio/aac",
+    "flac": "audio/flac",
+    "wav": "audio/wav",
+    "md5": "text/plain",
+    "sha1": "text/plain",
+    "sha256": "text/plain",
+    "sha512": "text/plain",
+    "bin": "application/octet-stream",
 }
-#: A target is a lowercase extension-like word; anything else is rejected with 422.
-TARGET_RE = re.compile(r"^[a-z0-9]{1,10}$")
+#: A target is a lowercase word (an extension or an operation such as `resize-image`); anything
+#: else is rejected with 422. A well-formed target the catalog lacks fails the job instead.
+TARGET_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,29}$")
 MAX_PIXELS = 40_000_000
-_IMAGE_OPTIONS: dict[str, dict[str, Any]] = {
+IMAGE_OPTIONS: dict[str, dict[str, Any]] = {
     "width": {"type": "integer", "range": [1, 10000], "default": None},
     "height": {"type": "integer", "range": [1, 10000], "default": None},
     "quality": {"type": "integer", "range": [1, 100], "default": 85},
@@ -80,6 +92,24 @@ class Produced:
     filename: str
     data: bytes
     content_type: str
+    #: Goes into the output's `metadata` (e.g. a comparison's figures).
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Source:
+    """One input as a conversion sees it."""
+
+    id: str
+    filename: str
+    data: bytes
+    content_type: str = ""
+    engine: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def stem(self) -> str:
+        return posixpath.splitext(self.filename)[0] or "output"
 
 
 def content_type_for(name: str) -> str:
@@ -90,50 +120,33 @@ def content_type_for(name: str) -> str:
     return guessed or "application/octet-stream"
 
 
-def category_for(target: str) -> str:
-    if target in IMAGE_TARGETS:
-        return "image"
-    if target in TEXT_TARGETS:
-        return "document"
-    return "archive" if target in ("zip", "7z", "tar") else "document"
-
-
-def catalog() -> list[dict[str, Any]]:
-    """The `GET /conversions` catalog: what this emulator really converts (plus no passthroughs)."""
-    rows: list[dict[str, Any]] = []
-    for target in ("png", "jpg", "webp", "gif", "bmp", "tiff"):
-        rows.append(_row("image", target, _IMAGE_OPTIONS))
-    for target in TEXT_TARGETS:
-        rows.append(_row("document", target, {}))
-    return rows
-
-
-def _row(category: str, target: str, options: dict[str, Any]) -> dict[str, Any]:
-    ident = str(uuid.uuid5(uuid.NAMESPACE_URL, f"emulator:{category}:{target}"))
-    return {"id": ident, "target": target, "category": category, "options": options}
-
-
-def validate_options(target: str, options: dict[str, Any]) -> None:
-    """Reject option values this emulator would use but cannot; unknown keys are ignored."""
-    if target not in IMAGE_TARGETS:
-        return
-    for name, spec in _IMAGE_OPTIONS.items():
-        value = options.get(name)
-        if value is None:
-            continue
-        low, high = spec["range"]
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise OptionError(f"Option {name!r} must be an integer between {low} and {high}")
-
-
 def convert(data: bytes, filename: str, target: str, options: dict[str, Any]) -> list[Produced]:
-    """Convert `data` (named `filename`) to `target`; returns one or more outputs."""
+    """Convert `data` (named `filename`) to an image or text `target`; one or more outputs."""
     stem = posixpath.splitext(filename)[0] or "output"
     if target in IMAGE_TARGETS:
-        return _convert_image(data, stem, target, options)
-    if target in TEXT_TARGETS:
-        return [_convert_text(data, stem, target)]
-    return [Produced(f"{stem}.{target}", data, content_type_for("x." + target))]
+        unreadable = f"The input {posixpath.basename(filename)} is not a readable image"
+        return _convert_image(data, stem, target, options, unreadable)
+    return [_convert_text(data, stem, target)]
+
+
+def decode_image(
+    data: bytes, message: str = "The input file is not a readable image"
+) -> list[Image.Image]:
+    """Every frame of an image (leniently read), or ConversionFailed with `message`."""
+    try:
+        return _decode(data)
+    except UnidentifiedImageError as exc:
+        raise ConversionFailed(f"{message} (no image format recognised)") from exc
+    except (*_DECODE_ERRORS, Image.DecompressionBombError) as exc:
+        raise ConversionFailed(f"{message}: {exc}") from exc
+
+
+def save_frames(frames: list[Image.Image], target: str, options: Mapping[str, Any]) -> bytes:
+    """Frames written as `target` (one of IMAGE_TARGETS), or ConversionFailed."""
+    try:
+        return _save(frames, IMAGE_TARGETS[target], options)
+    except (OSError, ValueError) as exc:
+        raise ConversionFailed(f"The image could not be written as {target}: {exc}") from exc
 
 
 _DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError)
@@ -144,7 +157,8 @@ _LENIENT = threading.Lock()
 def _decode(data: bytes) -> list[Image.Image]:
     """Every frame of the image, read as leniently as the service and common tools read it:
     strictly first; then, if that fails, with Pillow's tolerance for a truncated file (a JPEG
-    cut short or without its end marker) and for a bad checksum on an ancillary PNG chunk."""
+    cut short or without its end marker) and for a bad checksum on an ancillary PNG chunk;
+    then, for a PNG, rebuilt as browsers read it (`repair_png`)."""
     try:
         return _frames(data)
     except Image.DecompressionBombError:
@@ -156,9 +170,58 @@ def _decode(data: bytes) -> list[Image.Image]:
             try:
                 return _frames(data)
             except _DECODE_ERRORS:
-                raise strict from None
+                repaired = repair_png(data)
+                if repaired is None:
+                    raise strict from None
+                try:
+                    return _frames(repaired)
+                except _DECODE_ERRORS:
+                    raise strict from None
             finally:
                 ImageFile.LOAD_TRUNCATED_IMAGES = before
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _chunk(kind: bytes, body: bytes) -> bytes:
+    crc = zlib.crc32(kind + body)
+    return len(body).to_bytes(4, "big") + kind + body + crc.to_bytes(4, "big")
+
+
+def repair_png(data: bytes) -> bytes | None:
+    """A PNG rebuilt the way browsers read a damaged one: image data inflated without checking
+    its zlib checksum, chunk CRCs ignored, and a wrong length on the last IDAT (the 1×1 PNG in
+    the SDK's uploading-files guide declares 12 bytes and holds 13) read up to `IEND`. None when
+    `data` is no PNG or holds no image data."""
+    if not data.startswith(PNG_SIGNATURE):
+        return None
+    kept: list[bytes] = []
+    idat = b""
+    at = len(PNG_SIGNATURE)
+    end = data.rfind(b"IEND")
+    while at + 8 <= len(data):
+        length, kind = int.from_bytes(data[at : at + 4], "big"), data[at + 4 : at + 8]
+        if kind == b"IEND":
+            break
+        body_end = at + 8 + length
+        if kind == b"IDAT" and end > 0 and data.find(b"IDAT", at + 8, end) < 0:
+            body_end = max(at + 8, end - 8)  # the last IDAT: its data run up to the IEND
+        body = data[at + 8 : body_end]
+        if kind == b"IDAT":
+            idat += body
+        elif kind in (b"IHDR", b"PLTE", b"tRNS"):
+            kept.append(_chunk(kind, body))
+        at = body_end + 4
+    if not kept or not idat:
+        return None
+    try:
+        raw = zlib.decompressobj(-15).decompress(idat[2:])  # raw inflate: no checksum
+    except zlib.error:
+        return None
+    return (
+        PNG_SIGNATURE + b"".join(kept) + _chunk(b"IDAT", zlib.compress(raw)) + _chunk(b"IEND", b"")
+    )
 
 
 def _frames(data: bytes) -> list[Image.Image]:
@@ -168,13 +231,11 @@ def _frames(data: bytes) -> list[Image.Image]:
         return [frame.copy() for frame in ImageSequence.Iterator(image)]
 
 
-def _convert_image(data: bytes, stem: str, target: str, options: dict[str, Any]) -> list[Produced]:
+def _convert_image(
+    data: bytes, stem: str, target: str, options: dict[str, Any], unreadable: str
+) -> list[Produced]:
     fmt = IMAGE_TARGETS[target]
-    try:
-        frames = _decode(data)
-    except (*_DECODE_ERRORS, Image.DecompressionBombError) as exc:
-        raise ConversionFailed(f"The input file is not a readable image: {exc}") from exc
-    frames = [_resize(frame, options) for frame in frames]
+    frames = [_resize(frame, options) for frame in decode_image(data, unreadable)]
     content_type = CONTENT_TYPES[target]
     try:
         if len(frames) > 1 and fmt not in MULTI_FRAME_FORMATS:
@@ -187,7 +248,7 @@ def _convert_image(data: bytes, stem: str, target: str, options: dict[str, Any])
         raise ConversionFailed(f"The image could not be written as {target}: {exc}") from exc
 
 
-def _resize(frame: Image.Image, options: dict[str, Any]) -> Image.Image:
+def _resize(frame: Image.Image, options: Mapping[str, Any]) -> Image.Image:
     width, height = options.get("width"), options.get("height")
     if isinstance(width, int) and isinstance(height, int):
         return frame.resize((width, height))
@@ -198,7 +259,7 @@ def _resize(frame: Image.Image, options: dict[str, Any]) -> Image.Image:
     return frame
 
 
-def _save(frames: list[Image.Image], fmt: str, options: dict[str, Any]) -> bytes:
+def _save(frames: list[Image.Image], fmt: str, options: Mapping[str, Any]) -> bytes:
     converted = [_mode_for(frame, fmt) for frame in frames]
     out = io.BytesIO()
     kwargs: dict[str, Any] = {}
@@ -230,6 +291,11 @@ def _convert_text(data: bytes, stem: str, target: str) -> Produced:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise ConversionFailed("The input file is not UTF-8 text") from exc
+    return text_output(text, stem, target)
+
+
+def text_output(text: str, stem: str, target: str) -> Produced:
+    """`text` as a `txt`, `html` or `md` file named `{stem}.{target}`."""
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     if target == "html":
         title = html.escape(stem)

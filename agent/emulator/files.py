@@ -24,6 +24,7 @@ from agent.emulator.common import (
     FAULTS_KEY,
     PASSWORD_HEADERS,
     ApiError,
+    check_input_count,
     find_job,
     json_response,
     processor_of,
@@ -65,6 +66,7 @@ async def upload_file(request: web.Request) -> web.Response:
         return json_response(inp.to_json())
     if job.started:
         raise ApiError(409, "The job does not accept uploads once it has started")
+    check_input_count(request, job)
     filename, content_type, data = await _read_file_part(request)
     if upload_uuid is None:
         job.upload_requests[filename] = job.upload_requests.get(filename, 0) + 1

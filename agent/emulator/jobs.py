@@ -4,7 +4,8 @@ presets, stats and contracts, are in `account`).
 Decisions where the contract is [UNDOC] (see docs/emulator.md):
 - an empty body on POST/PATCH is 400 `{"code": 8, "message": "The JSON body is empty"}` (OA
   says 204, which cannot carry its own error body);
-- a missing target is 400, a target that is not an extension-like word (`^[a-z0-9]{1,10}$`) 422;
+- a missing target is 400, a target that is not a lowercase word (`^[a-z0-9][a-z0-9-]{0,29}$`)
+  422; a well-formed target the catalog lacks (or a category it is not in) fails the job later;
 - PATCH `{"process": true}` on a job that already started is a 200 no-op (or 409 with
   `patch_started="conflict"`); on a failed or canceled job it is 409;
 - credits are charged when a job starts; 402/429 are checked on POST /jobs and on the start.
@@ -17,11 +18,13 @@ from typing import Any
 
 from aiohttp import web
 
+from agent.emulator import catalog
 from agent.emulator import convert as conv
 from agent.emulator.common import (
     FAULTS_KEY,
     ApiError,
     check_capacity,
+    check_input_count,
     find_job,
     json_response,
     key_is_valid,
@@ -35,6 +38,7 @@ from agent.emulator.common import (
     state_of,
     token_of,
     too_large_message,
+    too_many_inputs_message,
 )
 from agent.emulator.state import EPOCH, STATUS_INFO, Conversion, InputFile, Job
 
@@ -88,7 +92,7 @@ def parse_conversions(raw: Any) -> list[Conversion]:
             raise ApiError(400, "The conversion category must be a string")
         options = read_object(item.get("options"), "options")
         try:
-            conv.validate_options(target, options)
+            catalog.validate_options(target, category, options)
         except conv.OptionError as exc:
             raise ApiError(400, str(exc)) from exc
         targets = item.get("output_target") or []
@@ -100,7 +104,7 @@ def parse_conversions(raw: Any) -> list[Conversion]:
             Conversion(
                 id=str(uuid.uuid4()),
                 target=target,
-                category=category or conv.category_for(target),
+                category=category or catalog.category_for(target),
                 options=options,
                 metadata=read_object(item.get("metadata"), "metadata"),
                 output_target=[dict(t) | {"status": "waiting"} for t in targets],
@@ -195,6 +199,9 @@ async def create_job(request: web.Request) -> web.Response:
     apply_settings(job, settings)
     job.process = process
     processor = processor_of(request)
+    limit = state.config.max_inputs
+    for inp in inputs[limit:]:  # past the contract's count: discarded, the job fails
+        inp.status, inp.error = "failed", (402, too_many_inputs_message(limit))
     for inp in inputs:
         processor.add_input(job, inp)
     if process and job.inputs:
@@ -296,6 +303,7 @@ async def add_input(request: web.Request) -> web.Response:
     inp = parse_input(request, body)
     if job.started:
         raise ApiError(409, "The job does not accept new inputs once it has started")
+    check_input_count(request, job)
     processor = processor_of(request)
     if inp.type == "remote":  # a declared size above the contract's limit: 402, no input
         limit = state_of(request).config.max_input_bytes
@@ -356,7 +364,7 @@ async def statuses(request: web.Request) -> web.Response:
 
 
 async def conversions(request: web.Request) -> web.Response:
-    rows = conv.catalog()
+    rows = catalog.catalog()
     if category := request.query.get("category"):
         rows = [r for r in rows if r["category"] == category]
     if target := request.query.get("target"):

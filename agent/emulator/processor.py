@@ -21,6 +21,7 @@ from urllib.parse import unquote, urlsplit
 
 import aiohttp
 
+from agent.emulator import catalog
 from agent.emulator import convert as conv
 from agent.emulator.state import EmulatorState, InputFile, Job, OutputFile, WebhookRecord
 
@@ -259,6 +260,7 @@ class Processor:
                         filename=item.filename,
                         data=item.data,
                         content_type=item.content_type,
+                        metadata=dict(item.metadata),
                         created_at=now,
                     )
                 )
@@ -290,22 +292,29 @@ class Processor:
 
 
 def _convert_all(job: Job, inputs: list[InputFile]) -> list[tuple[str, list[str], Any]]:
-    """Every conversion × every input; a conversion with an output target yields no file."""
+    """Every conversion over the inputs (each on its own, or all at once for the catalog's
+    combining targets); a conversion with an output target yields no file."""
+    sources = [
+        conv.Source(
+            id=inp.id,
+            filename=inp.filename or "file",
+            data=inp.data or b"",
+            content_type=inp.content_type,
+            engine=inp.engine,
+            options=inp.options,
+        )
+        for inp in inputs
+    ]
     results: list[tuple[str, list[str], Any]] = []
     for conversion in job.conversions:
-        for inp in inputs:
-            if conversion.output_target:
-                for target in conversion.output_target:
-                    target["status"] = "completed"
-                continue
-            assert inp.data is not None
-            try:
-                produced: Any = conv.convert(
-                    inp.data, inp.filename or "file", conversion.target, conversion.options
-                )
-            except conv.ConversionFailed as exc:
-                produced = exc
-            results.append((conversion.id, [inp.id], produced))
+        if conversion.output_target:
+            for target in conversion.output_target:
+                target["status"] = "completed"
+            continue
+        for input_ids, produced in catalog.run(
+            conversion.target, conversion.category, conversion.options, sources
+        ):
+            results.append((conversion.id, input_ids, produced))
     return results
 
 

@@ -154,6 +154,8 @@ class OutputFile:
     downloads_counter: int = 0
     #: `enabled`, or a forced state: `disabled` (deleted), `expired`, `overuse`.
     forced_status: str = "enabled"
+    #: The output's `metadata` (e.g. a comparison's figures).
+    metadata: dict[str, Any] = field(default_factory=dict)
     #: (id of `data`, its md5): hashed once, not on every job document (outputs may be 1 GiB).
     _md5: tuple[int, str] | None = field(default=None, repr=False, compare=False)
 
@@ -190,7 +192,7 @@ class OutputFile:
             "downloads_counter": self.downloads_counter,
             "checksum": self.checksum,
             "created_at": fmt_time(self.created_at),
-            "metadata": {},
+            "metadata": dict(self.metadata),
         }
 
 

@@ -74,6 +74,7 @@ MIGRATION_LOCK = 0x6D696772  # serialises migrations of agents starting together
 RECONNECT_PAUSE = 1.0  # seconds between attempts to read the mirror again after a loss
 FENCE_MARGIN = 2.0  # seconds a claim must still live for a flush to write under it
 COUNTS_RETRY = 10.0  # seconds before the team's counts are asked of a database that failed
+AGENT_KEEP_SECONDS = 86400.0  # an agent's row is kept this long after its last heartbeat
 FAIR_SLACK = 2  # claims an agent may hold above its share of the team's before it leaves
 # new tickets to the others
 OWN_CACHE = 1024  # answers of ``is_own_output`` kept (the database's, for a few recent paths)
@@ -382,6 +383,8 @@ class PgStore:
         self._held: dict[str, int] = {}  # share path → fence of our claim (team mode)
         self._lease_conn: psycopg.AsyncConnection[Any] | None = None
         self._lease_lock = asyncio.Lock()
+        self._claim_lock = asyncio.Lock()  # one batch of claims at a time (see ``claim``)
+        self._claim_queue: list[tuple[str, bool, asyncio.Future[str]]] = []
         self._counts_retry_at = 0.0  # team counts come from memory until then (database away)
         self.url = redact_url(url)  # what may be shown
         self.readonly = readonly
@@ -1357,6 +1360,15 @@ class PgStore:
         try:
             with conn.transaction():
                 result = self._prune_batch(conn, now, cutoff, keep_finished, limit)
+                if self.team is not None:
+                    # Rows of the team's agents gone for a day (each run makes one) leave
+                    # too, once no claim names them.
+                    conn.execute(
+                        "DELETE FROM agents a WHERE a.id <> %s AND"
+                        " coalesce(a.stopped_at, a.heartbeat_at) < now() - %s * interval '1 second'"
+                        " AND NOT EXISTS (SELECT 1 FROM claims c WHERE c.owner = a.id)",
+                        [self.agent_id, AGENT_KEEP_SECONDS],
+                    )
         except psycopg.Error as exc:
             raise _safe_error(exc, self._url) from None
         if result.tickets or result.tombstones:
@@ -1565,32 +1577,77 @@ class PgStore:
     async def claim(self, path: str, *, fair: bool = True) -> str:
         """Claim the (local) ticket path ``path`` for this agent: ``"ok"`` (held now, its
         records read into the mirror when another agent had them), ``"held"`` (another live
-        agent holds it) or ``"busy"`` (``fair``: this agent holds more than its share of the
-        team's claims; another agent should take it)."""
+        agent holds it) or ``"busy"`` (``fair``: this agent holds its share of the team's
+        claims; another agent should take it).
+
+        Claims asked for while one is on its way are sent together, in one transaction (the
+        first caller to find its own still unanswered sends every queued one): a poll that
+        finds a burst of new tickets claims them in a few exchanges, not one each."""
         assert self.team is not None
         shared = self._pm.s(path)
         if shared in self._held:
             return "ok"
-        async with self._exchange() as conn, conn.transaction():
-            if fair and await self._over_share(conn):
-                return "busy"
-            cur = await conn.execute(
-                "SELECT c.owner, c.fence, c.lease_until < now() AS expired,"
-                " a.name, a.host FROM claims c JOIN agents a ON a.id = c.owner"
-                " WHERE c.path = %s FOR UPDATE OF c",
-                [shared],
-            )
-            row = await cur.fetchone()
-            if row is not None and not row["expired"] and row["owner"] != self.agent_id:
-                return "held"
-            got = await self._take(conn, [shared], {shared: row} if row else {})
-        self._merge(got)
-        return "ok" if shared in self._held else "held"
+        fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._claim_queue.append((shared, fair, fut))
+        async with self._claim_lock:
+            if not fut.done():
+                batch, self._claim_queue = self._claim_queue, []
+                try:
+                    verdicts = await self._claim_batch(batch)
+                except BaseException as exc:
+                    err = exc if isinstance(exc, Exception) else WritesLost("claim interrupted")
+                    for _, _, f in batch:
+                        if not f.done():
+                            f.set_exception(err)
+                    if not isinstance(exc, Exception):
+                        raise
+                else:
+                    for (p, _, f), verdict in zip(batch, verdicts, strict=True):
+                        if not f.done():
+                            f.set_result(verdict if verdict != "ok" or p in self._held else "held")
+        return fut.result()
 
-    async def _over_share(self, conn: psycopg.AsyncConnection[dict[str, Any]]) -> bool:
-        """Whether this agent already holds its share of the team's live claims (new tickets
-        then go to the others; a little slack so that a lone burst is not slowed)."""
+    async def _claim_batch(
+        self, batch: Sequence[tuple[str, bool, asyncio.Future[str]]]
+    ) -> list[str]:
+        """One exchange for queued claims (see ``claim``): their verdicts, in order."""
+        verdicts: dict[str, str] = {}
+        want = [p for p, _, _ in batch if p not in self._held]
+        async with self._exchange() as conn, conn.transaction():
+            # Rows of the paths already claimed by somebody, locked in one order (two agents
+            # claiming overlapping bursts never wait for each other in a circle).
+            cur = await conn.execute(
+                "SELECT c.path, c.owner, c.fence, c.lease_until < now() AS expired,"
+                " a.name, a.host FROM claims c JOIN agents a ON a.id = c.owner"
+                " WHERE c.path = ANY(%s) ORDER BY c.path FOR UPDATE OF c",
+                [sorted(set(want))],
+            )
+            prev = {r["path"]: r for r in await cur.fetchall()}
+            free = []
+            for p in want:
+                row = prev.get(p)
+                if row is not None and not row["expired"] and row["owner"] != self.agent_id:
+                    verdicts[p] = "held"
+                elif p not in free:
+                    free.append(p)
+            allowed = await self._allowance(conn, [p for p, fair, _ in batch if fair and p in free])
+            take = [p for p, fair, _ in batch if p in free and (not fair or p in allowed)]
+            for p in free:
+                if p not in take:
+                    verdicts[p] = "busy"
+            got = await self._take(conn, sorted(set(take)), prev)
+        self._merge(got)
+        return [verdicts.get(p, "ok") for p, _, _ in batch]
+
+    async def _allowance(
+        self, conn: psycopg.AsyncConnection[dict[str, Any]], paths: Sequence[str]
+    ) -> set[str]:
+        """Of new ``paths``, those this agent takes without going over its share: the team's
+        live claims and these new tickets, divided by the live agents, plus a little slack (so
+        that a lone burst is not slowed); the rest are left to the others a moment."""
         assert self.team is not None
+        if not paths:
+            return set()
         cur = await conn.execute(
             "SELECT count(*) FILTER (WHERE owner = %(me)s) AS mine, count(*) AS total,"
             " (SELECT count(*) FROM agents WHERE stopped_at IS NULL"
@@ -1602,9 +1659,9 @@ class PgStore:
         assert row is not None
         live = max(1, int(row["live"]))
         if live == 1:
-            return False
-        share = -(-(int(row["total"]) + 1) // live)
-        return int(row["mine"]) >= share + FAIR_SLACK
+            return set(paths)
+        share = -(-(int(row["total"]) + len(paths)) // live) + FAIR_SLACK
+        return set(list(dict.fromkeys(paths))[: max(0, share - int(row["mine"]))])
 
     async def take_over(self) -> tuple[list[int], list[str]]:
         """Take this agent's share of the claims whose lease ran out (their agent died, was
@@ -1653,7 +1710,7 @@ class PgStore:
         cur = await conn.execute(
             "INSERT INTO claims (path, owner, lease_until)"
             " SELECT p, %(me)s, now() + make_interval(secs => %(l)s)"
-            " FROM unnest(%(paths)s::text[]) p"
+            " FROM unnest(%(paths)s::text[]) p ORDER BY p"
             " ON CONFLICT (path) DO UPDATE SET owner = EXCLUDED.owner,"
             " fence = claims.fence + 1, lease_until = EXCLUDED.lease_until, claimed_at = now()"
             # Only a claim whose lease ran out changes hands (two agents claiming a new path
@@ -1812,6 +1869,14 @@ class PgStore:
                 " FROM agents a WHERE a.stopped_at IS NULL"
                 " OR a.stopped_at > now() - interval '1 hour' ORDER BY a.id"
             )
+        ]
+
+    def team_tickets(self) -> list[TicketRecord]:
+        """Every active ticket of the team, whoever holds it, with paths on this agent's mount
+        (a cold read: the mirror of a team member holds only its own claims)."""
+        return [
+            _ticket(r, self._pm)
+            for r in self._rows("SELECT * FROM tickets WHERE active ORDER BY id")
         ]
 
     def holders(self) -> dict[str, str]:

@@ -172,6 +172,31 @@ async def test_a_402_on_an_input_is_that_input_not_the_quota(aiohttp_server, cli
         await api.create_job([{"target": "png"}], idempotency_key="k-1")
 
 
+async def test_a_402_for_one_input_too_many_says_so_not_size(aiohttp_server, clients, tmp_path):
+    """The contract caps a job's inputs too (402 on the input that goes over): the message says
+    the job has too many inputs and what to do, not that the file is too large."""
+
+    async def refuse(request: web.Request) -> web.Response:
+        await request.read()
+        text = (
+            "The number of inputs for this job has been exceeded (your contract allows 2); "
+            "the file was discarded"
+        )
+        return web.json_response({"message": text}, status=402)
+
+    srv = await serve(aiohttp_server, [("POST", "/dl/web2/upload-file/{id}", refuse)])
+    api = clients(base_of(srv), max_retries=0)
+    src = tmp_path / "third.png"
+    src.write_bytes(b"x" * 10)
+    job = RemoteJob.from_dict(job_json(server=base_of(srv) + "/dl/web2/"))
+    with pytest.raises(InputRefused) as refused:
+        await api.upload_file(job, src, filename="third.png", upload_uuid="u-3")
+    message = refused.value.message
+    assert "third.png is one input more than the API contract allows in one job" in message
+    assert "allows 2" in message and "split its inputs" in message
+    assert "larger" not in message, message
+
+
 async def test_upload_without_server_or_token_fails_before_sending(clients):
     api = clients("http://127.0.0.1:9")
     with pytest.raises(ApiRejected):

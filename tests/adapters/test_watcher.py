@@ -149,6 +149,45 @@ async def test_polling_always_detects_new_tickets(tmp_path: Path, run) -> None:
     await col.wait_for(lambda ev: count(ev, "removed") == 1)
 
 
+def test_a_poll_lists_only_the_names_that_can_matter(tmp_path: Path) -> None:
+    """A poll (of a network folder: a round trip per stat) looks at tickets and included
+    files, and the subfolders of a recursive folder, not at outputs, inputs and sidecars."""
+    from agent.watcher import PolledNames
+
+    flat, tree = tmp_path / "flat", tmp_path / "tree"
+    for d in (flat, tree / "sub", tree / ".hidden"):
+        d.mkdir(parents=True)
+    for name in (
+        "a.job", "a.png", "a.jpg", "a.status.yaml", "b.job.done", ".c.job", "d.jpg.part",
+        "pic.png.job",
+    ):  # fmt: skip
+        (flat / name).write_text("x")
+        (tree / "sub" / name).write_text("x")
+    (flat / "dir").mkdir()
+    names = PolledNames()
+    names.folders[str(flat)] = Folder(flat)  # type: ignore[assignment]
+    names.folders[str(tree)] = Folder(tree, recursive=True, include=("*.job", "*.png"))  # type: ignore[assignment]
+    listed = sorted(e.name for e in names(str(flat)))
+    assert listed == ["a.job", "pic.png.job"], listed
+    assert sorted(e.name for e in names(str(tree))) == ["sub"]  # not the hidden folder
+    listed = sorted(e.name for e in names(str(tree / "sub")))
+    assert listed == ["a.job", "a.png", "pic.png.job"], listed
+    # a folder the agent does not watch is listed whole
+    assert len(list(names(str(tmp_path)))) == 2
+
+
+async def test_polling_finds_tickets_in_subfolders_and_included_files(tmp_path: Path, run) -> None:
+    _, col = await run(
+        [Folder(tmp_path, recursive=True, include=("*.job", "*.png"), polling="always")]
+    )
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "deep.job").write_text("x")
+    (tmp_path / "photo.png").write_text("x")
+    (tmp_path / "photo.jpg").write_text("x")
+    await col.wait_for(lambda ev: count(ev, "ticket") == 1 and count(ev, "plain") == 1)
+    assert sorted(col.kinds()) == [("plain", "photo.png"), ("ticket", "deep.job")]
+
+
 async def test_auto_polls_on_network_filesystem(tmp_path: Path, run, caplog) -> None:
     mountinfo = (
         "22 1 0:21 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n"

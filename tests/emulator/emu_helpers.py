@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import http.server
 import io
+import math
+import socket
+import struct
 import threading
 import time
+import wave
+import zipfile
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, TypeVar
 
@@ -155,3 +161,123 @@ class ThreadedEmulator:
 
 #: The `make_client` fixture: `await make_client(**EmulatorConfig fields)` → a Client.
 MakeClient = Callable[..., Awaitable[Client]]
+
+
+# -- sample files for the catalog's operations --------------------------------------------------
+W_NS = "http://schemas.openxmlformats.org/wordprocessingml/2006/main"
+
+
+def image_bytes(size: tuple[int, int], fmt: str = "JPEG", quality: int = 95) -> bytes:
+    """A picture with structure (a gradient and a dark square), so it compresses like a photo."""
+    image = Image.new("RGB", size, "white")
+    pixels = image.load()
+    assert pixels is not None
+    for x in range(size[0]):
+        for y in range(size[1]):
+            pixels[x, y] = ((x * 7 + y * 3) % 256, (x * y) % 256, (y * 5) % 256)
+    image.paste((10, 10, 10), (size[0] // 8, size[1] // 4, size[0] // 3, size[1] // 2))
+    out = io.BytesIO()
+    image.save(out, fmt, **({"quality": quality} if fmt in ("JPEG", "WEBP") else {}))
+    return out.getvalue()
+
+
+def pdf_bytes(text: str = "Quarterly report", pages: int = 1) -> bytes:
+    """An A4 PDF whose pages hold `text` (made with fpdf2, as a user's PDF would be)."""
+    from fpdf import FPDF
+
+    pdf = FPDF(format="A4")
+    pdf.set_font("helvetica", size=24)
+    for number in range(1, pages + 1):
+        pdf.add_page()
+        pdf.cell(0, 20, f"{text} - page {number}")
+    return bytes(pdf.output())
+
+
+def docx_bytes(paragraphs: list[str], media: dict[str, bytes] | None = None) -> bytes:
+    """A minimal Word document: its paragraphs and, under word/media/, the given files."""
+    body = "".join(f"<w:p><w:r><w:t>{p}</w:t></w:r></w:p>" for p in paragraphs)
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as docx:
+        docx.writestr(
+            "[Content_Types].xml",
+            '<?xml version="1.0"?><Types xmlns="http://schemas.openxmlformats.org/package/2006/'
+            'content-types"><Default Extension="xml" ContentType="application/xml"/></Types>',
+        )
+        docx.writestr(
+            "word/document.xml",
+            f'<?xml version="1.0"?><w:document xmlns:w="{W_NS}"><w:body>{body}</w:body>'
+            "</w:document>",
+        )
+        for name, data in (media or {}).items():
+            docx.writestr(f"word/media/{name}", data)
+    return out.getvalue()
+
+
+def wav_bytes(seconds: float = 0.5, rate: int = 22050, channels: int = 1) -> bytes:
+    """A 440 Hz tone as 16-bit PCM WAV."""
+    frames = int(seconds * rate)
+    samples = b"".join(
+        struct.pack("<h", int(8000 * math.sin(2 * math.pi * 440 * i / rate))) * channels
+        for i in range(frames)
+    )
+    out = io.BytesIO()
+    with wave.open(out, "wb") as wav:
+        wav.setnchannels(channels)
+        wav.setsampwidth(2)
+        wav.setframerate(rate)
+        wav.writeframes(samples)
+    return out.getvalue()
+
+
+class FileServer:
+    """Serves fixed files over HTTP on loopback (GET and HEAD), as a remote source would:
+    `add(path, data, content_type)` → its URL."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, tuple[bytes, str]] = {}
+        files = self.files
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self, body: bool) -> None:
+                found = files.get(self.path.split("?")[0])
+                if found is None:
+                    self.send_error(404)
+                    return
+                data, content_type = found
+                self.send_response(200)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if body:
+                    self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                self._answer(True)
+
+            def do_HEAD(self) -> None:
+                self._answer(False)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        self.base = f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def add(self, path: str, data: bytes, content_type: str = "application/octet-stream") -> str:
+        self.files[path] = (data, content_type)
+        return self.base + path
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=10)
+
+
+def closed_port_url(path: str = "/gone.html") -> str:
+    """A loopback URL nobody listens on (the port was just free)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}{path}"

@@ -114,12 +114,13 @@ async def test_text_targets(client: Client) -> None:
     assert body.startswith(b"# notes\n\n```\n")
 
 
-async def test_other_targets_pass_through_under_the_target_extension(client: Client) -> None:
-    job = await client.convert(b"%PDF-ish bytes", "doc.docx", "pdf")
+async def test_bin_copies_the_input_byte_for_byte(client: Client) -> None:
+    job = await client.convert(b"\x00any bytes\xff", "data.dat", "bin")
     (output,) = job["output"]
-    assert output["filename"] == "doc.pdf" and output["content_type"] == "application/pdf"
+    assert output["filename"] == "data.bin"
+    assert output["content_type"] == "application/octet-stream"
     _, body, _ = await client.download(output["uri"])
-    assert body == b"%PDF-ish bytes"
+    assert body == b"\x00any bytes\xff"
 
 
 async def test_unconvertible_input_fails_with_documented_error_shape(client: Client) -> None:

@@ -348,3 +348,46 @@ async def test_output_status_enum_is_narrower_than_the_docs(client: Client) -> N
     assert expired["status"] == "expired"  # documented (api-contract §4), not in OA's enum
     with pytest.raises(ValidationError):
         _validator({"$ref": "#/components/schemas/OutputFile"}).validate(expired)
+
+
+async def test_catalog_jobs_and_the_input_count_validate(make_client: MakeClient) -> None:
+    """Operation jobs (a combined output with metadata, a failed unknown target), the catalog
+    with its option schemas, and the 402 of an input past the contract's count."""
+    client = await make_client(max_inputs=2)
+    rec = Recorder(client)
+    rows = await rec.call("GET", "/conversions", expect=200)
+    assert any(r["target"] == "compare-image" for r in rows)
+    job = await rec.call(
+        "POST",
+        "/jobs",
+        expect=201,
+        json={
+            "conversion": [{"category": "operation", "target": "compare-image"}],
+            "process": False,
+        },
+    )
+    ids = {"job_id": job["id"]}
+    for name, colour in (("a.png", "red"), ("b.png", "blue")):
+        status, _ = await client.upload(job, png_bytes((6, 6), colour), name)
+        assert status == 200
+    await rec.call(
+        "POST",
+        "/jobs/{job_id}/input",
+        expect=402,
+        ids=ids,
+        json={"type": "base64", "source": base64.b64encode(png_bytes()).decode()},
+    )
+    await rec.call("PATCH", "/jobs/{job_id}", expect=200, ids=ids, json={"process": True})
+    await client.wait(job["id"])
+    done = await rec.call("GET", "/jobs/{job_id}", expect=200, ids=ids)
+    (output,) = done["output"]
+    assert len(output["source"]["input"]) == 2 and output["metadata"]["different_pixels"] == 36
+    unknown = await rec.call(
+        "POST",
+        "/jobs",
+        expect=201,
+        json={"conversion": [{"target": "xyz"}], "input": [{"type": "base64", "source": "AA=="}]},
+    )
+    failed = await client.wait(unknown["id"])
+    await rec.call("GET", "/jobs/{job_id}", expect=200, ids={"job_id": failed["id"]})
+    assert failed["status"]["code"] == "failed" and failed["errors"][0]["code"] == 6005

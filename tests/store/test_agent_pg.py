@@ -336,3 +336,52 @@ async def test_a_state_lost_while_the_agent_starts_is_refused_with_exit_3s_messa
     with pytest.raises(ConfigError) as caught:
         await Agent(cfg).run()
     assert "while starting" in caught.value.message and "Connection refused" in caught.value.message
+
+
+async def test_a_ticket_whose_last_writes_were_lost_is_filed_again(
+    tmp_path: Path, make_emulator: MakeEmulator, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database drops the session while the group that records a ticket filed is on its
+    way (found by the team campaign, seed 21: a server restart right after a filing): the
+    writes are undone, and no act waits to take them again, since the ticket's task had ended.
+    The agent reads the database back and goes on with it: the ticket ends filed there too,
+    not "done, never filed" for ever (its claim, in a team, never given back)."""
+    from agent.config import load_config
+    from agent.daemon import Agent
+    from agent.store.postgres import PgStore
+
+    emu = await make_emulator()
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "f.png").write_bytes(png("red"))
+    (inbox / "f.job").write_text("input: f.png\ntarget: jpg\n")
+    cut: list[str] = []
+    real_fenced = PgStore._fenced
+
+    def fenced(self: PgStore, group: Any) -> list[tuple[str, Any]]:
+        # the flush's statements are being sent: the session drops (as at a server restart)
+        filing = ("UPDATE tickets SET" in sql and " filed = " in sql for sql, _ in group.stmts)
+        if not cut and any(filing):
+            cut.append("the filing's group")
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+        return real_fenced(self, group)
+
+    monkeypatch.setattr(PgStore, "_fenced", fenced)
+    agent = Agent(load_config(config(tmp_path, emu.base_url, inbox, pg_url), {}))
+    task = asyncio.create_task(agent.run())
+
+    def filed() -> bool:
+        with psycopg.connect(pg_url) as conn:
+            row = conn.execute("SELECT phase, filed FROM tickets WHERE active").fetchone()
+        return row == ("done", True)
+
+    try:
+        await wait_until(lambda: bool(cut) or task.done(), 30, "the filing's group on its way")
+        await wait_until(lambda: filed() or task.done(), 30, "the ticket filed in the database")
+        assert not task.done(), task
+    finally:
+        agent.request_stop()
+        await asyncio.wait_for(task, 30)
+    assert (inbox / "f.job.done").exists() and not (inbox / "f.job").exists()
+    assert len(list(inbox.glob("f*.jpg"))) == 1  # placed once
+    assert emu.state.snapshot()["jobs_created"] == 1

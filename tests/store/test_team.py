@@ -73,7 +73,8 @@ class Team:
                 },
                 "marks": {"heartbeat_seconds": 0.5, "stale_seconds": 2.0},
                 "log": {"file": False, "level": "info"},
-                "dashboard": {"enabled": False},
+                # one agent serves its dashboard: the team's views there are checked
+                "dashboard": {"enabled": name == "b"},
                 "notifications": {"enabled": False},
             }
             (home / "config.yaml").write_text(yaml.safe_dump(cfg))
@@ -200,6 +201,18 @@ def cli(team: Team, name: str, *args: str) -> Any:
     return json.loads(out.stdout)
 
 
+def dashboard_get(team: Team, name: str, path: str) -> str:
+    """GET ``path`` from agent ``name``'s dashboard with the token of its runtime file."""
+    import urllib.request
+
+    info = json.loads((team.tmp / name / "state.db.dashboard.json").read_text())
+    req = urllib.request.Request(
+        info["url"].rstrip("/") + path, headers={"Authorization": f"Bearer {info['token']}"}
+    )
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return str(resp.read().decode())
+
+
 def accepted_by(team: Team) -> dict[str, int]:
     return {n: len(re.findall(r": accepted \(", team.log(n))) for n in team.names}
 
@@ -272,6 +285,19 @@ async def test_a_killed_agents_tickets_are_taken_over_after_its_lease(
     listed = cli(team, "b", "list")
     assert {Path(r["ticket"]).parent for r in listed} == {team.mount("b")}, listed
     assert {Path(r["ticket"]).name: r["holder"] for r in listed} == holders, listed
+    # The dashboard's table is the team's (every ticket, on b's mount, with its holder), and
+    # /metrics has a line per agent with the tickets it holds.
+    snap = json.loads(dashboard_get(team, "b", "/api/status"))
+    shown = {Path(t["ticket"]).name: t["holder"] for t in snap["tickets"]}
+    assert shown == holders, shown
+    assert {Path(t["ticket"]).parent for t in snap["tickets"]} == {team.mount("b")}
+    metrics = dashboard_get(team, "b", "/metrics")
+    host = os.uname().nodename
+    for name in team.names:
+        n = list(holders.values()).count(name)
+        line = f'convert_agent_team_agent_tickets_held{{agent="{name}",host="{host}"}} {float(n)}'
+        assert line in metrics, (line, metrics)
+        assert f'convert_agent_team_agent_running{{agent="{name}",' in metrics
     team.procs[victim].send_signal(signal.SIGKILL)
     team.procs[victim].wait()
     took = await wait_until(

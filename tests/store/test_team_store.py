@@ -182,3 +182,45 @@ async def test_the_team_shares_its_size_and_the_accounts_pauses(
     }
     await a.leave()
     assert (await b.team_info())["live"] == 1
+
+
+async def test_a_burst_of_claims_goes_in_a_few_exchanges_and_splits_the_burst_fairly(
+    members: Callable[[str], PgStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = members("a"), members("b")
+    await b.renew()  # b is alive: a takes its share of the burst, not all of it
+    batches: list[int] = []
+    real = PgStore._claim_batch
+
+    async def counted(self: PgStore, batch: list[tuple[str, bool, object]]) -> list[str]:
+        if self is a:
+            batches.append(len(batch))
+        return await real(self, batch)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(PgStore, "_claim_batch", counted)
+    got = await asyncio.gather(*(a.claim(f"/mnt/a/t{i}.job") for i in range(30)))
+    assert sum(batches) == 30 and len(batches) <= 3, batches
+    # the team's claims and the burst, divided by 2 live agents, plus the slack of 2
+    assert 15 <= got.count("ok") <= 17, got
+    assert all(a.holds(f"/mnt/a/t{i}.job") == (v == "ok") for i, v in enumerate(got))
+    rest = await asyncio.gather(*(b.claim(f"/mnt/b/t{i}.job") for i in range(30)))
+    assert [v == "ok" for v in rest] == [v == "busy" for v in got], (got, rest)
+
+
+async def test_retention_removes_the_rows_of_agents_gone_for_a_day(
+    members: Callable[[str], PgStore], pg_url: str
+) -> None:
+    a, b, c = members("a"), members("b"), members("c")
+    assert await c.claim("/mnt/c/x.job") == "ok"
+    await b.leave()
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE agents SET stopped_at = now() - interval '25 hours',"
+            " heartbeat_at = now() - interval '25 hours' WHERE id = ANY(%s)",
+            [[b.agent_id, c.agent_id]],
+        )
+    a.prune(1e10, keep_days=0, keep_finished=1000)
+    with psycopg.connect(pg_url) as conn:
+        left = {r[0] for r in conn.execute("SELECT id FROM agents").fetchall()}
+    # b's row went; c's stays while a claim names it; a (the one pruning) stays
+    assert left == {a.agent_id, c.agent_id}, left
