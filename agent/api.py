@@ -565,6 +565,7 @@ class ApiClient:
             try:
                 # The path was resolved (and confined) when the ticket was read: a symlink
                 # there now was swapped in since, and is never followed.
+                platform.check_in_use(path)  # the stand-in for a sharing violation (tests)
                 fh = os.fdopen(os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC), "rb")
             except OSError as exc:
                 raise from_os_error(exc, path) from exc

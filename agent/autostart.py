@@ -46,17 +46,23 @@ class Change:
         return {"path": str(self.path), "action": self.action}
 
 
-def agent_command(config: Path | None = None) -> list[str]:
-    """How a login entry starts this installation: the console script beside this Python when
-    there is one (a venv or pipx install), else ``python -m agent``; with ``--config`` when a
-    config file was named explicitly."""
-    exe = Path(sys.executable)
+def agent_command(config: Path | None = None, *, executable: str | None = None) -> list[str]:
+    """How a login entry starts this installation (``executable``: this Python by default).
+
+    Windows: ``pythonw.exe -m agent`` beside it when there is one: the console script
+    (``convert-agent.exe``) is a console program, and a tray app started at login should not
+    open a console window (the agent runs without stdout/stderr then: logs go to its log file).
+    Elsewhere, and on Windows without ``pythonw.exe``: the console script beside this Python
+    when there is one (a venv or pipx install), else ``python -m agent``. With ``--config`` when
+    a config file was named explicitly."""
+    exe = Path(executable or sys.executable)
     script = exe.with_name(f"{APP}.exe" if platform_layer.IS_WINDOWS else APP)
-    if script.is_file():
+    windowless = exe.with_name("pythonw.exe")
+    if platform_layer.IS_WINDOWS and windowless.is_file():
+        cmd = [str(windowless), "-m", "agent"]
+    elif script.is_file():
         cmd = [str(script)]
     else:
-        if platform_layer.IS_WINDOWS and exe.with_name("pythonw.exe").is_file():
-            exe = exe.with_name("pythonw.exe")  # no console window at login
         cmd = [str(exe), "-m", "agent"]
     if config is not None:
         cmd += ["--config", str(config.expanduser().resolve())]
@@ -132,6 +138,9 @@ def macos_entries(
         "RunAtLoad": True,
         "KeepAlive": {"SuccessfulExit": False},
         "ProcessType": "Interactive",
+        # Only in a logged-in desktop session (where the menu-bar icon can be shown), not for
+        # SSH or background sessions.
+        "LimitLoadToSessionType": "Aqua",
     }
     return [
         Entry(
@@ -176,6 +185,26 @@ def platform_entries(
 
 
 # --------------------------------------------------------------------------- file work
+
+
+def start_hint(entries: Sequence[Entry]) -> str:
+    """What to run to start the agent now rather than at the next login (printed by
+    ``autostart install``)."""
+    names = {e.path.name for e in entries}
+    if UNIT_NAME in names:
+        return (
+            "the agent starts at your next desktop login; without a desktop, use the systemd "
+            "unit instead: systemctl --user enable --now convert-agent"
+        )
+    for e in entries:
+        if e.path.suffix == ".plist":
+            return (
+                "the agent starts at your next login; to start it now: "
+                f"launchctl bootstrap gui/$(id -u) '{e.path}'"
+            )
+        if e.path.suffix == ".cmd":
+            return f'the agent starts at your next login; to start it now: start "" "{e.path}"'
+    return ""
 
 
 def install(entries: Sequence[Entry]) -> list[Change]:

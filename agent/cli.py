@@ -57,12 +57,12 @@ def _config(ctx: click.Context, folders: tuple[str, ...] = (), state: str | None
 
 def _setup_logging(verbose: int, quiet: int) -> None:
     level = logging.INFO + 10 * (quiet - verbose)
-    logging.basicConfig(
-        level=max(logging.DEBUG, min(logging.CRITICAL, level)),
-        format="%(asctime)s %(levelname)-7s %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
+    # Under pythonw.exe (the Windows login entry) there is no stderr: nothing to write to here.
+    handler: logging.Handler = (
+        logging.StreamHandler(sys.stderr) if sys.stderr is not None else logging.NullHandler()
     )
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S"))
+    logging.basicConfig(level=max(logging.DEBUG, min(logging.CRITICAL, level)), handlers=[handler])
 
 
 class _Commands(click.Group):
@@ -135,7 +135,8 @@ def run(
 
     cfg = _config(ctx, folders, state)
     bars = None
-    if sys.stderr.isatty() and not ctx.obj["quiet"]:
+    # No stderr at all under pythonw.exe (the Windows login entry): no bars, no stderr log lines.
+    if sys.stderr is not None and sys.stderr.isatty() and not ctx.obj["quiet"]:
         from agent.console import TerminalProgress
 
         bars = TerminalProgress()  # progress bars on a terminal; plain log lines otherwise
@@ -619,19 +620,14 @@ def _autostart_report(changes: list[Any], as_json: bool, hint: str = "") -> None
 @click.pass_context
 def autostart_install(ctx: click.Context, as_json: bool) -> None:
     """Write the login entry for this platform (running it again changes nothing)."""
-    from agent.autostart import UNIT_NAME, install
+    from agent.autostart import install, start_hint
 
+    entries = _autostart_entries(ctx)
     try:
-        changes = install(_autostart_entries(ctx))
+        changes = install(entries)
     except OSError as exc:
         _die(f"cannot write the login entry: {exc}", EXIT_FAILED)
-    hint = ""
-    if any(c.path.name == UNIT_NAME for c in changes):
-        hint = (
-            "the agent starts at your next desktop login; without a desktop, use the systemd "
-            "unit instead: systemctl --user enable --now convert-agent"
-        )
-    _autostart_report(changes, as_json, hint)
+    _autostart_report(changes, as_json, start_hint(entries))
 
 
 @autostart.command(name="remove")

@@ -17,6 +17,7 @@ import logging.handlers
 import os
 import secrets
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterable
@@ -227,12 +228,13 @@ def configure_logging(
     fmt = logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%Y-%m-%d %H:%M:%S")
     handlers: list[logging.Handler] = []
     if not any(getattr(h, "_convert_agent", False) for h in root.handlers):
-        if stderr is None:
+        if stderr is None and sys.stderr is not None:  # none under pythonw.exe: the file only
             stderr = logging.StreamHandler()
             stderr.setFormatter(
                 logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S")
             )
-        handlers.append(stderr)
+        if stderr is not None:
+            handlers.append(stderr)
         if cfg.log.file is not None:
             try:
                 cfg.log.file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -408,7 +410,9 @@ class Agent:
         if platform.FORCE_PORTABLE:
             log.warning(
                 "CONVERT_AGENT_FORCE_PORTABLE: the byte-range lock, placement without hard "
-                "links and no folder fsync (the choices made for other platforms; for tests)"
+                "links, no folder fsync, watchdog's observer instead of the inotify reader and "
+                "a stand-in for sharing violations (the choices made for other platforms; for "
+                "tests)"
             )
         store = api = dashboard = marks = None
         runner: asyncio.Task[None] | None = None

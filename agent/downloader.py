@@ -578,7 +578,7 @@ def complete_placeholder(part: Path, dest: Path) -> bool:
             return False
         if stat.S_IMODE(st.st_mode) != PLACEHOLDER_MODE or not part.exists():
             return False
-        os.replace(part, dest)
+        platform.replace(part, dest)
         _fsync_dir(dest.parent)
     except FileNotFoundError:
         return False
@@ -611,7 +611,7 @@ def _link_no_clobber(part: Path, dest: Path) -> bool:
             return False
         os.close(fd)
         try:
-            os.replace(part, dest)
+            platform.replace(part, dest)
         except OSError:
             _remove_quietly(dest)
             raise
@@ -775,7 +775,7 @@ def place(
             held = taken.get(name_key(name), name)
             if held != name and _plain_basename(held):
                 dest = folder / held  # one file for that name on NTFS and APFS: that one
-            os.replace(part, dest)
+            platform.replace(part, dest)
             if sync_dir:
                 _fsync_dir(folder)
             return dest

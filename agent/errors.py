@@ -26,6 +26,8 @@ from __future__ import annotations
 import enum
 import errno
 
+from agent.platform import file_in_use, maybe_in_use
+
 
 class ErrorKind(enum.StrEnum):
     RETRYABLE = "retryable"
@@ -160,10 +162,22 @@ def _where(key: str | None, line: int | None) -> str:
 def from_os_error(exc: OSError, path: object) -> AgentError:
     """Turn an OSError touching ``path`` into an error that says what to do."""
     code = exc.errno
+    if file_in_use(exc):
+        return LocalResourceError(
+            f"{path} is open in another program, which keeps others from using it: close it "
+            "there and the ticket resumes by itself",
+            title="file in use",
+        )
     if code in (errno.ENOSPC, errno.EDQUOT):
         return LocalResourceError(
             f"disk full on {path}: free some space and the ticket resumes by itself",
             title="disk full",
+        )
+    if code in (errno.EACCES, errno.EPERM) and maybe_in_use(exc):
+        return LocalResourceError(
+            f"permission denied on {path}, or another program has it open: give the agent "
+            "write access or close it there, and the ticket resumes by itself",
+            title="permission denied",
         )
     if code in (errno.EACCES, errno.EPERM):
         return LocalResourceError(

@@ -2,7 +2,8 @@
 of the ticket itself (``NAME.job.done`` / ``NAME.job.failed``).
 
 Every write is atomic (hidden temp file in the same folder → fsync → ``os.replace`` → fsync of the
-folder), and every operation is idempotent so the scheduler can replay it after a crash. It must
+folder; the replace retried for a moment while Windows says another program has the file open),
+and every operation is idempotent so the scheduler can replay it after a crash. It must
 not write outputs (that is ``downloader``) and never puts a secret in a sidecar: callers hand it a
 public view.
 """
@@ -31,6 +32,7 @@ def sidecar_path(ticket: Path) -> Path:
 
 
 def read_ticket(path: Path) -> bytes:
+    platform.check_in_use(path)  # the stand-in for Windows' sharing violation (tests)
     with open(path, "rb") as f:
         return f.read(MAX_TICKET_READ)
 
@@ -70,7 +72,7 @@ def atomic_write(path: Path, data: bytes, *, sync_dir: bool = True, durable: boo
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)  # left by a process killed mid-write (or planted): never followed
         _write_new(tmp, data, durable=durable)
-        os.replace(tmp, path)
+        platform.replace(tmp, path)  # retried while another program has the sidecar open
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -196,7 +198,7 @@ def file_ticket(
         return None
     dest = ticket.with_name(f"{ticket.name}.{outcome}")
     try:
-        os.replace(ticket, dest)
+        platform.replace(ticket, dest)  # retried while another program has the ticket open
     except FileNotFoundError as exc:
         if not ticket.parent.is_dir():  # the folder is gone (unmounted), not the ticket
             raise from_os_error(exc, ticket.parent) from exc

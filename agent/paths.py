@@ -33,10 +33,13 @@ FAILED_SUFFIX = ".job.failed"
 SIDECAR_SUFFIX = ".status.yaml"
 PART_SUFFIX = ".part"
 
+# Win32's reserved device names, in any case and with any extension: Microsoft's list ("Naming
+# Files, Paths, and Namespaces") has COM0-9 and LPT0-9 with the superscript digits ¹ ² ³ too, and
+# the console buffers CONIN$ and CONOUT$ open the console as well.
 _RESERVED = frozenset(
-    {"CON", "PRN", "AUX", "NUL"}
-    | {f"COM{i}" for i in range(1, 10)}
-    | {f"LPT{i}" for i in range(1, 10)}
+    {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"}
+    | {f"COM{d}" for d in "0123456789\u00b9\u00b2\u00b3"}
+    | {f"LPT{d}" for d in "0123456789\u00b9\u00b2\u00b3"}
 )
 # Characters Windows (and SMB shares) refuse in names; ':' would even open an NTFS stream.
 _WINDOWS_UNSAFE = str.maketrans({c: "_" for c in '<>:"|?*'})

@@ -19,11 +19,26 @@ on Linux by the tests where that is possible (the byte-range lock, see ``Portabl
 - ``pid_alive``: whether a process runs (``kill(pid, 0)`` on POSIX; on Windows ``os.kill`` with
   any signal but Ctrl-C/Ctrl-Break *terminates* the process, so it asks ``OpenProcess``).
 
+- ``file_in_use``, ``check_in_use``, ``try_open``, ``replace``: Windows' sharing violations (a
+  file another program holds open cannot be opened, renamed or replaced): recognised, waited
+  for, and ``os.replace`` retried with a bounded backoff; forced portable mode on Linux has a
+  stand-in (below).
+- ``native_watcher``: which native folder events the watcher uses (the agent's own inotify
+  reader on Linux; watchdog's observer elsewhere: ReadDirectoryChangesW on Windows, FSEvents on
+  macOS, kqueue on the BSDs).
+- ``filesystem_type``: the filesystem a folder lives on, from the platform's own table of mounts
+  (``/proc/self/mountinfo``; ``mount``'s output on macOS and the BSDs; the drive's type on
+  Windows), so network folders can be polled.
+
 ``CONVERT_AGENT_FORCE_PORTABLE=1`` in the environment (for tests) makes a Linux agent use the
 choices made for the other platforms where they can run on Linux: the byte-range lock (Linux's
 open-file-description locks standing in for ``msvcrt.locking``), placement without hard links
-(the exclusive placeholder, then a rename), no folder fsync, and output names shortened to fit
-Windows' ``MAX_PATH``.
+(the exclusive placeholder, then a rename), no folder fsync, output names shortened to fit
+Windows' ``MAX_PATH``, watchdog's observer (through its threads, with the events Windows and
+macOS report) instead of the inotify reader, and a stand-in for sharing violations: a file on
+which another open file holds a record lock (an OFD lock or ``lockf``, the way a test plays
+"another program has it open") fails to open, rename or be replaced with the error Windows
+gives (``PermissionError``, ``winerror`` 32), so the same code path runs.
 """
 
 from __future__ import annotations
@@ -35,11 +50,13 @@ import os
 import shutil
 import signal
 import struct
+import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Literal
 
 NAME = sys.platform
 IS_WINDOWS = sys.platform == "win32"
@@ -294,3 +311,242 @@ def pid_alive(pid: int) -> bool:
     except OSError:  # PermissionError: another user's process
         return True
     return True
+
+
+# --------------------------------------------------------------------------- folder events
+
+NativeWatcher = Literal["inotify", "watchdog"]
+
+
+def native_watcher() -> NativeWatcher:
+    """Where native folder events come from: ``inotify`` (Linux: the agent's own reader,
+    ``agent/inotify.py``, read by the event loop) or ``watchdog`` (its native observer:
+    ReadDirectoryChangesW on Windows, FSEvents on macOS — kqueue where FSEvents cannot load —
+    and kqueue on the BSDs). Forced portable mode on Linux takes watchdog's observer, so the
+    way Windows and macOS see events (threads, modify events, no close-write) runs in tests."""
+    if sys.platform == "linux" and not FORCE_PORTABLE:
+        return "inotify"
+    return "watchdog"
+
+
+def native_events_name(kind: NativeWatcher | None = None) -> str:
+    """What the native events (of ``kind``, default ``native_watcher()``) are called here, for
+    log lines."""
+    if sys.platform == "win32":
+        return "ReadDirectoryChangesW"
+    if sys.platform == "darwin":
+        return "FSEvents"
+    if sys.platform == "linux":
+        return "inotify" if (kind or native_watcher()) == "inotify" else "inotify through watchdog"
+    return "kqueue"
+
+
+MOUNTINFO = Path("/proc/self/mountinfo")
+
+
+def mount_table() -> str | None:
+    """The system's table of mounts, in its own format: ``/proc/self/mountinfo`` on Linux,
+    the output of ``mount`` on macOS and the BSDs; None on Windows (asked per drive there) or
+    when it cannot be read."""
+    if sys.platform == "win32":
+        return None
+    if sys.platform == "linux":
+        try:
+            return MOUNTINFO.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return None
+    try:
+        done = subprocess.run(
+            ["/sbin/mount"], capture_output=True, text=True, timeout=5, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def filesystem_type(path: Path, table: str | None = None) -> str | None:
+    """The type of the filesystem holding ``path`` (``ext4``, ``nfs4``, ``smbfs``, ``apfs``…;
+    on Windows ``smb`` for a UNC path, ``remote`` for a mapped network drive), if known.
+
+    ``table`` is ``mount_table()``'s text (read when not given; tests pass their own)."""
+    if sys.platform == "win32":
+        return _windows_filesystem(path)
+    if table is None:
+        table = mount_table()
+        if table is None:
+            return None
+    if sys.platform == "linux":
+        return mountinfo_type(path, table)
+    return bsd_mount_type(path, table)
+
+
+def _longest_mount(path: Path, mounts: list[tuple[str, str]]) -> str | None:
+    real = os.path.realpath(path)
+    best: tuple[int, str] | None = None
+    for mount_point, fstype in mounts:
+        prefix = mount_point.rstrip("/") + "/"
+        if (real == mount_point or real.startswith(prefix)) and (
+            best is None or len(mount_point) >= best[0]
+        ):
+            best = (len(mount_point), fstype)
+    return best[1] if best else None
+
+
+def _unescape_mount(field_: str) -> str:
+    # mountinfo escapes space, tab, newline and backslash as \ooo.
+    out, i = [], 0
+    while i < len(field_):
+        octal = field_[i + 1 : i + 4]
+        if field_[i] == "\\" and len(octal) == 3 and octal.isdigit():
+            out.append(chr(int(octal, 8)))
+            i += 4
+        else:
+            out.append(field_[i])
+            i += 1
+    return "".join(out)
+
+
+def mountinfo_type(path: Path, mountinfo: str) -> str | None:
+    """The filesystem type of ``path`` in Linux's ``/proc/self/mountinfo`` text (the longest
+    matching mount point)."""
+    mounts = []
+    for line in mountinfo.splitlines():
+        fields = line.split(" ")
+        try:
+            sep = fields.index("-", 6)
+            mounts.append((_unescape_mount(fields[4]), fields[sep + 1]))
+        except (ValueError, IndexError):
+            continue
+    return _longest_mount(path, mounts)
+
+
+def bsd_mount_type(path: Path, table: str) -> str | None:
+    """The filesystem type of ``path`` in the output of macOS's (and the BSDs') ``mount``:
+    ``//user@server/share on /Volumes/share (smbfs, nodev, nosuid, mounted by user)``."""
+    mounts = []
+    for line in table.splitlines():
+        head, sep, options = line.rpartition(" (")
+        if not sep or " on " not in head:
+            continue
+        mount_point = head.split(" on ", 1)[1]
+        fstype = options.split(",", 1)[0].rstrip(")").strip()
+        if fstype:
+            mounts.append((mount_point, fstype))
+    return _longest_mount(path, mounts)
+
+
+def windows_remote_kind(path_text: str, drive_type: int | None) -> str | None:
+    r"""``smb`` for a UNC path (``\\server\share\…``, not the ``\\?\C:`` form),
+    ``remote`` for a drive whose ``GetDriveTypeW`` is ``DRIVE_REMOTE`` (4), else None."""
+    text = path_text.replace("/", "\\")
+    if text.startswith("\\\\?\\UNC\\") or (
+        text.startswith("\\\\") and not text.startswith(("\\\\?\\", "\\\\.\\"))
+    ):
+        return "smb"
+    return "remote" if drive_type == 4 else None
+
+
+def _windows_filesystem(path: Path) -> str | None:
+    text = os.path.abspath(path)
+    drive_type: int | None = None
+    if sys.platform == "win32":
+        drive = os.path.splitdrive(text)[0]
+        if drive and not drive.startswith("\\"):
+            drive_type = int(ctypes.windll.kernel32.GetDriveTypeW(drive + "\\"))
+    return windows_remote_kind(text, drive_type)
+
+
+# --------------------------------------------------------------------------- files in use
+
+# ERROR_SHARING_VIOLATION, ERROR_LOCK_VIOLATION: another program holds the file open without
+# sharing it (or a range of it locked). ERROR_ACCESS_DENIED is what MoveFileEx gives when the
+# target of a replace is open without FILE_SHARE_DELETE (it also means a plain lack of rights:
+# only ``replace`` treats it as "in use", and only for its bounded retries).
+SHARING_ERRORS = frozenset({32, 33})
+_ACCESS_DENIED = 5
+# How long ``replace`` waits between attempts while the file is in use (about 0.75 s in all:
+# enough for a virus scanner's or an indexer's look; the caller's own retry takes over after).
+REPLACE_BACKOFF = (0.05, 0.1, 0.2, 0.4)
+
+
+class SharingViolation(PermissionError):
+    """What opening a file another program holds gives on Windows (``winerror`` 32); raised
+    by the stand-in in forced portable mode on Linux."""
+
+    winerror = 32
+
+
+def file_in_use(exc: BaseException) -> bool:
+    """Whether ``exc`` says another program has the file open (Windows' sharing or lock
+    violation, or the stand-in's)."""
+    return isinstance(exc, OSError) and getattr(exc, "winerror", None) in SHARING_ERRORS
+
+
+def maybe_in_use(exc: BaseException) -> bool:
+    """Whether an access-denied ``exc`` may mean a file in use rather than missing rights
+    (Windows: MoveFileEx onto a target open without FILE_SHARE_DELETE)."""
+    return IS_WINDOWS and getattr(exc, "winerror", None) == _ACCESS_DENIED
+
+
+def _locked_by_another(path: Path) -> bool:
+    """The stand-in (forced portable mode on Linux): whether another open file holds a lock on
+    ``path`` (any byte of it). False when it cannot be told (the real call reports that)."""
+    if sys.platform == "linux" and FORCE_PORTABLE:
+        try:
+            # Never through a symlink (a link at an output's name is replaced, not its target).
+            fd = os.open(path, os.O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOFOLLOW)
+        except OSError:
+            return False
+        try:
+            probe = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
+            answer = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, probe)
+            return int(struct.unpack("hhqqi4x", answer)[0]) != fcntl.F_UNLCK
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
+    return False
+
+
+def check_in_use(path: Path) -> None:
+    """Raise ``SharingViolation`` for ``path`` where the platform would refuse to open it now
+    because another program holds it: only the stand-in does anything here (on Windows the
+    open itself raises). Call it before opening a ticket or an input."""
+    if _locked_by_another(path):
+        raise SharingViolation(
+            errno.EACCES,
+            "The process cannot access the file because it is being used by another process",
+            str(path),
+        )
+
+
+def try_open(path: Path) -> None:
+    """Open ``path`` for reading and close it again: raises what opening it raises, such as a
+    sharing violation while another program still writes it (Windows). Nothing to do on Linux
+    outside forced portable mode (nothing there refuses a reader)."""
+    if not (IS_WINDOWS or FORCE_PORTABLE):
+        return
+    check_in_use(path)
+    with open(path, "rb"):
+        pass
+
+
+def replace(src: Path, dst: Path, *, sleep: Callable[[float], None] = time.sleep) -> None:
+    """``os.replace(src, dst)``, tried again after ``REPLACE_BACKOFF`` while Windows refuses it
+    because another program has ``src`` or ``dst`` open (a sharing violation; for the target
+    also access denied); then the last error is raised for the caller to report and retry."""
+    for delay in REPLACE_BACKOFF:
+        try:
+            _replace(src, dst)
+            return
+        except OSError as exc:
+            if not (file_in_use(exc) or maybe_in_use(exc)):
+                raise
+        sleep(delay)
+    _replace(src, dst)
+
+
+def _replace(src: Path, dst: Path) -> None:
+    for path in (src, dst):
+        check_in_use(path)
+    os.replace(src, dst)

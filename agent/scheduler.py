@@ -244,6 +244,7 @@ class Scheduler:
         self._vol: dict[int, _Volatile] = {}
         self._parse_retry: dict[str, float] = {}  # ticket path → first failed parse
         self._pending_paths: set[str] = set()  # tickets seen but not yet recorded
+        self._in_use: set[str] = set()  # tickets open in another program, waited for
         self._claim_tries: dict[str, int] = {}  # team mode: claims left to others so far
         self._state_problem: str | None = None  # the state database away: sidecars say so
         self._team_live = 1  # agents of the team alive at the last heartbeat
@@ -386,7 +387,7 @@ class Scheduler:
         ticket = Path(rec.path)
         failed = ticket.with_name(ticket.name + ".failed")
         if rec.phase is Phase.FAILED and failed.exists() and not ticket.exists():
-            os.replace(failed, ticket)
+            platform.replace(failed, ticket)
             self._spawn_side(self._ingest(ticket, self.folder_for(ticket)))
             return rec
         if rec.phase is Phase.FAILED and not rec.filed and ticket.exists():
@@ -1105,6 +1106,14 @@ class Scheduler:
             if now - st.st_mtime < settle:
                 vol.input_stats = stats
                 return now + settle
+            try:
+                platform.try_open(inp.path)  # Windows: still open in the program writing it?
+            except OSError as exc:
+                if not platform.file_in_use(exc):
+                    raise
+                wait = now + max(0.5, settle)
+                self._set_waiting(rec, from_os_error(exc, inp.value), wait)
+                return wait
         if vol.input_stats is not None and vol.input_stats != stats:
             vol.input_stats = stats  # still being copied: look again after the settle time
             return now + self.cfg.tickets.settle_seconds
@@ -1762,6 +1771,12 @@ class Scheduler:
             data = folder.read_ticket(path)
             st = os.stat(path)
         except OSError as exc:
+            if platform.file_in_use(exc):  # Windows: another program has it open
+                self._parse_retry.pop(key, None)
+                if key not in self._in_use:
+                    self._in_use.add(key)
+                    self._spawn_side(self._until_closed(path, fcfg))
+                return
             # Gone, or its folder is (a share unmounted for a while), or unreadable for now: the
             # watcher, which announces a file once, is told to announce it again when it is
             # there at a later scan; else nothing would ever read it (nor record, nor file it).
@@ -1844,6 +1859,26 @@ class Scheduler:
         self._changed(rec)
         self._schedule(rec.id, 0.0)
         await self._recorded(path)
+
+    async def _until_closed(self, path: Path, fcfg: FolderConfig) -> None:
+        """A ticket another program holds open (Windows' sharing violation) waits like a file
+        still being copied: it is tried again every settle time (at least 0.5 s) and read once
+        it can be opened; gone meanwhile, it is left to the watcher's next scan."""
+        key = str(path)
+        log.info("%s is open in another program; it is read once that is closed", path.name)
+        try:
+            while not self._stopping:
+                await asyncio.sleep(max(0.5, self.cfg.tickets.settle_seconds))
+                try:
+                    platform.try_open(path)
+                except OSError as exc:
+                    if platform.file_in_use(exc):
+                        continue
+                break
+        finally:
+            self._in_use.discard(key)
+        if not self._stopping:
+            await self._ingest(path, fcfg)
 
     def _unread(self, path: Path) -> None:
         """Tell the watcher to announce this ticket again at its next scan (``unread``)."""

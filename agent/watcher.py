@@ -1,7 +1,11 @@
 """Finding tickets: startup scan + native events + polling + periodic reconcile → one queue.
 
 Native events on Linux come from ``agent.inotify``, read by the event loop itself (no thread).
-Elsewhere, and for polling, watchdog's observers: the only use of watchdog. Its threads do
+Elsewhere (Windows: ReadDirectoryChangesW, macOS: FSEvents; ``platform.native_watcher``, which
+forced portable mode turns to watchdog on Linux too), and for polling, watchdog's observers: the
+only use of watchdog. A watchdog watch whose thread ends, or that a folder replaced by another of
+the same name left behind, is found by the reconcile scan: the first becomes polling, the second
+is watched afresh. Its threads do
 nothing but filter an event by name and hand its path to the event loop, through exactly one
 crossing (``loop.call_soon_threadsafe(queue.put_nowait, …)``). Everything else runs in the loop:
 the settle gate (a file's size, mtime and inode unchanged for ``settle_seconds``, judged by ``stat``
@@ -41,6 +45,7 @@ from watchdog.events import (
     FileClosedEvent,
     FileCreatedEvent,
     FileDeletedEvent,
+    FileModifiedEvent,
     FileMovedEvent,
     FileSystemEvent,
     FileSystemEventHandler,
@@ -49,7 +54,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserverVFS
 
-from agent import inotify
+from agent import inotify, platform
 from agent.paths import PART_SUFFIX, is_agent_file, is_ticket_name
 
 log = logging.getLogger("agent.watcher")
@@ -58,7 +63,6 @@ EventKind = Literal["ticket", "removed", "plain"]
 FileKind = Literal["ticket", "plain"]
 Signature = tuple[int, int, int]  # size, mtime_ns, inode
 
-MOUNTINFO = Path("/proc/self/mountinfo")
 # Filesystems where inotify does not see changes made by other machines.
 NETWORK_FILESYSTEMS = frozenset(
     {
@@ -80,6 +84,14 @@ NETWORK_FILESYSTEMS = frozenset(
         "vmhgfs",
         "drvfs",
         "virtiofs",
+        # macOS and Windows (platform.filesystem_type): SMB, AFP, WebDAV, FUSE for macOS, a
+        # UNC path, a mapped network drive.
+        "afpfs",
+        "webdav",
+        "macfuse",
+        "osxfuse",
+        "smb",
+        "remote",
     }
 )
 # What native (inotify) watches ask the kernel for: names appearing, going and being renamed,
@@ -95,6 +107,13 @@ NATIVE_EVENTS: list[type[FileSystemEvent]] = [
     DirCreatedEvent,
     DirDeletedEvent,
     DirMovedEvent,
+]
+# What watchdog's native observers are asked for (Windows, macOS; forced portable mode on
+# Linux): ReadDirectoryChangesW and FSEvents report no "write finished", so a file's content
+# changing (an edit in place) is seen as a modification instead. Linux's close-write is left
+# out on purpose, so the forced mode sees what Windows and macOS see.
+WATCHDOG_EVENTS: list[type[FileSystemEvent]] = [
+    FileModifiedEvent if e is FileClosedEvent else e for e in NATIVE_EVENTS
 ]
 _WATCH_LIMIT_ERRNOS = frozenset({errno.ENOSPC, errno.EMFILE, errno.ENFILE, errno.ENOMEM})
 
@@ -205,45 +224,10 @@ def _is_dir(entry: os.DirEntry[str]) -> bool:
         return False
 
 
-def _unescape_mount(field_: str) -> str:
-    # mountinfo escapes space, tab, newline and backslash as \ooo.
-    out, i = [], 0
-    while i < len(field_):
-        if (
-            field_[i] == "\\"
-            and len(field_[i + 1 : i + 4]) == 3
-            and field_[i + 1 : i + 4].isdigit()
-        ):
-            out.append(chr(int(field_[i + 1 : i + 4], 8)))
-            i += 4
-        else:
-            out.append(field_[i])
-            i += 1
-    return "".join(out)
-
-
 def filesystem_type(path: Path, mountinfo: str | None = None) -> str | None:
-    """The type of the filesystem holding ``path`` (longest matching mount point), if known."""
-    if mountinfo is None:
-        try:
-            mountinfo = MOUNTINFO.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return None
-    real = os.path.realpath(path)
-    best: tuple[int, str] | None = None
-    for line in mountinfo.splitlines():
-        fields = line.split(" ")
-        try:
-            sep = fields.index("-", 6)
-            mount_point, fstype = _unescape_mount(fields[4]), fields[sep + 1]
-        except (ValueError, IndexError):
-            continue
-        prefix = mount_point.rstrip("/") + "/"
-        if (real == mount_point or real.startswith(prefix)) and (
-            best is None or len(mount_point) >= best[0]
-        ):
-            best = (len(mount_point), fstype)
-    return best[1] if best else None
+    """The type of the filesystem holding ``path``, if known (``platform.filesystem_type``;
+    ``mountinfo`` is the platform's mount table text, read when not given)."""
+    return platform.filesystem_type(path, mountinfo)
 
 
 def is_network_filesystem(fstype: str) -> bool:
@@ -268,6 +252,7 @@ class _Probe:
     children: list[tuple[Path, Signature]] = field(default_factory=list)
     error: str = ""
     root_ok: bool = True  # for "missing": whether the watched folder itself is still there
+    identity: tuple[int, int] | None = None  # for "dir": its (device, inode)
 
 
 def _walk(root: Path, folder: FolderConfig) -> list[tuple[Path, Signature]]:
@@ -301,6 +286,11 @@ def _walk(root: Path, folder: FolderConfig) -> list[tuple[Path, Signature]]:
     return found
 
 
+def _identity(path: Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return (st.st_dev, st.st_ino)
+
+
 def _probe(path: Path, index: int, folder: FolderConfig) -> _Probe:
     try:
         st = os.stat(path)
@@ -309,7 +299,7 @@ def _probe(path: Path, index: int, folder: FolderConfig) -> _Probe:
     except OSError as exc:
         return _Probe(path, index, "error", error=exc.strerror or str(exc))
     if stat.S_ISDIR(st.st_mode):
-        probe = _Probe(path, index, "dir")
+        probe = _Probe(path, index, "dir", identity=(st.st_dev, st.st_ino))
         if folder.recursive or path == folder.path:
             with contextlib.suppress(OSError):
                 probe.children = _walk(path, folder)
@@ -374,6 +364,8 @@ class _Folder:
     watch: ObservedWatch | inotify.TreeWatch | None = None
     observer: BaseObserver | None = None  # None for an inotify tree
     reachable: bool = True
+    root_id: tuple[int, int] | None = None  # (device, inode) of the folder a watchdog watch is on
+    native_failed: str = ""  # why native events stopped for it (then it is polled)
 
 
 class Watcher:
@@ -394,6 +386,7 @@ class Watcher:
         clock: Callable[[], float] = time.monotonic,
         ignore: Callable[[Path], bool] | None = None,
         mountinfo: Callable[[], str | None] | None = None,
+        native: platform.NativeWatcher | None = None,
     ) -> None:
         self._folders = [_Folder(i, f) for i, f in enumerate(folders)]
         self._emit = emit
@@ -403,6 +396,7 @@ class Watcher:
         self._polled_names = PolledNames()
         self._clock = clock
         self._mountinfo = mountinfo
+        self._native_kind = native or platform.native_watcher()
         self.ignore = ignore
         self._pending: dict[Path, _Pending] = {}
         self._seen: dict[Path, _Seen] = {}
@@ -482,12 +476,15 @@ class Watcher:
         with contextlib.suppress(RuntimeError):  # the loop is closing
             loop.call_soon_threadsafe(queue.put_nowait, item)
 
-    def _choose_mode(self, folder: FolderConfig) -> tuple[Literal["native", "polling"], str]:
+    def _choose_mode(self, watched: _Folder) -> tuple[Literal["native", "polling"], str]:
+        folder = watched.config
         setting = (folder.polling or "auto").lower()
         if setting == "always":
             return "polling", "polling: always is configured"
         if setting == "never":
             return "native", "polling: never is configured"
+        if watched.native_failed:
+            return "polling", watched.native_failed
         text = self._mountinfo() if self._mountinfo is not None else None
         fstype = filesystem_type(folder.path, text)
         if fstype and is_network_filesystem(fstype):
@@ -496,11 +493,11 @@ class Watcher:
 
     def _observer(self, mode: Literal["native", "polling"]) -> BaseObserver:
         if mode == "native":
-            if self._native is None:
+            if self._native is None or not self._native.is_alive():
                 self._native = Observer()
                 self._native.start()
             return self._native
-        if self._polling is None:
+        if self._polling is None or not self._polling.is_alive():
             self._polling = PollingObserverVFS(
                 os.stat, self._polled_names, polling_interval=self._fs_poll_interval
             )
@@ -511,17 +508,19 @@ class Watcher:
         if folder.watch is not None:
             return
         assert folder.handler is not None
-        mode, reason = self._choose_mode(folder.config)
+        mode, reason = self._choose_mode(folder)
         path = folder.config.path
         if mode == "native":
             observer: BaseObserver | None = None
+            own_inotify = self._native_kind == "inotify" and inotify.available()
             try:
-                if inotify.available():
+                if own_inotify:
                     trees = self._inotify_trees()
                     folder.watch = await asyncio.to_thread(
                         trees.add, path, folder.config.recursive, folder.index
                     )
                 else:
+                    folder.root_id = await asyncio.to_thread(_identity, path)
                     observer = self._observer("native")
                     folder.watch = await asyncio.to_thread(
                         functools.partial(
@@ -529,32 +528,51 @@ class Watcher:
                             folder.handler,
                             str(path),
                             recursive=folder.config.recursive,
-                            event_filter=NATIVE_EVENTS,
+                            event_filter=WATCHDOG_EVENTS,
                         )
                     )
-            except OSError as exc:
-                if exc.errno in (errno.ENOENT, errno.ENOTDIR):
-                    self._unreachable(folder, exc.strerror or str(exc))
+            except Exception as exc:
+                # watchdog's observers fail with more than OSError (FSEvents: RuntimeError or
+                # SystemError when a stream cannot start): any of those means polling.
+                if own_inotify and not isinstance(exc, OSError):
+                    raise
+                code = exc.errno if isinstance(exc, OSError) else None
+                text = (exc.strerror if isinstance(exc, OSError) else None) or str(exc) or repr(exc)
+                if code in (errno.ENOENT, errno.ENOTDIR):
+                    self._unreachable(folder, text)
                     return
-                if folder.config.polling.lower() == "never" or exc.errno not in _WATCH_LIMIT_ERRNOS:
+                if folder.config.polling.lower() == "never" or (
+                    own_inotify and code not in _WATCH_LIMIT_ERRNOS
+                ):
                     if folder.reason != str(exc):  # log once, not on every reconcile retry
                         log.error(
                             "cannot watch %s (%s); it is still scanned every %.0f s",
                             path,
-                            exc.strerror or exc,
+                            text,
                             self._reconcile_interval,
                         )
                     folder.mode, folder.reason = None, str(exc)
                     return
                 mode = "polling"
-                reason = (
-                    f"the native watcher could not start ({exc.strerror or exc}; raise "
-                    "fs.inotify.max_user_watches / max_user_instances to use native events)"
-                )
+                hint = ""
+                if code in _WATCH_LIMIT_ERRNOS and platform.IS_LINUX:
+                    hint = (
+                        "; raise fs.inotify.max_user_watches / max_user_instances to use "
+                        "native events"
+                    )
+                name = platform.native_events_name(self._native_kind)
+                reason = f"the native watcher ({name}) could not start ({text}{hint})"
                 log.warning("polling %s every %.1f s: %s", path, self._fs_poll_interval, reason)
             else:
                 folder.observer, folder.mode, folder.reason = observer, "native", reason
-                log.info("watching %s with native events (%s)", path, reason)
+                log.info(
+                    "watching %s with native events (%s; %s)",
+                    path,
+                    platform.native_events_name(self._native_kind)
+                    if observer is None
+                    else self._observer_name(),
+                    reason,
+                )
                 self._look_again(folder)
                 return
         else:
@@ -562,6 +580,7 @@ class Watcher:
         observer = self._observer("polling")
         self._polled_names.folders[str(path)] = folder.config
         try:
+            folder.root_id = await asyncio.to_thread(_identity, path)
             folder.watch = await asyncio.to_thread(
                 observer.schedule, folder.handler, str(path), recursive=folder.config.recursive
             )
@@ -570,6 +589,47 @@ class Watcher:
             return
         folder.observer, folder.mode, folder.reason = observer, "polling", reason
         self._look_again(folder)
+
+    def _observer_name(self) -> str:
+        observer = self._native
+        kind = type(observer).__name__ if observer is not None else "observer"
+        return f"{platform.native_events_name(self._native_kind)}, watchdog's {kind}"
+
+    async def _watch_healthy(self, folder: _Folder) -> bool:
+        """Whether a watchdog watch still reports events for the folder now at its path.
+
+        False (after saying why) when the folder was replaced by another of that name (the
+        watch follows the old one: watch afresh) or when the observer's thread for it ended
+        (ReadDirectoryChangesW on a share that went away, an FSEvents stream that stopped):
+        from then on that folder is polled, as a native watch that cannot start would be.
+        The inotify reader needs none of this: it hears its folder go (IN_DELETE_SELF)."""
+        watch, observer = folder.watch, folder.observer
+        if not isinstance(watch, ObservedWatch) or observer is None:
+            return True
+        try:
+            same = await asyncio.to_thread(_identity, folder.config.path) == folder.root_id
+        except OSError:
+            same = False
+        if not same:
+            log.info("%s is another folder now; watching it afresh", folder.config.path)
+            return False
+        emitters = observer.emitters.copy()  # the observer's thread changes the set
+        if observer.is_alive() and any(e.watch == watch and e.is_alive() for e in emitters):
+            return True
+        if folder.mode == "native":
+            name = platform.native_events_name(self._native_kind)
+            folder.native_failed = (
+                f"native events ({name}) stopped for it: the observer's thread ended"
+            )
+            log.warning(
+                "polling %s every %.1f s from now on: %s",
+                folder.config.path,
+                self._fs_poll_interval,
+                folder.native_failed,
+            )
+        else:
+            log.warning("polling %s stopped; starting it again", folder.config.path)
+        return False
 
     def _look_again(self, folder: _Folder) -> None:
         """A watch was just set up: walk the folder once more, for files that arrived after the
@@ -676,6 +736,8 @@ class Watcher:
                 log.info("folder %s is reachable again", folder.config.path)
                 folder.reachable = True
                 await self._unwatch(folder)
+            if folder.watch is not None and not await self._watch_healthy(folder):
+                await self._unwatch(folder)
             if folder.watch is None and folder.handler is not None and not self._stopping:
                 await self._watch(folder)
             now = self._clock()
@@ -748,6 +810,12 @@ class Watcher:
             if probe.state == "file" and probe.signature is not None:
                 self._observe(probe.path, probe.index, probe.signature, now)
             elif probe.state == "dir":
+                if (
+                    probe.path == folder.config.path
+                    and isinstance(folder.watch, ObservedWatch)
+                    and probe.identity != folder.root_id
+                ):
+                    self.rescan()  # another folder of that name: the scan watches it afresh
                 for path, signature in probe.children:
                     self._observe(path, probe.index, signature, now)
                 self._pending.pop(probe.path, None)

@@ -40,7 +40,34 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() == "true"
 
 
+# --------------------------------------------------------------------------- --portable
+
+
+PORTABLE_ENV = "CONVERT_AGENT_FORCE_PORTABLE"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--portable",
+        action="store_true",
+        help=(
+            f"run every agent a test starts with {PORTABLE_ENV}=1: the choices made for Windows "
+            "and macOS where Linux can run them (watchdog's observer instead of the inotify "
+            "reader, the byte-range lock, placement without hard links, no folder fsync, "
+            "Windows' path limit); scripts/test runs tests/e2e this way too"
+        ),
+    )
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    if config.getoption("portable"):
+        return f"agents run with {PORTABLE_ENV}=1 (--portable): the Windows/macOS choices"
+    return None
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("portable"):
+        os.environ[PORTABLE_ENV] = "1"  # the agents a test spawns inherit it
     config.addinivalue_line(
         "markers",
         "allow_skip(reason): this test may skip even under CI=true, and `reason` says why its "

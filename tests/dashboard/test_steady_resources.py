@@ -70,6 +70,7 @@ def per_ticket_traces(agent: Agent) -> dict[str, int]:
             "_retry_when_filed",
             "_parse_retry",
             "_pending_paths",
+            "_in_use",
             "_placing",
             "_placing_written",
             "_sidecars_due",

@@ -19,6 +19,7 @@ from agent.autostart import (
     macos_entries,
     platform_entries,
     remove,
+    start_hint,
     windows_entries,
 )
 from agent.cli import cli
@@ -202,3 +203,59 @@ def test_platform_entries_pick_the_platforms_folder(tmp_path: Path) -> None:
     linux = platform_entries(cmd, platform="linux", env={"XDG_CONFIG_HOME": "rel"}, home=tmp_path)
     # a relative XDG_CONFIG_HOME is ignored, as the spec says
     assert linux[0].path == tmp_path / ".config/autostart/convert-agent.desktop"
+
+
+def test_on_windows_the_login_entry_starts_pythonw_without_a_console_window(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agent import platform as platform_layer
+
+    scripts = tmp_path / "pipx" / "venvs" / "convert-agent" / "Scripts"
+    scripts.mkdir(parents=True)
+    for name in ("python.exe", "pythonw.exe", "convert-agent.exe"):
+        (scripts / name).write_bytes(b"MZ")
+    monkeypatch.setattr(platform_layer, "IS_WINDOWS", True)
+    python = str(scripts / "python.exe")
+    assert agent_command(executable=python) == [str(scripts / "pythonw.exe"), "-m", "agent"]
+    (scripts / "pythonw.exe").unlink()  # an unusual install: the console script, then
+    assert agent_command(executable=python) == [str(scripts / "convert-agent.exe")]
+    monkeypatch.setattr(platform_layer, "IS_WINDOWS", False)
+    (scripts / "convert-agent").write_bytes(b"#!")
+    assert agent_command(executable=str(scripts / "python")) == [str(scripts / "convert-agent")]
+
+
+@pytest.mark.parametrize("plat", ["linux", "darwin", "win32"])
+def test_each_platforms_entry_parses_and_starts_the_agent_with_its_config(
+    tmp_path: Path, plat: str
+) -> None:
+    cfg = tmp_path / "a config" / "agent.yaml"
+    cmd = [str(tmp_path / "bin" / "convert-agent"), "--config", str(cfg)]
+    env = {"APPDATA": str(tmp_path / "AppData" / "Roaming")}
+    (tmp_path / "AppData" / "Roaming").mkdir(parents=True)  # there on every Windows
+    entries = platform_entries(cmd, platform=plat, env=env, home=tmp_path)
+    main = entries[0]
+    if plat == "linux":
+        entry = configparser.ConfigParser(interpolation=None)
+        entry.read_string(main.content.decode())
+        d = entry["Desktop Entry"]
+        assert d["Type"] == "Application" and d["Terminal"] == "false"
+        assert d["Exec"].endswith(f'--config "{cfg}" run')
+        assert main.path == tmp_path / ".config/autostart/convert-agent.desktop"
+    elif plat == "darwin":
+        plist = plistlib.loads(main.content)
+        assert plist["ProgramArguments"] == [*cmd, "run"]
+        assert plist["RunAtLoad"] is True and plist["LimitLoadToSessionType"] == "Aqua"
+        assert plist["KeepAlive"] == {"SuccessfulExit": False}  # restarted after a crash only
+        assert main.path == tmp_path / "Library/LaunchAgents/com.convert-agent.agent.plist"
+    else:
+        text = main.content.decode()
+        lines = text.split("\r\n")
+        assert lines[0] == "@echo off" and lines[-1] == ""
+        assert lines[2] == (f'start "convert-agent" /min "{cmd[0]}" "--config" "{cfg}" "run"')
+        assert main.path.parent.name == "Startup"
+    assert start_hint(entries)
+    before = tree(tmp_path)
+    assert {c.action for c in install(entries)} == {"wrote"}
+    assert {c.action for c in install(entries)} == {"unchanged"}
+    remove(entries)
+    assert tree(tmp_path) == before

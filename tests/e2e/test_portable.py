@@ -2,12 +2,14 @@
 
 ``CONVERT_AGENT_FORCE_PORTABLE=1`` (``agent/platform.py``) makes the agent under test use the
 byte-range lock (Linux's open-file-description locks standing in for ``msvcrt.locking``),
-placement without hard links (an exclusive placeholder, then a rename) and no folder fsync.
-The first test shows those choices are in force in the agent's process; the tests imported
-below run here again with them (each also runs in its own module the Linux way).
+placement without hard links (an exclusive placeholder, then a rename), no folder fsync and
+watchdog's observer instead of the inotify reader. The first test shows those choices are in
+force in the agent's process; the tests imported below run here again with them (each also runs
+in its own module the Linux way), and ``scripts/test`` runs the whole e2e set so (``--portable``).
 
-Not covered on Linux: the watchdog observers for ReadDirectoryChangesW and FSEvents, Windows'
-sharing violations, and any real run on Windows or macOS."""
+Not covered on Linux: watchdog's observers for ReadDirectoryChangesW and FSEvents themselves
+(the same code path runs through its inotify observer), Windows' own sharing violations (a
+stand-in: test_portable_in_use.py), and any real run on Windows or macOS."""
 
 from __future__ import annotations
 
@@ -79,6 +81,10 @@ async def test_the_portable_choices_are_in_force_and_the_lock_keeps_a_second_age
     try:
         await wait_for_log(log, "watching")
         await wait_for_log(log, "CONVERT_AGENT_FORCE_PORTABLE")
+        # watchdog's observer, as on Windows and macOS, not the agent's own inotify reader
+        assert "native events (inotify through watchdog, watchdog's InotifyObserver" in (
+            log.read_text()
+        )
         lock = tmp_path / "s.db.lock"
         assert _lock_kinds(lock) == {"OFDLCK"}  # the byte-range lock, not flock
         assert lock.read_text() == f"{proc.pid}\n"  # the pid stays where a reader finds it
@@ -99,8 +105,8 @@ async def test_an_output_name_too_long_for_windows_max_path_is_shortened(
     tmp_path: Path, make_emulator: MakeEmulator
 ) -> None:
     emu = await make_emulator()
-    inbox = tmp_path / "inbox"
-    inbox.mkdir()
+    inbox = tmp_path / ("d" * 64) / "inbox"  # deep enough whatever pytest's base folder is
+    inbox.mkdir(parents=True)
     (inbox / "a.png").write_bytes(png_bytes())
     long = "x" * 190
     (inbox / "a.job").write_text(

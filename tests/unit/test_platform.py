@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
 import os
 import re
 import signal
+import struct
 import subprocess
 import sys
 from collections.abc import Callable
@@ -17,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from agent import platform
-from agent.errors import ConfigError
+from agent.errors import ConfigError, from_os_error
 from agent.store import StateLock
 
 AGENT = Path(__file__).resolve().parents[2] / "agent"
@@ -174,3 +176,114 @@ def test_release_free_memory_gives_back_the_holes_freed_buffers_leave() -> None:
     assert out[0] == "True", out
     given_back = float(out[1])
     assert given_back >= 48, f"only {given_back:.1f} MiB of 64 MiB of holes given back"
+
+
+# --------------------------------------------------------------------------- files in use
+
+
+@pytest.fixture
+def portable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(platform, "FORCE_PORTABLE", True)
+
+
+def hold_lock(fd: int) -> None:
+    """A write lock on the whole file, held by this open file until it is closed."""
+    fcntl.fcntl(fd, fcntl.F_OFD_SETLK, struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0))
+
+
+class HeldOpen:
+    """``path`` held by "another program": an open-file-description lock, the stand-in's signal
+    (not ``lockf``: a POSIX record lock goes whenever this process closes any descriptor of the
+    file, and the stand-in's own look opens and closes one)."""
+
+    def __init__(self, path: Path) -> None:
+        self.fd: int | None = os.open(path, os.O_RDWR)
+        hold_lock(self.fd)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def test_the_stand_in_raises_what_windows_raises_while_another_program_holds_the_file(
+    tmp_path: Path, portable: None
+) -> None:
+    f = tmp_path / "a.job"
+    f.write_text("x")
+    held = HeldOpen(f)
+    with pytest.raises(PermissionError) as caught:
+        platform.check_in_use(f)
+    assert caught.value.winerror == 32 and platform.file_in_use(caught.value)  # type: ignore[attr-defined]
+    with pytest.raises(PermissionError):
+        platform.try_open(f)
+    held.close()
+    platform.check_in_use(f)
+    platform.try_open(f)
+
+
+def test_without_forced_portable_mode_linux_never_sees_a_file_in_use(tmp_path: Path) -> None:
+    f = tmp_path / "a.job"
+    f.write_text("x")
+    held = HeldOpen(f)
+    platform.check_in_use(f)  # Linux lets every reader in: nothing to wait for
+    platform.try_open(f)
+    held.close()
+
+
+def test_file_in_use_knows_the_sharing_and_lock_violations_only() -> None:
+    def err(winerror: int | None) -> OSError:
+        exc = PermissionError(errno.EACCES, "denied")
+        if winerror is not None:
+            exc.winerror = winerror  # type: ignore[attr-defined]
+        return exc
+
+    assert platform.file_in_use(err(32)) and platform.file_in_use(err(33))
+    assert not platform.file_in_use(err(5)) and not platform.file_in_use(err(None))
+    assert not platform.file_in_use(ValueError("x"))
+    assert not platform.maybe_in_use(err(5))  # access denied means "in use" on Windows only
+
+
+def test_replace_is_retried_until_the_other_program_closes_the_target(
+    tmp_path: Path, portable: None
+) -> None:
+    src, dst = tmp_path / ".a.jpg.part", tmp_path / "a.jpg"
+    src.write_bytes(b"new")
+    dst.write_bytes(b"old")
+    held = HeldOpen(dst)
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        if len(slept) == 2:
+            held.close()  # the viewer closes the file during the second wait
+
+    platform.replace(src, dst, sleep=sleep)
+    assert dst.read_bytes() == b"new" and not src.exists()
+    assert slept == list(platform.REPLACE_BACKOFF[:2])
+
+
+def test_replace_gives_up_after_its_backoff_with_a_plain_message_and_loses_nothing(
+    tmp_path: Path, portable: None
+) -> None:
+    src, dst = tmp_path / ".a.jpg.part", tmp_path / "a.jpg"
+    src.write_bytes(b"new")
+    dst.write_bytes(b"old")
+    held = HeldOpen(dst)
+    slept: list[float] = []
+    with pytest.raises(PermissionError) as caught:
+        platform.replace(src, dst, sleep=slept.append)
+    held.close()
+    assert slept == list(platform.REPLACE_BACKOFF)
+    assert sum(slept) < 1.0  # bounded: the caller's own wait takes over
+    assert src.read_bytes() == b"new" and dst.read_bytes() == b"old"
+    err = from_os_error(caught.value, dst)
+    assert err.title == "file in use"
+    assert f"{dst} is open in another program" in err.message and "close it there" in err.message
+
+
+def test_replace_does_not_retry_other_errors(tmp_path: Path, portable: None) -> None:
+    slept: list[float] = []
+    with pytest.raises(FileNotFoundError):
+        platform.replace(tmp_path / "missing", tmp_path / "x", sleep=slept.append)
+    assert slept == []
