@@ -1144,7 +1144,8 @@ def _input_refused(what: str, size: int | None, text: str) -> InputRefused:
     sized = f" ({_human_size(size)})" if size is not None else ""
     return InputRefused(
         f"{what}{sized} is larger than the API contract allows for an input ({text}); "
-        "this ticket fails, the others go on",
+        "this ticket fails, the others go on: make the file smaller (or ask for a contract with "
+        "a larger input limit), then rename the ticket back to .job",
         status=402,
     )
 

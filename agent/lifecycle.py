@@ -98,17 +98,47 @@ def job_failure_message(job: RemoteJob) -> str:
             f"the job {job.id} was canceled on the server ({detail}); "
             "rename the ticket back to .job to try again"
         )
+    again = "rename the ticket back to .job (or run `convert-agent retry`) to try again"
+    unfetched = _inputs_not_downloaded(job)
+    if unfetched is not None:
+        which = f"the input {', '.join(unfetched)}" if unfetched else "an input"
+        return (
+            f"the server could not download {which}: {detail}. Check that the link opens from "
+            f"the internet (the API downloads it itself, not this computer), then {again}"
+        )
     if _ABOUT_THE_CONVERSION.search(detail):
         check = (
             "Check the ticket's `target` and `category` against the conversions the API offers "
             "(GET /v2/conversions)"
         )
     else:
-        check = "Check the input and the options"
-    return (
-        f"the conversion failed on the server: {detail}. {check}, then "
-        "rename the ticket back to .job (or run `convert-agent retry`) to try again"
-    )
+        check = (
+            "Check the ticket's inputs (each one whole, of a kind the target takes, as many as "
+            "it needs) and its options"
+        )
+    return f"the conversion failed on the server: {detail}. {check}, then {again}"
+
+
+def _inputs_not_downloaded(job: RemoteJob) -> list[str] | None:
+    """The inputs the server could not download (input error 404, api-contract §5.1), each by
+    its URL (or file name) where the job says which; None when there is no such error."""
+    if not any(e.source == "input" and e.code == 404 for e in job.errors):
+        return None
+    by_id = {i.id: i for i in job.inputs if i.id}
+    found: list[str] = []
+    for error in job.errors:
+        inp = by_id.get(error.id_source) if error.source == "input" and error.code == 404 else None
+        if inp is None:
+            continue
+        name = (inp.source if inp.type == "remote" else "") or inp.filename
+        if len(name) > _NAME_CHARS:
+            name = name[: _NAME_CHARS - 1] + "…"
+        if name and name not in found:
+            found.append(name)
+    return found
+
+
+_NAME_CHARS = 200  # a URL in an error, at most (it comes from the server)
 
 
 #: A job failure that is about what was asked (an unknown target, a category that does not fit)

@@ -77,6 +77,7 @@ async def test_an_input_over_the_contract_limit_fails_only_its_ticket(
     assert "larger than the API contract allows" in upload_error
     assert f"{LIMIT} bytes" in upload_error, upload_error  # the contract's limit
     assert "credits" not in upload_error and "new tickets wait" not in upload_error
+    assert "make the file smaller" in upload_error, upload_error  # what to do
 
     remote_error = sidecar(inbox, "far")["error"]
     assert (inbox / "far.job.failed").exists()

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from emu_helpers import KEY_HEADERS, Client, MakeClient, png_bytes
+from emu_helpers import KEY_HEADERS, Client, MakeClient, closed_port_url, png_bytes
 from jsonschema.exceptions import ValidationError
 from openapi_schema_validator import OAS30Validator
 
@@ -391,3 +391,18 @@ async def test_catalog_jobs_and_the_input_count_validate(make_client: MakeClient
     failed = await client.wait(unknown["id"])
     await rec.call("GET", "/jobs/{job_id}", expect=200, ids={"job_id": failed["id"]})
     assert failed["status"]["code"] == "failed" and failed["errors"][0]["code"] == 6005
+    # an unreachable URL fails its input (status failed) and the job with input code 404
+    remote = {"type": "remote", "source": closed_port_url()}
+    gone = await rec.call(
+        "POST",
+        "/jobs",
+        expect=201,
+        json={"conversion": [{"target": "png"}], "input": [remote], "process": True},
+    )
+    await client.wait(gone["id"])
+    gone_ids = {"job_id": gone["id"]}
+    unreachable = await rec.call("GET", "/jobs/{job_id}", expect=200, ids=gone_ids)
+    (problem,) = unreachable["errors"]
+    assert (problem["source"], problem["code"]) == ("input", 404), problem
+    inputs = await rec.call("GET", "/jobs/{job_id}/input", expect=200, ids=gone_ids)
+    assert [i["status"] for i in inputs] == ["failed"]

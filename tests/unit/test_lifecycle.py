@@ -5,7 +5,7 @@ from hypothesis import strategies as st
 
 from agent import lifecycle
 from agent.lifecycle import JobOutcome
-from agent.models import JobMessage, RemoteJob
+from agent.models import JobMessage, RemoteInput, RemoteJob
 
 
 def job(code: str, errors: tuple[JobMessage, ...] = ()) -> RemoteJob:
@@ -62,9 +62,38 @@ def test_a_failure_about_the_target_or_category_points_at_them() -> None:
         msg = lifecycle.job_failure_message(job("failed", (JobMessage("conversion", 6005, text),)))
         assert f"{text} (code 6005)" in msg
         assert "`target` and `category`" in msg and "GET /v2/conversions" in msg, msg
-        assert "Check the input" not in msg
+        assert "Check the ticket's inputs" not in msg
     msg = lifecycle.job_failure_message(job("failed", (JobMessage("input", 6005, "Corrupt"),)))
-    assert "Check the input and the options" in msg
+    assert "Check the ticket's inputs (each one whole, of a kind the target takes" in msg, msg
+
+
+def test_an_input_the_server_could_not_download_is_named_with_what_to_check() -> None:
+    url = "https://intranet.example/report.pdf"
+    gone = JobMessage("input", 404, "The file could not be downloaded.", id_source="i2")
+    inputs = (
+        RemoteInput("i1", "upload", "", "a.png", 3, "completed"),
+        RemoteInput("i2", "remote", url, "report.pdf", None, "failed"),
+    )
+    failed = RemoteJob(id="j1", status_code="failed", errors=(gone,), inputs=inputs)
+    msg = lifecycle.job_failure_message(failed)
+    assert msg.startswith(f"the server could not download the input {url}: "), msg
+    assert "The file could not be downloaded. (code 404)" in msg
+    assert "opens from the internet (the API downloads it itself, not this computer)" in msg
+    assert "rename the ticket back to .job" in msg
+    # an error that names no input the job lists still says which kind of trouble it is
+    unnamed = RemoteJob(id="j1", status_code="failed", errors=(JobMessage("input", 404, "x"),))
+    assert lifecycle.job_failure_message(unnamed).startswith("the server could not download an")
+    # a URL from the server is cut short in the words
+    long_url = "https://h.example/" + "a" * 500
+    inputs = (RemoteInput("i2", "remote", long_url, "", None, "failed"),)
+    msg = lifecycle.job_failure_message(
+        RemoteJob(id="j1", status_code="failed", errors=(gone,), inputs=inputs)
+    )
+    assert long_url[:199] + "…" in msg and long_url not in msg
+    # other input errors (a password needed, 401) are not taken for a link that does not open
+    locked = JobMessage("input", 401, "A password is needed", id_source="i2")
+    msg = lifecycle.job_failure_message(RemoteJob(id="j1", status_code="failed", errors=(locked,)))
+    assert "could not download" not in msg and "A password is needed (code 401)" in msg
 
 
 def test_output_problems_in_plain_words() -> None:
