@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import enum
 import errno
+from urllib.parse import urlsplit, urlunsplit
 
 from agent.platform import file_in_use, maybe_in_use
 
@@ -200,3 +201,16 @@ def from_os_error(exc: OSError, path: object) -> AgentError:
             title="file too large",
         )
     return LocalResourceError(f"{path}: {exc.strerror or exc}", title="file error")
+
+
+def without_password(url: str, unparsable: str = "<an unparsable URL>") -> str:
+    """``url`` with its password (a secret) replaced by ``***``, for messages and views."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return unparsable
+    if password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))

@@ -10,6 +10,7 @@ import enum
 import re
 from collections.abc import Iterable
 
+from agent.errors import without_password
 from agent.models import JobMessage, RemoteJob
 
 MAX_WAIT = 600.0  # a transient problem is retried at least every ten minutes
@@ -130,7 +131,10 @@ def _inputs_not_downloaded(job: RemoteJob) -> list[str] | None:
         inp = by_id.get(error.id_source) if error.source == "input" and error.code == 404 else None
         if inp is None:
             continue
-        name = (inp.source if inp.type == "remote" else "") or inp.filename
+        # a URL's password is a secret: never in a sidecar
+        name = (without_password(inp.source) if inp.type == "remote" and inp.source else "") or (
+            inp.filename
+        )
         if len(name) > _NAME_CHARS:
             name = name[: _NAME_CHARS - 1] + "…"
         if name and name not in found:

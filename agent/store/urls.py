@@ -5,22 +5,16 @@ importing psycopg."""
 
 from __future__ import annotations
 
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
+
+from agent.errors import without_password
 
 SCHEMES = ("postgresql", "postgres")
 
 
 def redact_url(url: str) -> str:
     """``url`` with its password replaced by ``***`` (for messages and views)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<an unparsable database URL>"
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    return without_password(url, "<an unparsable database URL>")
 
 
 def url_secrets(url: str | None) -> tuple[str, ...]:

@@ -90,6 +90,13 @@ def test_an_input_the_server_could_not_download_is_named_with_what_to_check() ->
         RemoteJob(id="j1", status_code="failed", errors=(gone,), inputs=inputs)
     )
     assert long_url[:199] + "…" in msg and long_url not in msg
+    # a password in the URL is a secret: never in the sidecar's words
+    secret_url = "https://reports:s3cr3t-pw@intranet.example/q.pdf"
+    inputs = (RemoteInput("i2", "remote", secret_url, "", None, "failed"),)
+    msg = lifecycle.job_failure_message(
+        RemoteJob(id="j1", status_code="failed", errors=(gone,), inputs=inputs)
+    )
+    assert "s3cr3t-pw" not in msg and "https://reports:***@intranet.example/q.pdf" in msg
     # other input errors (a password needed, 401) are not taken for a link that does not open
     locked = JobMessage("input", 401, "A password is needed", id_source="i2")
     msg = lifecycle.job_failure_message(RemoteJob(id="j1", status_code="failed", errors=(locked,)))
