@@ -2,11 +2,14 @@
 
 Exit codes (stable; see README):
   0  success
-  1  a ticket failed (``run --once``) or an unexpected error
+  1  a ticket failed (``run --once``), ``doctor`` found a problem, the running agent could not
+     be reached or refused the call, or an unexpected error
   2  usage error (bad flags)
   3  configuration problem or missing API key (the message names the key)
-  4  not found (``why NAME`` matched no ticket; no state file yet)
+  4  not found (``why``/``cancel`` NAME matched no ticket, nothing to retry, no state file yet,
+     no agent running for ``dashboard``)
   5  another agent already runs with this state file
+  6  ``run --once``: every folder is served by another agent (its folder mark is live)
   130 interrupted
 """
 
