@@ -233,6 +233,7 @@ def status(ctx: click.Context, state: str | None, as_json: bool) -> None:
 
         data["team"] = team_view(store)
     store.close()
+    data["in_use"] = _in_use(cfg) if pid is not None else []
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
@@ -244,6 +245,8 @@ def status(ctx: click.Context, state: str | None, as_json: bool) -> None:
         click.echo(f"folder {mark['path']} (share {mark['share']}): {mark['detail']}")
     active = {k: v for k, v in counts.items() if v}
     click.echo("tickets: " + (", ".join(f"{k} {v}" for k, v in active.items()) or "none"))
+    for held in data["in_use"]:
+        click.echo(f"not read yet (since {_when(held['since'])}): {held['message']}")
     team = data.get("team")
     if team is not None:
         if team.get("problem"):
@@ -254,6 +257,27 @@ def status(ctx: click.Context, state: str | None, as_json: bool) -> None:
                 f"team agent {a['name']} on {a['host']} (pid {a['pid']}): {seen}, "
                 f"holds {a['held']} ticket(s)"
             )
+
+
+def _in_use(cfg: Config, name: str | None = None) -> list[dict[str, Any]]:
+    """The tickets a running agent cannot read because another program holds them open (past
+    its notice time; they have no record yet), through its local API; [] when it cannot be
+    asked. With ``name`` (a file name, stem or path) only those it names."""
+    from agent.control import Control, ControlError
+
+    found = Control.find(cfg.state.path)
+    if found is None:
+        return []
+    try:
+        snap = found.call("GET", "/api/status")
+    except (ControlError, ValueError):
+        return []
+    held = snap.get("in_use") if isinstance(snap, dict) else None
+    if not isinstance(held, list):
+        return []
+    if name is None:
+        return held
+    return [h for h in held if name in (h["path"], Path(h["path"]).name, Path(h["path"]).stem)]
 
 
 def _marks(cfg: Config, agent_id: str | None) -> list[dict[str, Any]]:
@@ -318,11 +342,21 @@ def why(ctx: click.Context, name: str, state: str | None, as_json: bool) -> None
 
     NAME is the ticket's file name, its stem or its full path.
     """
-    _, store = _open_readonly(ctx, state)
+    cfg, store = _open_readonly(ctx, state)
     recs = store.find(name)
+    held = _in_use(cfg, name) if _running_pid(cfg) is not None else []
+    if held and not as_json:
+        for h in held:  # a new ticket not read yet (an older record of it may follow)
+            click.echo(f"{h['path']}")
+            click.echo(f"  not read yet, since {_when(h['since'])}: {h['message']}")
     if not recs:
         tombs = store.pruned(name)[:1]  # the newest tombstone: what happened last
         store.close()
+        if held and as_json:
+            click.echo(json.dumps([{**h, "in_use": True} for h in held], indent=2))
+            return
+        if held and not tombs:
+            return
         if not tombs:
             _die(f"no ticket matches {name!r} (try `convert-agent list`)", EXIT_NOT_FOUND)
         if as_json:
