@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -553,6 +554,40 @@ def rescan(ctx: click.Context, state: str | None, as_json: bool) -> None:
         return
     _remote(cfg, "POST", "/api/rescan")
     _emit(as_json, {"rescanned": True, "running": True}, "rescan requested")
+
+
+@cli.command()
+@click.option("--state", type=click.Path(dir_okay=False), help="State database file.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    help="Seconds to wait for the agent to finish stopping.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def stop(ctx: click.Context, state: str | None, timeout: float, as_json: bool) -> None:
+    """Stop the running agent cleanly, as the tray's Quit, Ctrl-C or SIGTERM do.
+
+    Goes through the agent's local API, so it also stops an agent with no console and no tray
+    (on Windows, one started at login). Waits until it has stopped.
+    """
+    cfg = _config(ctx, (), state)
+    if _control(cfg) is None:
+        _emit(as_json, {"stopped": False, "running": False}, "the agent is not running")
+        return
+    _remote(cfg, "POST", "/api/stop")
+    deadline = time.monotonic() + timeout
+    while _running_pid(cfg) is not None:
+        if time.monotonic() > deadline:
+            _die(
+                f"the agent was asked to stop and is still stopping after {timeout:.0f}s "
+                "(a step under way ends first); look again with `convert-agent status`",
+                EXIT_FAILED,
+            )
+        time.sleep(0.1)
+    _emit(as_json, {"stopped": True, "running": False}, "the agent stopped")
 
 
 @cli.command()
