@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -236,6 +237,7 @@ def status(ctx: click.Context, state: str | None, as_json: bool) -> None:
 
         data["team"] = team_view(store)
     store.close()
+    data["in_use"] = _in_use(cfg) if pid is not None else []
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
@@ -247,6 +249,8 @@ def status(ctx: click.Context, state: str | None, as_json: bool) -> None:
         click.echo(f"folder {mark['path']} (share {mark['share']}): {mark['detail']}")
     active = {k: v for k, v in counts.items() if v}
     click.echo("tickets: " + (", ".join(f"{k} {v}" for k, v in active.items()) or "none"))
+    for held in data["in_use"]:
+        click.echo(f"not read yet (since {_when(held['since'])}): {held['message']}")
     team = data.get("team")
     if team is not None:
         if team.get("problem"):
@@ -257,6 +261,27 @@ def status(ctx: click.Context, state: str | None, as_json: bool) -> None:
                 f"team agent {a['name']} on {a['host']} (pid {a['pid']}): {seen}, "
                 f"holds {a['held']} ticket(s)"
             )
+
+
+def _in_use(cfg: Config, name: str | None = None) -> list[dict[str, Any]]:
+    """The tickets a running agent cannot read because another program holds them open (past
+    its notice time; they have no record yet), through its local API; [] when it cannot be
+    asked. With ``name`` (a file name, stem or path) only those it names."""
+    from agent.control import Control, ControlError
+
+    found = Control.find(cfg.state.path)
+    if found is None:
+        return []
+    try:
+        snap = found.call("GET", "/api/status")
+    except (ControlError, ValueError):
+        return []
+    held = snap.get("in_use") if isinstance(snap, dict) else None
+    if not isinstance(held, list):
+        return []
+    if name is None:
+        return held
+    return [h for h in held if name in (h["path"], Path(h["path"]).name, Path(h["path"]).stem)]
 
 
 def _marks(cfg: Config, agent_id: str | None) -> list[dict[str, Any]]:
@@ -321,11 +346,21 @@ def why(ctx: click.Context, name: str, state: str | None, as_json: bool) -> None
 
     NAME is the ticket's file name, its stem or its full path.
     """
-    _, store = _open_readonly(ctx, state)
+    cfg, store = _open_readonly(ctx, state)
     recs = store.find(name)
+    held = _in_use(cfg, name) if _running_pid(cfg) is not None else []
+    if held and not as_json:
+        for h in held:  # a new ticket not read yet (an older record of it may follow)
+            click.echo(f"{h['path']}")
+            click.echo(f"  not read yet, since {_when(h['since'])}: {h['message']}")
     if not recs:
         tombs = store.pruned(name)[:1]  # the newest tombstone: what happened last
         store.close()
+        if held and as_json:
+            click.echo(json.dumps([{**h, "in_use": True} for h in held], indent=2))
+            return
+        if held and not tombs:
+            return
         if not tombs:
             _die(f"no ticket matches {name!r} (try `convert-agent list`)", EXIT_NOT_FOUND)
         if as_json:
@@ -522,6 +557,40 @@ def rescan(ctx: click.Context, state: str | None, as_json: bool) -> None:
         return
     _remote(cfg, "POST", "/api/rescan")
     _emit(as_json, {"rescanned": True, "running": True}, "rescan requested")
+
+
+@cli.command()
+@click.option("--state", type=click.Path(dir_okay=False), help="State database file.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    help="Seconds to wait for the agent to finish stopping.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def stop(ctx: click.Context, state: str | None, timeout: float, as_json: bool) -> None:
+    """Stop the running agent cleanly, as the tray's Quit, Ctrl-C or SIGTERM do.
+
+    Goes through the agent's local API, so it also stops an agent with no console and no tray
+    (on Windows, one started at login). Waits until it has stopped.
+    """
+    cfg = _config(ctx, (), state)
+    if _control(cfg) is None:
+        _emit(as_json, {"stopped": False, "running": False}, "the agent is not running")
+        return
+    _remote(cfg, "POST", "/api/stop")
+    deadline = time.monotonic() + timeout
+    while _running_pid(cfg) is not None:
+        if time.monotonic() > deadline:
+            _die(
+                f"the agent was asked to stop and is still stopping after {timeout:.0f}s "
+                "(a step under way ends first); look again with `convert-agent status`",
+                EXIT_FAILED,
+            )
+        time.sleep(0.1)
+    _emit(as_json, {"stopped": True, "running": False}, "the agent stopped")
 
 
 @cli.command()

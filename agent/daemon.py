@@ -34,7 +34,7 @@ from agent.foldermark import FolderMarks, Identity, default_agent_name, pid_aliv
 from agent.leases import Leases
 from agent.metrics import Metrics
 from agent.models import Phase
-from agent.scheduler import ProgressListener, Scheduler
+from agent.scheduler import ProgressListener, Scheduler, in_use_message
 from agent.store import StateLock, StateStore, Store, TicketRecord
 from agent.store.urls import redact_url
 from agent.watcher import Watcher, filesystem_type, is_network_filesystem
@@ -133,6 +133,15 @@ def open_state_readonly(cfg: Config) -> StateStore:
             f"cannot read the PostgreSQL state {redact_url(url)}: {_safe_text(exc, url)}",
             key="state.url",
         ) from None
+
+
+def in_use_view(in_use: dict[str, float]) -> list[dict[str, Any]]:
+    """The tickets another program has held open past the notice time (never read, so with no
+    record or sidecar yet): path, since when, and what to do."""
+    return [
+        {"path": path, "since": since, "message": in_use_message(Path(path).name)}
+        for path, since in sorted(in_use.items())
+    ]
 
 
 def team_view(store: StateStore) -> dict[str, Any] | None:
@@ -348,6 +357,7 @@ class Agent:
             "folders": [self._folder_view(f.path, share) for f, share in self._shares()],
             "tickets": tickets,
             "team": team,
+            "in_use": in_use_view(sched.tickets_in_use),
         }
 
     def _shares(self) -> list[tuple[FolderConfig, str]]:

@@ -1,8 +1,8 @@
 """The local dashboard: one live HTML page, a JSON API and Prometheus ``/metrics`` on 127.0.0.1.
 
 It is a front end over the daemon facade (``Agent``), like the CLI and the tray: it reads the
-facade's snapshot, asks the facade to pause, resume, retry, cancel or rescan, and reads a ticket's
-history from the store. It runs on the agent's own event loop, so it never crosses threads.
+facade's snapshot, asks the facade to pause, resume, retry, cancel, rescan or stop, and reads a
+ticket's history from the store. It runs on the agent's own event loop, so it never crosses threads.
 
 Security model (docs/dashboard.md):
 
@@ -108,6 +108,7 @@ class Dashboard:
         app.router.add_post("/api/retry", self._retry)
         app.router.add_post("/api/cancel", self._cancel)
         app.router.add_post("/api/rescan", self._rescan)
+        app.router.add_post("/api/stop", self._stop)
         app.router.add_get("/metrics", self._metrics)
         app.on_response_prepare.append(_security_headers)
         return app
@@ -333,6 +334,14 @@ class Dashboard:
     async def _rescan(self, request: web.Request) -> web.StreamResponse:
         await self.agent.rescan()
         return web.json_response({"rescanned": True})
+
+    async def _stop(self, request: web.Request) -> web.StreamResponse:
+        """Stop the agent the way Quit, Ctrl-C and SIGTERM do (``request_stop``): on Windows,
+        where an agent started at login has no console and no signal reaches it, this is how
+        `convert-agent stop` stops it. The answer goes out first; the server closes with the
+        agent."""
+        self.agent.request_stop()
+        return web.json_response({"stopping": True})
 
     async def _metrics(self, request: web.Request) -> web.StreamResponse:
         # The team's agents are read from the database here, off the loop (a cold read).

@@ -210,21 +210,7 @@ def install_stop_handlers(
     other than the main one nothing can be installed: the returned function then does nothing."""
     sigs = stop_signals()
     if sys.platform == "win32":
-        previous: dict[signal.Signals, Any] = {}
-
-        def handler(_signum: int, _frame: FrameType | None) -> None:
-            loop.call_soon_threadsafe(stop)
-
-        for sig in sigs:
-            with contextlib.suppress(ValueError):  # not the main thread
-                previous[sig] = signal.signal(sig, handler)
-
-        def remove_win() -> None:
-            for sig, old in previous.items():
-                with contextlib.suppress(ValueError, TypeError):
-                    signal.signal(sig, old)
-
-        return remove_win
+        return install_signal_handlers(loop, stop, sigs)
     installed: list[signal.Signals] = []
     for sig in sigs:
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
@@ -235,6 +221,30 @@ def install_stop_handlers(
         for sig in installed:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(sig)
+
+    return remove
+
+
+def install_signal_handlers(
+    loop: asyncio.AbstractEventLoop, stop: Callable[[], None], sigs: tuple[signal.Signals, ...]
+) -> Callable[[], None]:
+    """Windows' way (its loops have no ``add_signal_handler``), which runs anywhere: a
+    ``signal.signal`` handler for each of ``sigs`` hands ``stop`` to the loop with
+    ``call_soon_threadsafe``. Returns what puts the previous handlers back; from a thread other
+    than the main one nothing is installed and it does nothing."""
+    previous: dict[signal.Signals, Any] = {}
+
+    def handler(_signum: int, _frame: FrameType | None) -> None:
+        loop.call_soon_threadsafe(stop)
+
+    for sig in sigs:
+        with contextlib.suppress(ValueError):  # not the main thread
+            previous[sig] = signal.signal(sig, handler)
+
+    def remove() -> None:
+        for sig, old in previous.items():
+            with contextlib.suppress(ValueError, TypeError):
+                signal.signal(sig, old)
 
     return remove
 

@@ -85,6 +85,15 @@ QUOTA_PROBE_SECONDS = 300.0
 INPUT_WAIT_SECONDS = 600.0
 OUTPUT_INFO_MAX_AGE = 300.0  # re-read uri/status before a download started later than this
 LOCAL_RETRY_SECONDS = 10.0  # disk full, read-only, permission, folder gone: checked this often
+# A ticket or input another program holds open (Windows' sharing violation) waits like a file
+# still being copied, quietly for the settle time plus this long (a copy that is still running
+# holds its file open too); after that the ticket's sidecar (for an input), or a log warning and
+# `status`/`why` (for a ticket that cannot be read at all) say that it is open in another program
+# and that the agent goes on once it is closed. It keeps waiting: nothing fails, nothing is lost.
+IN_USE_NOTICE_SECONDS = 10.0
+# A ticket whose filing (the rename to NAME.job.done/.failed) failed is tried again after this
+# long; one held open in another program sooner, since looking again costs nothing.
+FILE_RETRY_SECONDS = 30.0
 MAX_GETS_PER_OUTPUT = 8  # the service allows ~10 downloads; keep a margin for the user
 # Sidecars are progress views, rewritten as a ticket moves: the transitions within this long are
 # written as one file (the latest state), in worker threads, so a burst of tickets neither queues
@@ -133,6 +142,7 @@ class _Volatile:
     fresh: bool = False  # we know the remote job's state since we created it in this process
     polls: int = 0
     input_stats: dict[str, tuple[int, int]] | None = None
+    in_use_since: float | None = None  # an input first found open in another program
     failing_since: float | None = None  # first transient failure of the current streak
     outputs_seen_at: float | None = None  # when the outputs' uri/status were last read
     started_at: float | None = None  # when this process started the job (monotonic)
@@ -245,6 +255,10 @@ class Scheduler:
         self._parse_retry: dict[str, float] = {}  # ticket path → first failed parse
         self._pending_paths: set[str] = set()  # tickets seen but not yet recorded
         self._in_use: set[str] = set()  # tickets open in another program, waited for
+        self._filing_problem: dict[int, str] = {}  # why a ticket is not filed yet, as logged
+        # Those of them open for longer than the notice time: path → since (wall clock), for
+        # the snapshot (`status`, `why`, the dashboard).
+        self.tickets_in_use: dict[str, float] = {}
         self._claim_tries: dict[str, int] = {}  # team mode: claims left to others so far
         self._state_problem: str | None = None  # the state database away: sidecars say so
         self._team_live = 1  # agents of the team alive at the last heartbeat
@@ -1112,8 +1126,16 @@ class Scheduler:
                 if not platform.file_in_use(exc):
                     raise
                 wait = now + max(0.5, settle)
-                self._set_waiting(rec, from_os_error(exc, inp.value), wait)
+                if vol.in_use_since is None:
+                    vol.in_use_since = now
+                if now - vol.in_use_since < settle + IN_USE_NOTICE_SECONDS:
+                    return wait  # likely still being copied: wait quietly for now
+                err = from_os_error(exc, inp.value)
+                if rec.error is None or rec.error.get("message") != err.message:
+                    log.warning("%s: %s", rec.name, err.message)
+                self._set_waiting(rec, err, wait)
                 return wait
+        vol.in_use_since = None
         if vol.input_stats is not None and vol.input_stats != stats:
             vol.input_stats = stats  # still being copied: look again after the settle time
             return now + self.cfg.tickets.settle_seconds
@@ -1589,9 +1611,21 @@ class Scheduler:
             # The folder (sidecar, rename) is fsynced once for every ticket of the batch.
             await self._disk.run(disk, sync=ticket.parent)
         except AgentError as err:
-            log.warning("%s: could not file the ticket yet: %s", rec.name, err.message)
-            self._schedule(rec.id, self.clock() + 30.0)
+            # The sidecar (just written) says the outcome; a note in it says why the ticket is
+            # not filed yet and what to do. The next attempt rewrites the sidecar without it.
+            if self._filing_problem.get(rec.id) != err.message:  # once in the log, each time here
+                self._filing_problem[rec.id] = err.message
+                log.warning("%s: could not file the ticket yet: %s", rec.name, err.message)
+            note = f"the ticket is not filed yet: {err.message}"
+            with contextlib.suppress(Exception):
+                await self._disk.run(functools.partial(folder.note_sidecar, ticket, note))
+            in_use = err.title in ("file in use", "permission denied")
+            self._schedule(
+                rec.id, self.clock() + (LOCAL_RETRY_SECONDS if in_use else FILE_RETRY_SECONDS)
+            )
             return
+        if self._filing_problem.pop(rec.id, None) is not None:
+            log.info("%s: filed", rec.name)
         self.store.update(rec.id, self.clock(), event="filed", filed=True)
         self._placed_as.pop(rec.id, None)
         if rec.phase is Phase.DONE:
@@ -1741,6 +1775,7 @@ class Scheduler:
         for tid in tids:
             self._vol.pop(tid, None)
             self._placed_as.pop(tid, None)
+            self._filing_problem.pop(tid, None)
             self._sidecars_due.discard(tid)
             task = self._tasks.get(tid)
             if task is not None:
@@ -1863,20 +1898,34 @@ class Scheduler:
     async def _until_closed(self, path: Path, fcfg: FolderConfig) -> None:
         """A ticket another program holds open (Windows' sharing violation) waits like a file
         still being copied: it is tried again every settle time (at least 0.5 s) and read once
-        it can be opened; gone meanwhile, it is left to the watcher's next scan."""
+        it can be opened; gone meanwhile, it is left to the watcher's next scan. Still open
+        after the settle time plus ``IN_USE_NOTICE_SECONDS``, it is said in a log warning and
+        in the snapshot (``tickets_in_use``: `status`, `why`, the dashboard), with no sidecar:
+        the ticket was never read, so nothing of it is recorded yet."""
         key = str(path)
+        settle = self.cfg.tickets.settle_seconds
+        began, since = time.monotonic(), time.time()
         log.info("%s is open in another program; it is read once that is closed", path.name)
         try:
             while not self._stopping:
-                await asyncio.sleep(max(0.5, self.cfg.tickets.settle_seconds))
+                await asyncio.sleep(max(0.5, settle))
                 try:
                     platform.try_open(path)
                 except OSError as exc:
-                    if platform.file_in_use(exc):
-                        continue
+                    if not platform.file_in_use(exc):
+                        break
+                    if (
+                        key not in self.tickets_in_use
+                        and time.monotonic() - began >= settle + IN_USE_NOTICE_SECONDS
+                    ):
+                        self.tickets_in_use[key] = since
+                        log.warning("%s", in_use_message(path.name))
+                    continue
                 break
         finally:
             self._in_use.discard(key)
+            if self.tickets_in_use.pop(key, None) is not None:
+                log.info("%s is no longer open in another program; reading it", path.name)
         if not self._stopping:
             await self._ingest(path, fcfg)
 
@@ -2085,6 +2134,14 @@ def _loads(s: str) -> dict[str, Any]:
 
 
 FILED_SLACK_SECONDS = 60.0  # clocks of a team's machines and file times may differ this much
+
+
+def in_use_message(name: str) -> str:
+    """What is said of a ticket another program has held open past the notice time."""
+    return (
+        f"{name} is open in another program, which keeps the agent from reading it: close it "
+        "there and the agent goes on by itself (nothing is lost meanwhile)"
+    )
 
 
 def _filed_earlier(rec: TicketRecord, path: Path) -> bool:

@@ -537,7 +537,9 @@ def run_with_tray(agent: Agent, tray: Tray, *, once: bool = False) -> int:
         log.info("tray icon shown (%s backend)", tray.backend)
 
     agent.listeners.append(tray.on_change)
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    # The agent's own handlers cannot be installed from its thread: these stop it instead, the
+    # same way as Quit (SIGINT/SIGTERM; on Windows Ctrl-C and Ctrl-Break, SIGBREAK).
+    for sig in platform_layer.stop_signals():
         signal.signal(sig, stop_on_signal)
     try:
         tray.icon.run(setup=setup)

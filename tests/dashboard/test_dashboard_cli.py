@@ -64,3 +64,38 @@ async def test_cli_pause_resume_and_retry_go_through_the_local_api(
     finally:
         assert await stop_agent(proc) == 0
     assert not runtime.exists()
+
+
+async def test_cli_stop_stops_the_agent_cleanly_through_the_local_api(
+    tmp_path: Path, make_emulator: MakeEmulator
+) -> None:
+    """`convert-agent stop`: what stops an agent that has no console and no tray (Windows, started
+    at login, where no signal reaches it) — the same graceful stop as Quit and SIGTERM: exit 0,
+    the runtime file removed, the state lock released, and a ticket under way goes on at the
+    next start."""
+    emu = await make_emulator(processing_seconds=30)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    state = tmp_path / "state" / "state.db"
+    cfg = write_config(tmp_path / "c.yaml", emu.base_url, [inbox], state)
+    runtime = state.with_name(state.name + ".dashboard.json")
+    log = tmp_path / "agent.log"
+    proc = spawn_agent(cfg, log=log)
+    try:
+        await wait_for(runtime.exists, 20, "dashboard.json")
+        ticket = drop_ticket(inbox, "slow")
+        await wait_for(lambda: "slow.job [job" in log.read_text(), 20, "the job to be made")
+        code, out = await run_agent(cfg, "stop", "--json")
+        assert code == 0, out
+        assert json.loads(out) == {"stopped": True, "running": False}
+        await wait_for(lambda: proc.poll() is not None, 10, "the agent's process to end")
+        assert proc.returncode == 0, log.read_text()[-2000:]
+        assert "stopping" in log.read_text()
+        assert not runtime.exists()
+        code, out = await run_agent(cfg, "stop")
+        assert code == 0 and "not running" in out
+    finally:
+        if proc.poll() is None:
+            await stop_agent(proc)
+    assert ticket.exists() and not ticket.with_name("slow.job.failed").exists()
+    assert emu.state.create_requests == 1

@@ -31,6 +31,7 @@ ROUTES = [
     ("POST", "/api/retry"),
     ("POST", "/api/cancel"),
     ("POST", "/api/rescan"),
+    ("POST", "/api/stop"),
     ("GET", "/no/such/page"),
 ]
 

@@ -6,7 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import os
+import signal
 import sys
+import threading
+import time
 import types
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -323,3 +327,88 @@ async def test_an_icon_that_cannot_be_updated_yet_is_updated_once_it_can(tmp_pat
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+# --------------------------------------------------------------------------- stopping, faked
+
+
+class RunIcon(FakeIcon):
+    """An icon whose loop runs ``setup``, then sends this process ``SEND`` (a stop signal) and
+    waits for the agent's thread to close it (``stop``), as pystray's loop does."""
+
+    SEND: signal.Signals | None = None
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.closed = threading.Event()
+        self.closed_by_agent = False
+        self.visible = False
+
+    def run(self, setup: Callable[[Any], None]) -> None:
+        setup(self)
+        assert self.SEND is not None
+        os.kill(os.getpid(), self.SEND)
+        self.closed_by_agent = self.closed.wait(5)
+
+    def stop(self) -> None:
+        self.closed.set()
+
+
+class RunningFakeAgent(FakeAgent):
+    """Runs until ``request_stop``, like ``Agent.run``, and says why it stopped."""
+
+    def __init__(self, tmp: Path) -> None:
+        super().__init__(tmp)
+        self.ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+
+    async def run(self, *, once: bool = False) -> int:
+        self.loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self.ready.set()
+        await self._stop.wait()
+        return 0
+
+    def submit(self, coro: Any) -> Any:
+        coro.close()
+        raise RuntimeError("no snapshots in this test")
+
+    def request_stop(self) -> None:
+        self.stopped = True
+        if self.loop is not None and self._stop is not None:
+            self.loop.call_soon_threadsafe(self._stop.set)
+
+
+def test_every_stop_signal_of_the_platform_stops_the_agent_with_the_tray(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the tray, the main thread's handlers stop the agent (its own cannot be installed
+    from its thread): every signal ``platform.stop_signals`` names, so on Windows Ctrl-Break
+    (SIGBREAK) as well as Ctrl-C. SIGUSR1 plays SIGBREAK here (Linux has none); without a handler
+    for it, the stand-in handler below takes it and the agent does not stop."""
+    from agent import platform as platform_layer
+    from agent import tray as tray_mod
+
+    stand_in = signal.SIGUSR1
+    seen: list[int] = []
+    closed: list[bool] = []
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, stand_in)}
+    signal.signal(stand_in, lambda signum, _frame: seen.append(signum))
+    monkeypatch.setattr(platform_layer, "stop_signals", lambda: (signal.SIGINT, stand_in))
+    monkeypatch.setattr(platform_layer, "block_stop_signals", lambda: None)
+    monkeypatch.setattr(tray_mod, "CLOSE_TIMEOUT", 0.01)
+    monkeypatch.setattr(tray_mod, "_exit_stuck", lambda _result: closed.append(True))
+    RunIcon.SEND = stand_in
+    agent = RunningFakeAgent(tmp_path)
+    try:
+        tray = Tray(agent, types.SimpleNamespace(Icon=RunIcon, Menu=FakeMenu, MenuItem=FakeItem))  # type: ignore[arg-type]
+        assert tray_mod.run_with_tray(agent, tray) == 0  # type: ignore[arg-type]
+        deadline = time.monotonic() + 5
+        while not closed and time.monotonic() < deadline:  # the close guard has fired
+            time.sleep(0.01)
+    finally:
+        for sig, old in saved.items():
+            signal.signal(sig, old)
+    assert seen == [], "the stop signal reached the stand-in handler, not the tray's"
+    assert tray.icon.closed_by_agent, "the agent did not stop on the signal"
+    assert agent.stopped and tray.stopping

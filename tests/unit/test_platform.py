@@ -116,6 +116,29 @@ async def test_a_stop_signal_calls_stop_on_the_loop_until_the_handlers_are_remov
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
+async def test_windows_way_of_stopping_runs_its_handlers_through_the_loop() -> None:
+    """``install_signal_handlers`` is what Windows uses (its loops have no
+    ``add_signal_handler``), for SIGINT and SIGBREAK (Ctrl-C, Ctrl-Break). It runs here too:
+    SIGUSR1 plays SIGBREAK, which Linux does not have."""
+    loop = asyncio.get_running_loop()
+    stopped = asyncio.Event()
+    before = signal.getsignal(signal.SIGUSR1)
+    remove = platform.install_signal_handlers(loop, stopped.set, (signal.SIGUSR1,))
+    try:
+        assert signal.getsignal(signal.SIGUSR1) is not before
+        os.kill(os.getpid(), signal.SIGUSR1)
+        await asyncio.wait_for(stopped.wait(), 5)
+    finally:
+        remove()
+    assert signal.getsignal(signal.SIGUSR1) is before
+    # From a thread other than the main one nothing can be installed; nothing fails either.
+    remove = await asyncio.to_thread(
+        platform.install_signal_handlers, loop, stopped.set, (signal.SIGUSR1,)
+    )
+    assert signal.getsignal(signal.SIGUSR1) is before
+    remove()
+
+
 def test_sys_platform_is_branched_on_only_in_the_platform_layer() -> None:
     offenders = [
         str(p.relative_to(AGENT))
