@@ -868,7 +868,10 @@ class Watcher:
         pending = self._pending.pop(path)
         folder = self._folders[pending.index].config
         announce = True
-        if self.ignore is not None:
+        # Only a plain file can be one of the agent's own outputs: an output's name never ends
+        # in .job (paths.safe_name), so a ticket is never asked about (in team mode each answer
+        # is a round trip to the database).
+        if self.ignore is not None and pending.kind != "ticket":
             try:
                 announce = not self.ignore(path)
             except Exception as exc:  # e.g. a team's state database away: the file is looked at

@@ -233,7 +233,13 @@ async def test_native_watch_limit_falls_back_to_polling(
 
 async def test_rule_folder_plain_files_and_ignore_hook(tmp_path: Path, run) -> None:
     folder = Folder(tmp_path, include=("*.jpg", "*.job"))
-    _, col = await run([folder], ignore=lambda p: p.name.startswith("out"))
+    asked: list[str] = []
+
+    def ignore(p: Path) -> bool:
+        asked.append(p.name)
+        return p.name.startswith("out")
+
+    _, col = await run([folder], ignore=ignore)
     (tmp_path / "photo.jpg").write_bytes(b"jpg")
     (tmp_path / "out.jpg").write_bytes(b"ours")
     (tmp_path / "t.job").write_text("x")
@@ -250,6 +256,9 @@ async def test_rule_folder_plain_files_and_ignore_hook(tmp_path: Path, run) -> N
         ("ticket", "t.job"),
         ("ticket", "zz-barrier.job"),
     ]
+    # only plain files are asked about (an output is never named *.job): no database round
+    # trip per ticket in team mode
+    assert sorted(asked) == ["out.jpg", "photo.jpg"]
 
 
 async def test_recursive_folder_and_hidden_subfolders(tmp_path: Path, run) -> None:
