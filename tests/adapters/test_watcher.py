@@ -54,16 +54,21 @@ class Collector:
         return [(e.kind, e.path.name) for e in self.events]
 
 
-@pytest.fixture
-async def run() -> AsyncIterator[Callable[..., Any]]:
+async def watchers(**defaults: Any) -> AsyncIterator[Callable[..., Any]]:
+    """What the ``run`` fixtures yield: start a watcher on folders (test settings, then
+    ``defaults``, then the call's own), stopped at the end of the test."""
     started: list[Watcher] = []
 
     async def start(folders: list[Folder], **kw: Any) -> tuple[Watcher, Collector]:
         col = Collector()
-        kw.setdefault("settle_seconds", SETTLE)
-        kw.setdefault("reconcile_interval", 30.0)
-        kw.setdefault("fs_poll_interval", 0.1)
-        w = Watcher(folders, col, **kw)
+        options = {
+            "settle_seconds": SETTLE,
+            "reconcile_interval": 30.0,
+            "fs_poll_interval": 0.1,
+            **defaults,
+            **kw,
+        }
+        w = Watcher(folders, col, **options)
         await w.start()
         started.append(w)
         return w, col
@@ -71,6 +76,12 @@ async def run() -> AsyncIterator[Callable[..., Any]]:
     yield start
     for w in started:
         await w.stop()
+
+
+@pytest.fixture
+async def run() -> AsyncIterator[Callable[..., Any]]:
+    async for start in watchers():
+        yield start
 
 
 def count(events: list[WatchEvent], kind: str) -> int:

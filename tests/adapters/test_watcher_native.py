@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_watcher import SETTLE, Collector, Folder, count
+from test_watcher import SETTLE, Collector, Folder, count, watchers
 from watchdog.observers.api import BaseObserver
 
 from agent import platform
@@ -24,22 +24,8 @@ from agent.watcher import WATCHDOG_EVENTS, Watcher
 
 @pytest.fixture
 async def run() -> AsyncIterator[Callable[..., Any]]:
-    started: list[Watcher] = []
-
-    async def start(folders: list[Folder], **kw: Any) -> tuple[Watcher, Collector]:
-        col = Collector()
-        kw.setdefault("settle_seconds", SETTLE)
-        kw.setdefault("reconcile_interval", 30.0)
-        kw.setdefault("fs_poll_interval", 0.1)
-        kw.setdefault("native", "watchdog")
-        w = Watcher(folders, col, **kw)
-        await w.start()
-        started.append(w)
-        return w, col
-
-    yield start
-    for w in started:
-        await w.stop()
+    async for start in watchers(native="watchdog"):
+        yield start
 
 
 def _watchdog_threads() -> list[threading.Thread]:
