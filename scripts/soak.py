@@ -5,8 +5,9 @@ few sizes, URL inputs, and some invalid tickets that must fail with a reason), t
 are switched on and off at the emulator's control endpoint, a dashboard client follows the SSE
 feed and reads ``/metrics``, ``convert-agent status`` is called every few seconds, a watched
 folder is removed and restored, and the agent is restarted gracefully once in the middle.
-Tickets go into "wave" folders; once a wave is filed the torture invariant checker judges it
-(nothing lost, stuck, corrupt or stray) and the wave is removed, as a user collects outputs.
+Tickets go into "wave" folders; once a wave is filed (its tickets renamed, and their records
+saying so: see ``STATE_SETTLE_SECONDS``) the torture invariant checker judges it (nothing lost,
+stuck, corrupt or stray) and the wave is removed, as a user collects outputs.
 
 Every ``--sample-seconds`` (60) the agent's RSS, open descriptors, threads, asyncio tasks
 (``/metrics``), inotify watches (``/proc/PID/fdinfo``), state file size and ``status`` time go to
@@ -47,6 +48,13 @@ from campaign import KEY, Emulator, Options, _agent_env, _gif, _png, _web_server
 from invariants import DroppedTicket, Manifest, check  # noqa: E402
 
 KEEP_FINISHED = 1000
+# The agent renames a ticket (NAME.job.done) before it records the filing: the record is
+# committed once the disk batch holding the rename (other tickets' sidecars and renames, the
+# folders' fsyncs) is done, at the event loop's next turn. Under load that is seconds after the
+# rename is visible (0.8 to 1.7 s in an 8-minute soak beside CPU and fsync hogs). A wave is judged
+# once its records say filed too, or once this long has passed since its files did: a filing
+# that is never recorded is still reported ("done but never filed").
+STATE_SETTLE_SECONDS = 60.0
 RSS_GROWTH_MIB = 5.0
 # Transient faults only (each is retried): every ticket that is not invalid must end done. No
 # 503 or 429: the request budget reads those as the service pushing back and slows every
@@ -66,6 +74,7 @@ class Wave:
     tickets: list[DroppedTicket] = field(default_factory=list)
     inputs: set[Path] = field(default_factory=set)
     closed: bool = False
+    files_filed_at: float | None = None  # monotonic time its tickets were all seen renamed
 
 
 @dataclass
@@ -205,6 +214,7 @@ class Soak:
         self.waves: list[Wave] = []
         self.problems: list[str] = []
         self.dropped = self.judged = 0
+        self.state_lag = 0.0  # the longest a wave's records took to say filed after its files
         self.status_ms: list[float] = []
         self.seq = 0
 
@@ -293,7 +303,15 @@ class Soak:
                 for t in wave.tickets
             ):
                 continue
-            time.sleep(0.3)  # the final sidecar and record land with the rename
+            # The final sidecar was written before the rename; the record of the filing comes
+            # after it (STATE_SETTLE_SECONDS): the wave waits for it, in later rounds.
+            now = time.monotonic()
+            if wave.files_filed_at is None:
+                wave.files_filed_at = now
+            waited = now - wave.files_filed_at
+            if self._unfiled_records(wave) and waited < STATE_SETTLE_SECONDS:
+                continue
+            self.state_lag = max(self.state_lag, waited)
             manifest = Manifest(
                 roots=[wave.folder],
                 db_path=self.db,
@@ -315,6 +333,22 @@ class Soak:
                     and not t.path.with_name(t.path.name + ".failed").exists()
                 ]
                 self.problems.append(f"{w.folder.name}: no outcome for {stuck[:5]}")
+
+    def _unfiled_records(self, wave: Wave) -> int:
+        """How many of the wave's tickets have an active record not yet filed."""
+        paths = [str(t.path) for t in wave.tickets]
+        if not paths:
+            return 0
+        conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=30)
+        try:
+            row = conn.execute(
+                "SELECT COUNT(*) FROM tickets WHERE active = 1 AND filed = 0 AND path IN "
+                f"({','.join('?' * len(paths))})",
+                paths,
+            ).fetchone()
+        finally:
+            conn.close()
+        return int(row[0])
 
     def _pruned_meanwhile(self, problem: str, wave: Wave) -> bool:
         """A "lost" ticket whose record retention removed (a tombstone names it) is not lost."""
@@ -574,6 +608,7 @@ class Soak:
         print(f"\nsoak: {self.args.minutes:g} min, {self.dropped} tickets, work {self.work}")
         started = getattr(self, "jobs_started", "?")
         print(f"jobs started: {started}, SSE events: {final.sse_events}")
+        print(f"records said filed at most {self.state_lag:.1f} s after their files (per wave)")
         ok = True
         for name, passed, detail in verdicts:
             ok &= passed
