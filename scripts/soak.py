@@ -351,15 +351,21 @@ class Soak:
         return int(row[0])
 
     def _pruned_meanwhile(self, problem: str, wave: Wave) -> bool:
-        """A "lost" ticket whose record retention removed (a tombstone names it) is not lost."""
-        if "lost — no record" not in problem:
+        """A "lost" ticket whose record retention removed (a tombstone names it) is not lost, and
+        the outputs it placed (its tombstone names them too) are not strays. Retention keeps the
+        newest ``KEEP_FINISHED`` filed tickets: a wave judged late (its last ticket still running
+        after a thousand others were filed, an agent far behind) has lost its first records."""
+        if "lost — no record" in problem:
+            sql = "SELECT 1 FROM pruned WHERE path = ?"
+            path = wave.folder / problem.split(":", 1)[0]
+        elif problem.startswith("unexpected file: "):
+            sql = "SELECT 1 FROM pruned_outputs WHERE path = ?"
+            path = wave.folder / problem.removeprefix("unexpected file: ")
+        else:
             return False
-        name = problem.split(":", 1)[0]
         conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=30)
         try:
-            row = conn.execute(
-                "SELECT 1 FROM pruned WHERE path = ?", [str(wave.folder / name)]
-            ).fetchone()
+            row = conn.execute(sql, [str(path)]).fetchone()
         finally:
             conn.close()
         return row is not None

@@ -7,12 +7,13 @@ beside CPU and fsync hogs, each recorded filed 0.8 to 1.7 s after its rename).""
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
 
-from agent.models import Phase
+from agent.models import Phase, RemoteOutput
 from agent.store import Store
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,5 +83,50 @@ def test_a_filing_never_recorded_is_still_reported(tmp_path: Path) -> None:
         s.judge_waves()
         assert s.problems == ["w00000: t000001.job: done but never filed"]
         assert s.judged == 1
+    finally:
+        store.close()
+
+
+def test_outputs_of_a_ticket_pruned_before_its_wave_is_judged_are_not_strays(
+    tmp_path: Path,
+) -> None:
+    """Retention keeps the newest ``keep_finished`` filed tickets: a wave judged after a
+    thousand later tickets were filed (an agent far behind) has lost its first records; their
+    tombstones name them and the outputs they placed. An 8-minute soak beside CPU and fsync
+    hogs reported 544 problems; each "unexpected file" among those shown was such an output."""
+    s, wave, store, tid = _done_wave(tmp_path)
+    try:
+        data = b"converted"
+        md5 = hashlib.md5(data).hexdigest()
+        (wave.folder / "t000001.jpg").write_bytes(data)
+        store.record_outputs(
+            tid, [RemoteOutput("o1", "u", "t000001.jpg", len(data), "enabled", md5, "", 1, "")]
+        )
+        out = store.outputs(tid)[0]
+        store.update_output(out.id, state="done", dest_name="t000001.jpg", digest=md5)
+        store.update(tid, 3.0, event="filed", filed=True)
+        # A later ticket of the wave, filed too: the newest record, which retention keeps.
+        later = wave.folder / "t000002.job"
+        (wave.folder / "t000002.job.failed").write_text("input: nothing.png\ntarget: jpg\n")
+        wave.tickets.append(soak.DroppedTicket(later, expect="failed"))
+        rec = store.add_ticket(
+            path=str(later),
+            root=str(s.inbox),
+            sha256="s2",
+            kind="invalid",
+            spec={},
+            inputs=[],
+            idem_prefix="p",
+            now=4.0,
+            phase=Phase.FAILED,
+            error={"message": "no such input"},
+        )
+        store.update(rec.id, 5.0, event="filed", filed=True)
+        (wave.folder / "t000002.status.yaml").write_text("error: no such input\n")
+        assert store.prune(6.0, keep_days=0, keep_finished=1).tickets == (tid,)
+
+        s.judge_waves()
+        assert s.problems == []
+        assert s.judged == 2
     finally:
         store.close()
