@@ -582,6 +582,11 @@ class Scheduler:
         except Exception as exc:  # e.g. disk full: the writes are rolled back, not half-kept
             err = exc
             log.error("could not save the state: %s; the last steps are taken again", exc)
+            # A ticket whose last write was in the group (its filing) has no act waiting to
+            # learn of the loss: it is taken again from what the state file holds.
+            if not self._resuming and not self._stopping:
+                self._resuming = True
+                self._spawn_side(self._resume_when_saved())
         else:
             self._placing.difference_update(placed)
         for fut in waiters:
@@ -632,8 +637,9 @@ class Scheduler:
             self._flushing = None
 
     async def _resume_when_saved(self) -> None:
-        """After a flush was lost: once the store has read back what the database holds, every
-        ticket it has unfinished that no task here works on goes on from its stored phase.
+        """After a flush (or a SQLite commit) was lost: once the store has read back what the
+        database holds, every ticket it has unfinished that no task here works on goes on from
+        its stored phase.
         Those are the tickets whose last steps ran and ended before the loss was known (a
         ticket filed, its claim given back): their writes are undone, and no act waits to take
         them again. Steps done twice are recognised as at a restart (the job by its id, an
