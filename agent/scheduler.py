@@ -272,7 +272,7 @@ class Scheduler:
         self._commit_due = False
         self._commit_waiters: list[asyncio.Future[None]] = []
         self._flushing: asyncio.Task[None] | None = None  # the store's async flush (PostgreSQL)
-        self._flush_failed: str | None = None  # what the last failed flush said (logged once)
+        self._flush_failed: str | None = None  # what the last failed commit said (logged once)
         store.group_commit = True
         store.on_dirty = self._commit_soon
         self._stopping = False
@@ -577,11 +577,14 @@ class Scheduler:
         waiters, self._commit_waiters = self._commit_waiters, []
         placed, self._placing_written = self._placing_written, []
         err: Exception | None = None
+        wrote = self.store.dirty
         try:
             self.store.commit()
         except Exception as exc:  # e.g. disk full: the writes are rolled back, not half-kept
             err = exc
-            log.error("could not save the state: %s; the last steps are taken again", exc)
+            if str(exc) != self._flush_failed:  # once, not at every attempt
+                self._flush_failed = str(exc)
+                log.error("could not save the state: %s; the last steps are taken again", exc)
             # A ticket whose last write was in the group (its filing) has no act waiting to
             # learn of the loss: it is taken again from what the state file holds.
             if not self._resuming and not self._stopping:
@@ -589,6 +592,9 @@ class Scheduler:
                 self._spawn_side(self._resume_when_saved())
         else:
             self._placing.difference_update(placed)
+            if wrote and self._flush_failed is not None:
+                self._flush_failed = None
+                log.info("the state is saved again")
         for fut in waiters:
             if fut.done():
                 continue

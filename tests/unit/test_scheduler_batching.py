@@ -5,6 +5,7 @@ batch, and progress sidecars held back while their ticket is still moving."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -149,6 +150,40 @@ async def test_a_filing_undone_by_a_failed_commit_is_taken_again(
     await sched._persisted()
     with sqlite3.connect(db) as other:
         assert other.execute("SELECT phase, filed FROM tickets").fetchall() == [("done", 1)]
+    await sched.api.close()
+    store.close()
+
+
+async def test_a_state_that_cannot_be_saved_is_logged_once_and_so_is_its_recovery(
+    tmp_path: Path, monkeypatch: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Failed commits are taken again (the steps, and the check of unfinished tickets every
+    few seconds): a disk that stays full says so once, not at every attempt."""
+    monkeypatch.setattr(scheduler_mod, "STATE_RETRY_SECONDS", 0.0)
+    caplog.set_level(logging.INFO, logger="agent.scheduler")
+    sched, store, _ = make(tmp_path)
+    tid = add(store, "a")
+    await sched._persisted()
+    real = store.commit
+
+    def full() -> None:
+        store.db.conn.execute("ROLLBACK")
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(store, "commit", full)
+    for _ in range(3):
+        store.update(tid, 2.0, event="creating", phase=Phase.CREATING)
+        with pytest.raises(sqlite3.OperationalError):
+            await sched._persisted()
+    monkeypatch.setattr(store, "commit", real)
+    store.update(tid, 3.0, event="creating", phase=Phase.CREATING)
+    await sched._persisted()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert [r.getMessage() for r in caplog.records if r.name == "agent.scheduler"] == [
+        "could not save the state: database or disk is full; the last steps are taken again",
+        "the state is saved again",
+    ]
     await sched.api.close()
     store.close()
 
