@@ -12,6 +12,7 @@ import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from agent.models import Phase, RemoteOutput
 from agent.store import Store
@@ -31,7 +32,7 @@ def _load() -> ModuleType:
 soak = _load()
 
 
-def _done_wave(tmp_path: Path) -> tuple[object, object, Store, int]:
+def _done_wave(tmp_path: Path) -> tuple[Any, Any, Store, int]:
     """A soak with one closed wave: its ticket renamed NAME.job.done, its record done but the
     filing not recorded yet (the moment between the agent's rename and its commit)."""
     s = soak.Soak(argparse.Namespace(seed=1, work=str(tmp_path / "work"), minutes=1.0))
@@ -87,6 +88,44 @@ def test_a_filing_never_recorded_is_still_reported(tmp_path: Path) -> None:
         store.close()
 
 
+def _wave_with_a_later_ticket(tmp_path: Path) -> tuple[Any, Any, Store, int, Path]:
+    """The wave of ``_done_wave``, its first ticket filed with an output placed, and a second
+    ticket (invalid, failed) not filed yet: the wave is not judged until it is."""
+    s, wave, store, tid = _done_wave(tmp_path)
+    data = b"converted"
+    md5 = hashlib.md5(data).hexdigest()
+    (wave.folder / "t000001.jpg").write_bytes(data)
+    store.record_outputs(
+        tid, [RemoteOutput("o1", "u", "t000001.jpg", len(data), "enabled", md5, "", 1, "")]
+    )
+    out = store.outputs(tid)[0]
+    store.update_output(out.id, state="done", dest_name="t000001.jpg", digest=md5)
+    store.update(tid, 3.0, event="filed", filed=True)
+    later = wave.folder / "t000002.job"
+    later.write_text("input: nothing.png\ntarget: jpg\n")
+    wave.tickets.append(soak.DroppedTicket(later, expect="failed"))
+    return s, wave, store, tid, later
+
+
+def _file_later(s: Any, store: Store, later: Path) -> None:
+    """The second ticket fails and is filed: the newest record, which retention keeps."""
+    later.rename(later.with_name("t000002.job.failed"))
+    later.with_name("t000002.status.yaml").write_text("error: no such input\n")
+    rec = store.add_ticket(
+        path=str(later),
+        root=str(s.inbox),
+        sha256="s2",
+        kind="invalid",
+        spec={},
+        inputs=[],
+        idem_prefix="p",
+        now=4.0,
+        phase=Phase.FAILED,
+        error={"message": "no such input"},
+    )
+    store.update(rec.id, 5.0, event="filed", filed=True)
+
+
 def test_outputs_of_a_ticket_pruned_before_its_wave_is_judged_are_not_strays(
     tmp_path: Path,
 ) -> None:
@@ -94,35 +133,9 @@ def test_outputs_of_a_ticket_pruned_before_its_wave_is_judged_are_not_strays(
     thousand later tickets were filed (an agent far behind) has lost its first records; their
     tombstones name them and the outputs they placed. An 8-minute soak beside CPU and fsync
     hogs reported 544 problems; each "unexpected file" among those shown was such an output."""
-    s, wave, store, tid = _done_wave(tmp_path)
+    s, _wave, store, tid, later = _wave_with_a_later_ticket(tmp_path)
     try:
-        data = b"converted"
-        md5 = hashlib.md5(data).hexdigest()
-        (wave.folder / "t000001.jpg").write_bytes(data)
-        store.record_outputs(
-            tid, [RemoteOutput("o1", "u", "t000001.jpg", len(data), "enabled", md5, "", 1, "")]
-        )
-        out = store.outputs(tid)[0]
-        store.update_output(out.id, state="done", dest_name="t000001.jpg", digest=md5)
-        store.update(tid, 3.0, event="filed", filed=True)
-        # A later ticket of the wave, filed too: the newest record, which retention keeps.
-        later = wave.folder / "t000002.job"
-        (wave.folder / "t000002.job.failed").write_text("input: nothing.png\ntarget: jpg\n")
-        wave.tickets.append(soak.DroppedTicket(later, expect="failed"))
-        rec = store.add_ticket(
-            path=str(later),
-            root=str(s.inbox),
-            sha256="s2",
-            kind="invalid",
-            spec={},
-            inputs=[],
-            idem_prefix="p",
-            now=4.0,
-            phase=Phase.FAILED,
-            error={"message": "no such input"},
-        )
-        store.update(rec.id, 5.0, event="filed", filed=True)
-        (wave.folder / "t000002.status.yaml").write_text("error: no such input\n")
+        _file_later(s, store, later)
         assert store.prune(6.0, keep_days=0, keep_finished=1).tickets == (tid,)
 
         s.judge_waves()
@@ -130,3 +143,34 @@ def test_outputs_of_a_ticket_pruned_before_its_wave_is_judged_are_not_strays(
         assert s.judged == 2
     finally:
         store.close()
+
+
+def test_records_pruned_with_their_tombstones_are_judged_from_the_copies_kept(
+    tmp_path: Path,
+) -> None:
+    """Tombstones are bounded too (``keep_finished`` of them): a wave judged after two thousand
+    later filings has lost its first records' tombstones as well (an 8-minute soak beside
+    three CPU hogs and an fsync hog: 136 "lost — no record"). The soak keeps copies of the
+    filed records of the waves not judged yet, and the checker judges them, bytes and all."""
+    for torn in (False, True):
+        s, wave, store, tid, later = _wave_with_a_later_ticket(tmp_path / str(torn))
+        try:
+            s.judge_waves()  # the first ticket is filed: its record is copied
+            assert s.judged == 0
+            _file_later(s, store, later)
+            assert store.prune(6.0, keep_days=0, keep_finished=1).tickets == (tid,)
+            store.db.conn.execute("DELETE FROM pruned_outputs")
+            store.db.conn.execute("DELETE FROM pruned")
+            store.db.conn.commit()
+            if torn:
+                (wave.folder / "t000001.jpg").write_bytes(b"conv")
+
+            s.judge_waves()
+            assert s.judged == 2
+            if torn:
+                assert len(s.problems) == 1 and "t000001.jpg is torn or corrupt" in s.problems[0]
+            else:
+                assert s.problems == []
+            assert s.kept == {}  # the copies go with their judged wave
+        finally:
+            store.close()
