@@ -286,7 +286,7 @@ class Scheduler:
         self._commit_due = False
         self._commit_waiters: list[asyncio.Future[None]] = []
         self._flushing: asyncio.Task[None] | None = None  # the store's async flush (PostgreSQL)
-        self._flush_failed: str | None = None  # what the last failed flush said (logged once)
+        self._flush_failed: str | None = None  # what the last failed commit said (logged once)
         store.group_commit = True
         store.on_dirty = self._commit_soon
         self._stopping = False
@@ -591,13 +591,24 @@ class Scheduler:
         waiters, self._commit_waiters = self._commit_waiters, []
         placed, self._placing_written = self._placing_written, []
         err: Exception | None = None
+        wrote = self.store.dirty
         try:
             self.store.commit()
         except Exception as exc:  # e.g. disk full: the writes are rolled back, not half-kept
             err = exc
-            log.error("could not save the state: %s; the last steps are taken again", exc)
+            if str(exc) != self._flush_failed:  # once, not at every attempt
+                self._flush_failed = str(exc)
+                log.error("could not save the state: %s; the last steps are taken again", exc)
+            # A ticket whose last write was in the group (its filing) has no act waiting to
+            # learn of the loss: it is taken again from what the state file holds.
+            if not self._resuming and not self._stopping:
+                self._resuming = True
+                self._spawn_side(self._resume_when_saved())
         else:
             self._placing.difference_update(placed)
+            if wrote and self._flush_failed is not None:
+                self._flush_failed = None
+                log.info("the state is saved again")
         for fut in waiters:
             if fut.done():
                 continue
@@ -646,8 +657,9 @@ class Scheduler:
             self._flushing = None
 
     async def _resume_when_saved(self) -> None:
-        """After a flush was lost: once the store has read back what the database holds, every
-        ticket it has unfinished that no task here works on goes on from its stored phase.
+        """After a flush (or a SQLite commit) was lost: once the store has read back what the
+        database holds, every ticket it has unfinished that no task here works on goes on from
+        its stored phase.
         Those are the tickets whose last steps ran and ended before the loss was known (a
         ticket filed, its claim given back): their writes are undone, and no act waits to take
         them again. Steps done twice are recognised as at a restart (the job by its id, an

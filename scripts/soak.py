@@ -5,8 +5,10 @@ few sizes, URL inputs, and some invalid tickets that must fail with a reason), t
 are switched on and off at the emulator's control endpoint, a dashboard client follows the SSE
 feed and reads ``/metrics``, ``convert-agent status`` is called every few seconds, a watched
 folder is removed and restored, and the agent is restarted gracefully once in the middle.
-Tickets go into "wave" folders; once a wave is filed the torture invariant checker judges it
-(nothing lost, stuck, corrupt or stray) and the wave is removed, as a user collects outputs.
+Tickets go into "wave" folders; once a wave is filed (its tickets renamed, and their records
+saying so: see ``STATE_SETTLE_SECONDS``) the torture invariant checker judges it (nothing lost,
+stuck, corrupt or stray) and the wave is removed, as a user collects outputs. Records retention
+removed before their wave was judged are judged from copies (``KEEP_ROWS_SECONDS``).
 
 Every ``--sample-seconds`` (60) the agent's RSS, open descriptors, threads, asyncio tasks
 (``/metrics``), inotify watches (``/proc/PID/fdinfo``), state file size and ``status`` time go to
@@ -36,6 +38,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -44,9 +47,22 @@ sys.path.insert(0, str(REPO / "tests" / "torture"))
 sys.path.insert(0, str(REPO))
 
 from campaign import KEY, Emulator, Options, _agent_env, _gif, _png, _web_server  # noqa: E402
-from invariants import DroppedTicket, Manifest, check  # noqa: E402
+from invariants import DroppedTicket, Manifest, _db_rows, check  # noqa: E402
 
 KEEP_FINISHED = 1000
+# The agent renames a ticket (NAME.job.done) before it records the filing: the record is
+# committed once the disk batch holding the rename (other tickets' sidecars and renames, the
+# folders' fsyncs) is done, at the event loop's next turn. Under load that is seconds after the
+# rename is visible (0.8 to 1.7 s in an 8-minute soak beside CPU and fsync hogs). A wave is judged
+# once its records say filed too, or once this long has passed since its files did: a filing
+# that is never recorded is still reported ("done but never filed").
+STATE_SETTLE_SECONDS = 60.0
+# Retention keeps the newest KEEP_FINISHED filed records, and as many tombstones: a wave judged
+# late (its last ticket still running while thousands of others were filed: an agent far behind)
+# has lost its first records, and beyond 2 x KEEP_FINISHED filings their tombstones too. The
+# records of filed tickets of the waves not judged yet are copied this often (a record outlives
+# a thousand filings, 100 s at the agent's fastest), and the checker is given them back.
+KEEP_ROWS_SECONDS = 5.0
 RSS_GROWTH_MIB = 5.0
 # Transient faults only (each is retried): every ticket that is not invalid must end done. No
 # 503 or 429: the request budget reads those as the service pushing back and slows every
@@ -66,6 +82,7 @@ class Wave:
     tickets: list[DroppedTicket] = field(default_factory=list)
     inputs: set[Path] = field(default_factory=set)
     closed: bool = False
+    files_filed_at: float | None = None  # monotonic time its tickets were all seen renamed
 
 
 @dataclass
@@ -205,6 +222,10 @@ class Soak:
         self.waves: list[Wave] = []
         self.problems: list[str] = []
         self.dropped = self.judged = 0
+        self.state_lag = 0.0  # the longest a wave's records took to say filed after its files
+        # Copies of the records (and their outputs) of filed tickets of waves not judged yet.
+        self.kept: dict[int, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
+        self.next_keep = 0.0
         self.status_ms: list[float] = []
         self.seq = 0
 
@@ -284,6 +305,9 @@ class Soak:
     # ------------------------------------------------------------------ judging
 
     def judge_waves(self, *, final: bool = False) -> None:
+        if time.monotonic() >= self.next_keep:
+            self.keep_records()
+            self.next_keep = time.monotonic() + KEEP_ROWS_SECONDS
         for wave in self.waves:
             if not wave.closed or not wave.folder.exists():
                 continue
@@ -293,15 +317,27 @@ class Soak:
                 for t in wave.tickets
             ):
                 continue
-            time.sleep(0.3)  # the final sidecar and record land with the rename
+            # The final sidecar was written before the rename; the record of the filing comes
+            # after it (STATE_SETTLE_SECONDS): the wave waits for it, in later rounds.
+            now = time.monotonic()
+            if wave.files_filed_at is None:
+                wave.files_filed_at = now
+            waited = now - wave.files_filed_at
+            if self._unfiled_records(wave) and waited < STATE_SETTLE_SECONDS:
+                continue
+            self.state_lag = max(self.state_lag, waited)
+            paths = {str(t.path) for t in wave.tickets}
             manifest = Manifest(
                 roots=[wave.folder],
                 db_path=self.db,
                 tickets=wave.tickets,
                 input_files=set(wave.inputs),
+                rows=self._rows(),
             )
             found = check(manifest, {"jobs": []})
             found = [p for p in found if not self._pruned_meanwhile(p, wave)]
+            for tid in [tid for tid, (row, _) in self.kept.items() if row["path"] in paths]:
+                del self.kept[tid]
             self.problems.extend(f"{wave.folder.name}: {p}" for p in found)
             self.judged += len(wave.tickets)
             shutil.rmtree(wave.folder)  # the user collects the outputs
@@ -316,16 +352,67 @@ class Soak:
                 ]
                 self.problems.append(f"{w.folder.name}: no outcome for {stuck[:5]}")
 
-    def _pruned_meanwhile(self, problem: str, wave: Wave) -> bool:
-        """A "lost" ticket whose record retention removed (a tombstone names it) is not lost."""
-        if "lost — no record" not in problem:
-            return False
-        name = problem.split(":", 1)[0]
+    def keep_records(self) -> None:
+        """Copy the records of filed tickets of the waves not judged yet (KEEP_ROWS_SECONDS)."""
+        if not self.db.exists():
+            return
+        open_paths = {str(t.path) for w in self.waves if w.folder.exists() for t in w.tickets}
+        conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=30)
+        conn.row_factory = sqlite3.Row
+        try:
+            rows = [
+                dict(r)
+                for r in conn.execute("SELECT * FROM tickets WHERE active = 1 AND filed = 1")
+                if r["id"] not in self.kept and r["path"] in open_paths
+            ]
+            for row in rows:
+                outs = conn.execute("SELECT * FROM outputs WHERE ticket_id = ?", [row["id"]])
+                self.kept[row["id"]] = (row, [dict(o) for o in outs])
+        finally:
+            conn.close()
+
+    def _rows(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str]:
+        """The state's rows for the checker, with the kept copies of records pruned since."""
+        tickets, outputs, integrity = _db_rows(self.db)
+        present = {t["id"] for t in tickets}
+        for tid, (row, outs) in self.kept.items():
+            if tid not in present:
+                tickets.append(row)
+                outputs.extend(outs)
+        return tickets, outputs, integrity
+
+    def _unfiled_records(self, wave: Wave) -> int:
+        """How many of the wave's tickets have an active record not yet filed."""
+        paths = [str(t.path) for t in wave.tickets]
+        if not paths:
+            return 0
         conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=30)
         try:
             row = conn.execute(
-                "SELECT 1 FROM pruned WHERE path = ?", [str(wave.folder / name)]
+                "SELECT COUNT(*) FROM tickets WHERE active = 1 AND filed = 0 AND path IN "
+                f"({','.join('?' * len(paths))})",
+                paths,
             ).fetchone()
+        finally:
+            conn.close()
+        return int(row[0])
+
+    def _pruned_meanwhile(self, problem: str, wave: Wave) -> bool:
+        """A "lost" ticket whose record retention removed (a tombstone names it) is not lost, and
+        the outputs it placed (its tombstone names them too) are not strays. Retention keeps the
+        newest ``KEEP_FINISHED`` filed tickets: a wave judged late (its last ticket still running
+        after a thousand others were filed, an agent far behind) has lost its first records."""
+        if "lost — no record" in problem:
+            sql = "SELECT 1 FROM pruned WHERE path = ?"
+            path = wave.folder / problem.split(":", 1)[0]
+        elif problem.startswith("unexpected file: "):
+            sql = "SELECT 1 FROM pruned_outputs WHERE path = ?"
+            path = wave.folder / problem.removeprefix("unexpected file: ")
+        else:
+            return False
+        conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=30)
+        try:
+            row = conn.execute(sql, [str(path)]).fetchone()
         finally:
             conn.close()
         return row is not None
@@ -574,6 +661,7 @@ class Soak:
         print(f"\nsoak: {self.args.minutes:g} min, {self.dropped} tickets, work {self.work}")
         started = getattr(self, "jobs_started", "?")
         print(f"jobs started: {started}, SSE events: {final.sse_events}")
+        print(f"records said filed at most {self.state_lag:.1f} s after their files (per wave)")
         ok = True
         for name, passed, detail in verdicts:
             ok &= passed

@@ -5,12 +5,14 @@ batch, and progress sidecars held back while their ticket is still moving."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from agent import scheduler as scheduler_mod
 from agent.api import ApiClient
 from agent.config import Config, FolderConfig, LogConfig, StateConfig
 from agent.models import Phase
@@ -100,6 +102,88 @@ async def test_a_failed_commit_fails_the_acts_waiting_for_it(
         await sched._persisted()
     monkeypatch.undo()
     assert Store(store.db, readonly=True).get(tid).phase is Phase.PENDING
+    await sched.api.close()
+    store.close()
+
+
+async def test_a_filing_undone_by_a_failed_commit_is_taken_again(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """The filing is a ticket's last write: no act of it waits for its commit. A commit that
+    fails (disk full) undoes it with the rest of its group, and the ticket, renamed
+    NAME.job.done but recorded done and unfiled, is taken again and filed, not left so (and
+    kept from retention) until the agent restarts."""
+    monkeypatch.setattr(scheduler_mod, "STATE_RETRY_SECONDS", 0.0)
+    sched, store, db = make(tmp_path)
+    ticket = tmp_path / "a.job"
+    ticket.write_text("input: a.png\ntarget: jpg\n")
+    tid = store.add_ticket(
+        path=str(ticket),
+        root=str(tmp_path),
+        sha256="s",
+        kind="conversion",
+        spec={},
+        inputs=[],
+        idem_prefix="p",
+        now=1.0,
+    ).id
+    store.update(tid, 2.0, event="done", phase=Phase.DONE)
+    await sched._persisted()
+    real, failures = store.commit, [1]
+
+    def full_once() -> None:
+        if failures:
+            failures.pop()
+            store.db.conn.execute("ROLLBACK")
+            raise sqlite3.OperationalError("database or disk is full")
+        real()
+
+    monkeypatch.setattr(store, "commit", full_once)
+    await sched._file(store.get(tid))
+    for _ in range(20):  # the failed commit runs at the next loop turn, the check after it
+        await asyncio.sleep(0)
+    assert not failures and (tmp_path / "a.job.done").exists()
+    with sqlite3.connect(db) as other:
+        assert other.execute("SELECT filed FROM tickets").fetchall() == [(0,)]
+    assert [t for _, _, t in sched._heap] == [tid]  # taken again
+    await sched._step_until_wait(tid)
+    await sched._persisted()
+    with sqlite3.connect(db) as other:
+        assert other.execute("SELECT phase, filed FROM tickets").fetchall() == [("done", 1)]
+    await sched.api.close()
+    store.close()
+
+
+async def test_a_state_that_cannot_be_saved_is_logged_once_and_so_is_its_recovery(
+    tmp_path: Path, monkeypatch: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Failed commits are taken again (the steps, and the check of unfinished tickets every
+    few seconds): a disk that stays full says so once, not at every attempt."""
+    monkeypatch.setattr(scheduler_mod, "STATE_RETRY_SECONDS", 0.0)
+    caplog.set_level(logging.INFO, logger="agent.scheduler")
+    sched, store, _ = make(tmp_path)
+    tid = add(store, "a")
+    await sched._persisted()
+    real = store.commit
+
+    def full() -> None:
+        store.db.conn.execute("ROLLBACK")
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(store, "commit", full)
+    for _ in range(3):
+        store.update(tid, 2.0, event="creating", phase=Phase.CREATING)
+        with pytest.raises(sqlite3.OperationalError):
+            await sched._persisted()
+    monkeypatch.setattr(store, "commit", real)
+    store.update(tid, 3.0, event="creating", phase=Phase.CREATING)
+    await sched._persisted()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert [r.getMessage() for r in caplog.records if r.name == "agent.scheduler"] == [
+        "could not save the state: database or disk is full; the last steps are taken again",
+        "the state is saved again",
+    ]
     await sched.api.close()
     store.close()
 
